@@ -1,0 +1,1 @@
+"""SomaBrain: governed memory and context for AI agents."""
