@@ -14,11 +14,13 @@ __all__ = ["Actor", "ActorContext"]
 class ActorContext:
     """What an actor knows about where it runs: its own ref, its path and its system."""
 
-    __slots__ = ("incarnation", "path", "ref", "system")
+    __slots__ = ("incarnation", "name", "path", "ref", "system")
 
     def __init__(self, ref: ActorRef, system: ActorSystem, incarnation: int) -> None:
         self.ref = ref
         self.path = ref.path
+        #: The last segment of the path: a dynamic supervisor's child key (e.g. the tenant).
+        self.name = ref.path.rsplit("/", 1)[-1]
         self.system = system
         self.incarnation = incarnation
 

@@ -61,6 +61,10 @@ class ActorSystem:
         self._task_group: anyio.abc.TaskGroup | None = None
         self._backend: Backend | None = None
         self._failure: BaseException | None = None
+        #: Shared services for actors (stores, config...), set up by the node before the
+        #: tree starts. Actor factories take no arguments; actors look their dependencies up
+        #: here through ``self.context.system.resources``.
+        self.resources: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ lifecycle
 

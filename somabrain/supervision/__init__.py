@@ -1,0 +1,41 @@
+"""Supervision: OTP-style supervisors, dynamic supervisors, pools, and the tree from config."""
+
+from .clock import Clock, SystemClock, VirtualClock
+from .dynamic import DynamicSupervisor
+from .spec import (
+    BRUTAL_KILL,
+    ActorSpec,
+    Backoff,
+    ChildSpec,
+    DynamicSpec,
+    Restart,
+    Shutdown,
+    Strategy,
+    SupervisorSpec,
+)
+from .config import ConfigError, NodeSettings, SupervisorNode, load_config
+from .supervisor import Supervisor, SupervisorGaveUpError
+from .tree import SupervisionTree, import_actor
+
+__all__ = [
+    "BRUTAL_KILL",
+    "ActorSpec",
+    "Backoff",
+    "ChildSpec",
+    "Clock",
+    "ConfigError",
+    "DynamicSpec",
+    "DynamicSupervisor",
+    "NodeSettings",
+    "Restart",
+    "Shutdown",
+    "Strategy",
+    "Supervisor",
+    "SupervisorGaveUpError",
+    "SupervisionTree",
+    "SupervisorNode",
+    "SystemClock",
+    "VirtualClock",
+    "import_actor",
+    "load_config",
+]

@@ -1,0 +1,578 @@
+"""Supervisors: restart what fails, give up (and escalate) when it fails too often.
+
+OTP semantics (see the Erlang/OTP "Supervisor Behaviour" guide):
+
+- children start in order and stop in reverse order;
+- when a child exits, its restart type (permanent/transient/temporary) says whether it is
+  restarted, and the strategy (one_for_one/one_for_all/rest_for_one) says which siblings
+  restart with it;
+- more than ``intensity`` restarts within ``period`` seconds and the supervisor stops all its
+  children and exits with :class:`SupervisorGaveUpError`: its own supervisor then treats that
+  as a child failure. Limits multiply across levels: a subtree two levels down may restart
+  ``intensity`` times for every restart its parent allows.
+- a restart waits an exponential backoff with jitter (not in OTP, which restarts at once: a
+  crash loop against a down database should not spin).
+
+A supervisor is itself a *runner*, the interface shared with ``ActorCell``: ``run`` one
+incarnation, ``request_stop``, ``kill``, ``wait_exited``, ``finish``. So supervisors nest.
+Child cells (and so their mailboxes and refs) are created once and outlive incarnations.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+import anyio
+import anyio.abc
+
+from ..actors import ActorState, ActorSystem, Exit, ExitReason, SomaError
+from ..actors._backend import Parker, Reply
+from ..actors._cell import ActorCell
+from .clock import Clock, SystemClock
+from .spec import BRUTAL_KILL, ActorSpec, ChildSpec, Restart, Strategy, SupervisorSpec
+
+__all__ = ["Runner", "Supervisor", "SupervisorGaveUpError"]
+
+logger = logging.getLogger("somabrain.supervision")
+
+
+class SupervisorGaveUpError(SomaError):
+    """More than ``intensity`` restarts happened within ``period`` seconds."""
+
+    def __init__(self, path: str, intensity: int, period: float, last: BaseException | None):
+        self.path = path
+        self.intensity = intensity
+        self.period = period
+        self.last_error = last
+        super().__init__(
+            f"supervisor {path} gave up: more than {intensity} restarts in {period:g} s"
+            + (f" (last failure: {last!r})" if last is not None else "")
+        )
+
+
+class Runner(Protocol):
+    path: str
+    restarts: int
+    state: ActorState
+
+    async def run(self, *, task_status: Any = ...) -> Exit: ...
+
+    def request_stop(self) -> None: ...
+
+    def kill(self) -> None: ...
+
+    async def wait_exited(self) -> None: ...
+
+    def finish(self, reason: BaseException | None = None) -> None: ...
+
+    @property
+    def running(self) -> bool: ...
+
+    def inspect(self) -> dict[str, Any]: ...
+
+
+class _StartStatus:
+    """Forwards ``started()`` and remembers whether the child started cleanly."""
+
+    __slots__ = ("ok", "_inner")
+
+    def __init__(self, inner: anyio.abc.TaskStatus[Any]) -> None:
+        self._inner = inner
+        self.ok = False
+
+    def started(self, value: Any = None) -> None:
+        self.ok = value is None
+        self._inner.started(value)
+
+
+class _Command:
+    __slots__ = ("fn", "reply")
+
+    def __init__(self, fn: Callable[[], Awaitable[Any]], reply: Reply) -> None:
+        self.fn = fn
+        self.reply = reply
+
+    async def execute(self) -> None:
+        try:
+            result = await self.fn()
+        except Exception as exc:
+            self.reply.set_exception(exc)
+        else:
+            self.reply.set_result(result)
+
+
+class Child:
+    """A slot in a supervisor: the spec (read live, for reload) and the runner."""
+
+    __slots__ = ("expected_exit", "generation", "passivating", "runner", "running", "spec")
+
+    def __init__(self, spec: ChildSpec, runner: Runner) -> None:
+        self.spec = spec
+        self.runner = runner
+        self.running = False
+        self.expected_exit = False
+        self.passivating = False
+        self.generation = 0
+
+
+def make_runner(
+    system: ActorSystem, spec: ChildSpec, parent_path: str, clock: Clock, rng: random.Random
+) -> Runner:
+    """Build the runner for ``spec`` under ``parent_path`` (cells are registered now)."""
+    from .dynamic import DynamicSupervisor
+    from .spec import DynamicSpec
+
+    path = f"{parent_path}/{spec.name}"
+    if isinstance(spec, ActorSpec):
+        return _actor_runner(system, spec, path)
+    if isinstance(spec, DynamicSpec):
+        return DynamicSupervisor(system, spec, path, clock=clock, rng=rng)
+    return Supervisor(system, spec, path, clock=clock, rng=rng)
+
+
+def _actor_runner(system: ActorSystem, spec: ActorSpec, path: str) -> Runner:
+    cell = system.new_cell(
+        path, spec.factory, mailbox_size=spec.mailbox_size, overflow=spec.overflow
+    )
+    return _CellRunner(cell)
+
+
+class _CellRunner:
+    """Adapts an ``ActorCell`` to the runner interface (adds ``inspect``)."""
+
+    def __init__(self, cell: ActorCell) -> None:
+        self.cell = cell
+        self.path = cell.path
+
+    @property
+    def restarts(self) -> int:
+        return self.cell.restarts
+
+    @restarts.setter
+    def restarts(self, value: int) -> None:
+        self.cell.restarts = value
+
+    @property
+    def state(self) -> ActorState:
+        return self.cell.state
+
+    @state.setter
+    def state(self, value: ActorState) -> None:
+        self.cell.state = value
+
+    async def run(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> Exit:
+        return await self.cell.run(task_status=task_status)
+
+    def request_stop(self) -> None:
+        self.cell.request_stop()
+
+    def kill(self) -> None:
+        self.cell.kill()
+
+    async def wait_exited(self) -> None:
+        await self.cell.wait_exited()
+
+    def finish(self, reason: BaseException | None = None) -> None:
+        self.cell.finish(reason)
+
+    @property
+    def running(self) -> bool:
+        return self.cell.running
+
+    def inspect(self) -> dict[str, Any]:
+        stats = self.cell.statistics()
+        return {
+            "path": self.path,
+            "kind": "actor",
+            "state": stats.state,
+            "restarts": stats.restarts,
+            "incarnation": stats.incarnation,
+            "processed": stats.processed,
+            "failures": stats.failures,
+            "mailbox_depth": stats.mailbox.depth,
+            "mailbox_capacity": stats.mailbox.capacity,
+        }
+
+
+class Supervisor:
+    """Supervises an ordered list of children (see the module docstring for semantics)."""
+
+    kind = "supervisor"
+
+    def __init__(
+        self,
+        system: ActorSystem,
+        spec: SupervisorSpec,
+        path: str,
+        *,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.system = system
+        self.spec = spec
+        self.path = path
+        self.clock: Clock = clock or SystemClock()
+        self.rng = rng or random.Random()
+        self.state = ActorState.NEW
+        self.restarts = 0
+        self.incarnation = 0
+        self.children: list[Child] = []
+        self._events: deque[tuple[Child, int, Exit] | _Command] = deque()
+        self._parker: Parker | None = None
+        self._restart_times: deque[float] = deque()
+        self._scope: anyio.CancelScope | None = None
+        self._task_group: anyio.abc.TaskGroup | None = None
+        self._exited: anyio.Event | None = None
+        self._stop_requested = False
+        self._build_children()
+
+    # ------------------------------------------------------------------ structure
+
+    def _build_children(self) -> None:
+        for child_spec in self._static_specs():
+            self._add_child(child_spec)
+
+    def _static_specs(self) -> list[ChildSpec]:
+        spec = self.spec
+        if spec.pool_template is None:
+            return list(spec.children)
+        return [self._pool_member(i) for i in range(spec.pool_size)]
+
+    def _pool_member(self, index: int) -> ActorSpec:
+        template = self.spec.pool_template
+        assert template is not None
+        return ActorSpec(
+            name=f"{template.name}-{index}",
+            factory=template.factory,
+            restart=template.restart,
+            shutdown=template.shutdown,
+            mailbox_size=template.mailbox_size,
+            overflow=template.overflow,
+        )
+
+    def _add_child(self, spec: ChildSpec) -> Child:
+        runner = make_runner(self.system, spec, self.path, self.clock, self.rng)
+        child = Child(spec, runner)
+        self.children.append(child)
+        return child
+
+    def child(self, name: str) -> Child | None:
+        for child in self.children:
+            if child.spec.name == name:
+                return child
+        return None
+
+    # ------------------------------------------------------------------ one incarnation
+
+    async def run(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> Exit:
+        self.incarnation += 1
+        self._stop_requested = False
+        self._exited = anyio.Event()
+        self._parker = self.system.backend.new_parker()
+        self._events.clear()
+        self._restart_times.clear()
+        exit_ = Exit(ExitReason.KILLED)
+        started = False
+        try:
+            with anyio.CancelScope() as scope:
+                self._scope = scope
+                async with anyio.create_task_group() as task_group:
+                    self._task_group = task_group
+                    self.state = ActorState.STARTING
+                    failure = await self._start_group(list(self.children))
+                    if failure is not None:
+                        child, error = failure
+                        logger.error("%s: child %s failed to start", self.path, child.spec.name)
+                        await self._stop_group(self.children)
+                        exit_ = Exit(ExitReason.FAILURE, error)
+                    else:
+                        self.state = ActorState.RUNNING
+                        started = True
+                        task_status.started(None)
+                        exit_ = await self._supervise()
+                    task_group.cancel_scope.cancel()
+        finally:
+            self._scope = None
+            self._task_group = None
+            self.state = ActorState.FAILED if exit_.abnormal else ActorState.STOPPED
+            self._exited.set()
+            if not started:
+                task_status.started(exit_)
+        return exit_
+
+    async def _supervise(self) -> Exit:
+        assert self._parker is not None
+        while True:
+            if self._stop_requested:
+                self.state = ActorState.STOPPING
+                await self._stop_group(self.children)
+                return Exit(ExitReason.NORMAL)
+            if not self._events:
+                await self._parker.park()
+                continue
+            event = self._events.popleft()
+            if isinstance(event, _Command):
+                await event.execute()
+                gave_up = self._check_gave_up()
+                if gave_up is not None:
+                    return Exit(ExitReason.FAILURE, gave_up)
+                continue
+            child, generation, exit_ = event
+            if generation != child.generation or child.expected_exit:
+                continue  # we stopped it ourselves
+            child.running = False
+            gave_up = await self._handle_exit(child, exit_)
+            if gave_up is not None:
+                return Exit(ExitReason.FAILURE, gave_up)
+
+    def _check_gave_up(self) -> SupervisorGaveUpError | None:
+        """A command may have exhausted the restart intensity (dynamic starts)."""
+        return None
+
+    def _post(self, event: tuple[Child, int, Exit] | _Command) -> None:
+        self._events.append(event)
+        if self._parker is not None:
+            self._parker.unpark()
+
+    async def call(self, fn: Callable[[], Awaitable[Any]]) -> Any:
+        """Run ``fn`` inside the supervisor's loop, between two exits, and return its result.
+
+        Changes to the set of children (reload, pool resize, dynamic starts) go through here so
+        that they never interleave with a restart in progress.
+        """
+        if not self.running:
+            raise RuntimeError(f"supervisor {self.path} is not running")
+        command = _Command(fn, self.system.backend.new_reply())
+        self._post(command)
+        return await command.reply.wait(60.0, lambda: TimeoutError(f"{self.path} is busy"))
+
+    # ------------------------------------------------------------------ exits and restarts
+
+    def _wants_restart(self, child: Child, exit_: Exit) -> bool:
+        restart = child.spec.restart
+        if restart is Restart.TEMPORARY:
+            return False
+        if restart is Restart.TRANSIENT:
+            return exit_.abnormal
+        return True
+
+    async def _handle_exit(self, child: Child, exit_: Exit) -> SupervisorGaveUpError | None:
+        if exit_.abnormal:
+            logger.warning("%s: child %s exited: %r", self.path, child.spec.name, exit_.error)
+        if not self._wants_restart(child, exit_):
+            self._retire(child)
+            return None
+        return await self._restart(child, exit_.error)
+
+    def _retire(self, child: Child) -> None:
+        """The child will not run again: fail what is queued for it."""
+        child.runner.finish()
+
+    def _restart_group(self, failed: Child) -> list[Child]:
+        strategy = self.spec.strategy
+        if strategy is Strategy.ONE_FOR_ONE:
+            return [failed]
+        if strategy is Strategy.ONE_FOR_ALL:
+            return list(self.children)
+        index = self.children.index(failed)
+        return self.children[index:]
+
+    async def _restart(
+        self, failed: Child, error: BaseException | None
+    ) -> SupervisorGaveUpError | None:
+        while True:
+            now = self.clock.now()
+            times = self._restart_times
+            while times and times[0] <= now - self.spec.period:
+                times.popleft()
+            times.append(now)
+            if len(times) > self.spec.intensity:
+                gave_up = SupervisorGaveUpError(
+                    self.path, self.spec.intensity, self.spec.period, error
+                )
+                logger.error("%s", gave_up)
+                await self._stop_group(self.children)
+                return gave_up
+            group = self._restart_group(failed)
+            await self._stop_group([c for c in group if c is not failed])
+            delay = self.spec.backoff.delay(len(times), self.rng)
+            if delay > 0:
+                await self.clock.sleep(delay)
+            for child in group:
+                child.runner.restarts += 1
+            failure = await self._start_group(group)
+            if failure is None:
+                return None
+            failed, error = failure
+
+    # ------------------------------------------------------------------ starting and stopping
+
+    async def _start_group(self, group: list[Child]) -> tuple[Child, BaseException | None] | None:
+        """Start ``group`` in order; on the first failure return it (others stay stopped)."""
+        for child in group:
+            if child.running:
+                continue
+            error = await self._start_child(child)
+            if error is not None:
+                return child, error.error
+        return None
+
+    async def _start_child(self, child: Child) -> Exit | None:
+        assert self._task_group is not None
+        child.generation += 1
+        child.expected_exit = False
+        child.passivating = False
+        failed: Exit | None = await self._task_group.start(
+            self._run_child, child, child.generation, name=child.runner.path
+        )
+        child.running = failed is None
+        return failed
+
+    async def _run_child(
+        self, child: Child, generation: int, *, task_status: anyio.abc.TaskStatus[Any]
+    ) -> None:
+        status = _StartStatus(task_status)
+        exit_ = await child.runner.run(task_status=status)
+        if status.ok:
+            self._post((child, generation, exit_))
+
+    async def _stop_group(self, group: list[Child]) -> None:
+        for child in reversed(group):
+            await self._stop_child(child)
+
+    async def _stop_child(self, child: Child) -> None:
+        if not child.running:
+            return
+        child.expected_exit = True
+        runner = child.runner
+        shutdown = child.spec.shutdown
+        if shutdown == BRUTAL_KILL:
+            runner.kill()
+        else:
+            runner.request_stop()
+            with anyio.move_on_after(float(shutdown)):
+                await runner.wait_exited()
+            runner.kill()  # no-op when it already exited
+        await runner.wait_exited()
+        child.running = False
+
+    # ------------------------------------------------------------------ live changes
+
+    async def add_child(self, spec: ChildSpec) -> None:
+        """Add a child at the end and start it (inside the supervisor loop)."""
+
+        async def add() -> None:
+            if self.child(spec.name) is not None:
+                raise ValueError(f"{self.path} already has a child named {spec.name!r}")
+            child = self._add_child(spec)
+            failed = await self._start_child(child)
+            if failed is not None:
+                self._remove(child)
+                raise RuntimeError(f"{child.runner.path} failed to start") from failed.error
+
+        await self.call(add)
+
+    async def remove_child(self, name: str) -> None:
+        """Stop a child (graceful, within its shutdown timeout) and forget it."""
+
+        async def remove() -> None:
+            child = self.child(name)
+            if child is None:
+                raise KeyError(name)
+            await self._stop_child(child)
+            self._remove(child)
+
+        await self.call(remove)
+
+    def _remove(self, child: Child) -> None:
+        self.children.remove(child)
+        child.runner.finish()
+        _unregister_tree(self.system, child.runner)
+
+    async def resize_pool(self, size: int) -> None:
+        """Grow or shrink a pool to ``size`` members; members that stay are untouched."""
+        if self.spec.pool_template is None:
+            raise ValueError(f"{self.path} is not a pool")
+        if size < 0:
+            raise ValueError(f"pool size must be >= 0, got {size}")
+
+        async def resize() -> None:
+            self.spec.pool_size = size
+            while len(self.children) > size:
+                child = self.children[-1]
+                await self._stop_child(child)
+                self._remove(child)
+            while len(self.children) < size:
+                child = self._add_child(self._pool_member(len(self.children)))
+                failed = await self._start_child(child)
+                if failed is not None:
+                    self._remove(child)
+                    raise RuntimeError(f"{child.runner.path} failed to start") from failed.error
+
+        await self.call(resize)
+
+    # ------------------------------------------------------------------ runner interface
+
+    def request_stop(self) -> None:
+        self._stop_requested = True
+        if self._parker is not None:
+            self._parker.unpark()
+
+    def kill(self) -> None:
+        if self._scope is not None:
+            self._scope.cancel()
+
+    async def wait_exited(self) -> None:
+        if self._exited is not None:
+            await self._exited.wait()
+
+    async def stop(self) -> None:
+        """Stop gracefully (children in reverse order) and wait for it."""
+        self.request_stop()
+        await self.wait_exited()
+        self.finish()
+
+    @property
+    def running(self) -> bool:
+        return self._scope is not None
+
+    def finish(self, reason: BaseException | None = None) -> None:
+        for child in self.children:
+            child.runner.finish(reason)
+
+    # ------------------------------------------------------------------ inspection
+
+    def inspect(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "kind": self.kind,
+            "state": self.state.value,
+            "restarts": self.restarts,
+            "strategy": self.spec.strategy.value,
+            "intensity": self.spec.intensity,
+            "period": self.spec.period,
+            "children": [child.runner.inspect() for child in self.children],
+        }
+
+    def statistics(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "state": self.state.value,
+            "children": len(self.children),
+            "running_children": sum(1 for c in self.children if c.running),
+            "restarts_in_window": len(self._restart_times),
+            "restarts": self.restarts,
+        }
+
+
+def _unregister_tree(system: ActorSystem, runner: Runner) -> None:
+    """Forget the cells of ``runner`` and of everything under it."""
+    if isinstance(runner, _CellRunner):
+        system.unregister(runner.path)
+        return
+    for child in getattr(runner, "children", []):
+        _unregister_tree(system, child.runner)

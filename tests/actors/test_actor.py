@@ -1,0 +1,203 @@
+"""The actor kernel: tell, ask, failures, stop, kill, mailboxes, dead letters."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import pytest
+
+from somabrain.actors import (
+    Actor,
+    ActorKilledError,
+    ActorStoppedError,
+    ActorSystem,
+    AskTimeoutError,
+    MailboxFullError,
+    OverflowPolicy,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+class Counter(Actor):
+    def __init__(self) -> None:
+        self.count = 0
+        self.stopped = False
+
+    async def receive(self, message: Any) -> Any:
+        match message:
+            case "get":
+                return self.count
+            case "boom":
+                raise ValueError("boom")
+            case ("block", anyio.Event() as event):
+                await event.wait()
+                return "unblocked"
+            case ("wait", anyio.Event() as event):
+                await event.wait()
+            case int(n):
+                self.count += n
+        return None
+
+
+async def test_tell_then_ask_sees_every_message_in_order() -> None:
+    async with ActorSystem() as system:
+        ref = await system.spawn(Counter, "counter")
+        for _ in range(1000):
+            await ref.tell(1)
+        assert await ref.ask("get") == 1000
+        stats = ref.statistics()
+        assert stats.processed == 1001
+        assert stats.mailbox.enqueued_total == 1001
+
+
+async def test_handler_exception_goes_back_to_the_asker_and_actor_keeps_running() -> None:
+    async with ActorSystem() as system:
+        ref = await system.spawn(Counter, "counter")
+        with pytest.raises(ValueError, match="boom"):
+            await ref.ask("boom")
+        await ref.tell(2)
+        assert await ref.ask("get") == 2
+        assert ref.statistics().ask_errors == 1
+
+
+async def test_ask_times_out_with_a_clear_error() -> None:
+    async with ActorSystem() as system:
+        ref = await system.spawn(Counter, "slow")
+        event = anyio.Event()
+        with pytest.raises(AskTimeoutError) as info:
+            await ref.ask(("block", event), timeout=0.01)
+        assert info.value.path == "/user/slow"
+        assert isinstance(info.value, TimeoutError)
+        event.set()
+        assert await ref.ask("get") == 0
+
+
+async def test_queued_asks_fail_when_the_actor_stops() -> None:
+    async with ActorSystem() as system:
+        ref = await system.spawn(Counter, "stopping")
+        gate = anyio.Event()
+        await ref.tell(("wait", gate))
+        results: list[BaseException | Any] = []
+
+        async def ask() -> None:
+            try:
+                results.append(await ref.ask("get"))
+            except ActorStoppedError as exc:
+                results.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(3):
+                tg.start_soon(ask)
+            await anyio.wait_all_tasks_blocked()
+            ref.stop()
+            gate.set()
+        assert len(results) == 3
+        assert all(isinstance(r, ActorStoppedError) for r in results)
+        assert "stopped before handling the message" in str(results[0])
+        assert not ref.alive
+        # Later messages are dead letters, counted and inspectable; asks fail at once.
+        await ref.tell(1)
+        with pytest.raises(ActorStoppedError):
+            await ref.ask("get")
+        assert system.dead_letters.total >= 5
+        assert system.dead_letters.recent()[-1].recipient == "/user/stopping"
+
+
+async def test_kill_fails_the_in_flight_ask() -> None:
+    async with ActorSystem() as system:
+        ref = await system.spawn(Counter, "victim")
+        event = anyio.Event()
+        async with anyio.create_task_group() as tg:
+
+            async def ask() -> None:
+                with pytest.raises(ActorKilledError):
+                    await ref.ask(("block", event))
+
+            tg.start_soon(ask)
+            await anyio.wait_all_tasks_blocked()
+            ref.kill()
+        assert not ref.alive
+
+
+async def test_overflow_policy_raise_counts_the_error() -> None:
+    async with ActorSystem() as system:
+        ref = await system.spawn(Counter, "small", mailbox_size=2, overflow="raise")
+        gate = anyio.Event()
+        await ref.tell(("wait", gate))
+        await anyio.wait_all_tasks_blocked()  # the actor holds the first message
+        await ref.tell(1)
+        await ref.tell(1)
+        with pytest.raises(MailboxFullError) as info:
+            await ref.tell(1)
+        assert info.value.capacity == 2
+        with pytest.raises(MailboxFullError):
+            ref.tell_nowait(1)
+        assert ref.statistics().mailbox.overflow_total == 2
+        gate.set()
+        await anyio.wait_all_tasks_blocked()  # the actor drains its mailbox
+        assert await ref.ask("get") == 2
+
+
+async def test_overflow_policy_wait_applies_backpressure() -> None:
+    async with ActorSystem() as system:
+        ref = await system.spawn(Counter, "bp", mailbox_size=1, overflow=OverflowPolicy.WAIT)
+        gate = anyio.Event()
+        await ref.tell(("wait", gate))
+        await anyio.wait_all_tasks_blocked()
+        await ref.tell(1)  # fills the mailbox
+        sent = anyio.Event()
+
+        async def sender() -> None:
+            await ref.tell(1)  # must wait for room
+            sent.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(sender)
+            await anyio.wait_all_tasks_blocked()
+            assert not sent.is_set()
+            assert ref.statistics().mailbox.waiting_senders == 1
+            gate.set()
+        assert await ref.ask("get") == 2
+        assert ref.statistics().mailbox.overflow_total == 0
+
+
+async def test_failing_on_start_raises_from_spawn() -> None:
+    class Broken(Actor):
+        async def on_start(self) -> None:
+            raise RuntimeError("no store")
+
+    async with ActorSystem() as system:
+        with pytest.raises(RuntimeError, match="failed to start") as info:
+            await system.spawn(Broken, "broken")
+        assert isinstance(info.value.__cause__, RuntimeError)
+
+
+async def test_hooks_run_in_order() -> None:
+    calls: list[str] = []
+
+    class Hooks(Actor):
+        async def on_start(self) -> None:
+            calls.append(f"start {self.context.path} {self.context.incarnation}")
+
+        async def receive(self, message: Any) -> Any:
+            raise KeyError(message)
+
+        async def on_failure(self, exc: BaseException, message: Any) -> None:
+            calls.append(f"failure {message}")
+
+        async def on_stop(self) -> None:
+            calls.append("stop")
+
+    async with ActorSystem() as system:
+        ref = await system.spawn(Hooks, "hooks")
+        await ref.tell("x")  # a tell failure ends the incarnation
+        with pytest.raises(ActorStoppedError):
+            await ref.ask("after")
+    assert calls == ["start /user/hooks 1", "failure x"]
+
+    calls.clear()
+    async with ActorSystem() as system:
+        ref = await system.spawn(Hooks, "hooks")
+    assert calls == ["start /user/hooks 1", "stop"]
