@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from enum import Enum
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import anyio
@@ -35,7 +35,7 @@ logger = logging.getLogger("somabrain.actors")
 _CHECKPOINT_EVERY = 128
 
 
-class ExitReason(str, Enum):
+class ExitReason(StrEnum):
     NORMAL = "normal"
     FAILURE = "failure"
     KILLED = "killed"
@@ -50,7 +50,7 @@ class Exit(NamedTuple):
         return self.reason is not ExitReason.NORMAL
 
 
-class ActorState(str, Enum):
+class ActorState(StrEnum):
     NEW = "new"
     STARTING = "starting"
     RUNNING = "running"

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterator
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 import msgspec
@@ -24,7 +24,7 @@ from ._exceptions import ActorStoppedError, MailboxFullError
 __all__ = ["Mailbox", "MailboxStatistics", "OverflowPolicy"]
 
 
-class OverflowPolicy(str, Enum):
+class OverflowPolicy(StrEnum):
     """What ``put`` does when the mailbox is full."""
 
     WAIT = "wait"

@@ -13,7 +13,7 @@ trees through :meth:`ActorSystem.start` and registers its roots for orderly shut
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -139,11 +139,11 @@ class ActorSystem:
             raise RuntimeError("the actor system is not running: use 'async with ActorSystem()'")
         return self._bus
 
-    def start_soon(self, fn: Callable[..., Awaitable[Any]], *args: Any, name: str = "") -> None:
+    def start_soon(self, fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any, name: str = "") -> None:
         assert self._task_group is not None, "system not running"
         self._task_group.start_soon(fn, *args, name=name or None)
 
-    async def start(self, fn: Callable[..., Awaitable[Any]], *args: Any, name: str = "") -> Any:
+    async def start(self, fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any, name: str = "") -> Any:
         """Run ``fn`` in the system's task group; returns what it passes to ``started()``."""
         assert self._task_group is not None, "system not running"
         return await self._task_group.start(fn, *args, name=name or None)
@@ -190,9 +190,7 @@ class ActorSystem:
         overflow: OverflowPolicy | str | None = None,
     ) -> ActorRef:
         """Start an unsupervised actor at ``/user/<name>``; raises if ``on_start`` fails."""
-        cell = self.new_cell(
-            f"/user/{name}", factory, mailbox_size=mailbox_size, overflow=overflow
-        )
+        cell = self.new_cell(f"/user/{name}", factory, mailbox_size=mailbox_size, overflow=overflow)
         failed: Exit | None = await self.start(self._run_unsupervised, cell, name=cell.path)
         if failed is not None:
             raise RuntimeError(f"actor {cell.path} failed to start") from failed.error

@@ -1,6 +1,7 @@
 """Supervision: OTP-style supervisors, dynamic supervisors, pools, and the tree from config."""
 
 from .clock import Clock, SystemClock, VirtualClock
+from .config import ConfigError, NodeSettings, SupervisorNode, load_config
 from .dynamic import DynamicSupervisor
 from .spec import (
     BRUTAL_KILL,
@@ -13,7 +14,6 @@ from .spec import (
     Strategy,
     SupervisorSpec,
 )
-from .config import ConfigError, NodeSettings, SupervisorNode, load_config
 from .supervisor import Supervisor, SupervisorGaveUpError
 from .tree import SupervisionTree, import_actor
 
@@ -30,9 +30,10 @@ __all__ = [
     "Restart",
     "Shutdown",
     "Strategy",
-    "Supervisor",
-    "SupervisorGaveUpError",
     "SupervisionTree",
+    "Supervisor",
+    "SupervisorSpec",
+    "SupervisorGaveUpError",
     "SupervisorNode",
     "SystemClock",
     "VirtualClock",

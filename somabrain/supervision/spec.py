@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Literal
 
 from ..actors import Actor, OverflowPolicy
@@ -28,7 +28,7 @@ __all__ = [
 ]
 
 
-class Strategy(str, Enum):
+class Strategy(StrEnum):
     """Which children restart when one fails (OTP's restart strategies)."""
 
     ONE_FOR_ONE = "one_for_one"  # only the failed child
@@ -36,7 +36,7 @@ class Strategy(str, Enum):
     REST_FOR_ONE = "rest_for_one"  # the failed child and those started after it
 
 
-class Restart(str, Enum):
+class Restart(StrEnum):
     """When a child that exited is restarted (OTP's restart types)."""
 
     PERMANENT = "permanent"  # always

@@ -78,7 +78,7 @@ class Runner(Protocol):
 class _StartStatus:
     """Forwards ``started()`` and remembers whether the child started cleanly."""
 
-    __slots__ = ("ok", "_inner")
+    __slots__ = ("_inner", "ok")
 
     def __init__(self, inner: anyio.abc.TaskStatus[Any]) -> None:
         self._inner = inner
@@ -529,6 +529,19 @@ class Supervisor:
     async def wait_exited(self) -> None:
         if self._exited is not None:
             await self._exited.wait()
+
+    async def start_as_root(self) -> None:
+        """Start under the actor system itself: if this supervisor gives up, the node fails
+        (``ActorSystem.fail``) and its ``async with`` block raises the error."""
+        failed = await self.system.start(self._run_as_root, name=self.path)
+        if failed is not None:
+            raise RuntimeError(f"supervisor {self.path} failed to start") from failed.error
+        self.system.add_root(self)
+
+    async def _run_as_root(self, *, task_status: anyio.abc.TaskStatus[Any]) -> None:
+        exit_ = await self.run(task_status=task_status)
+        if exit_.abnormal and exit_.error is not None and self.state is not ActorState.NEW:
+            self.system.fail(exit_.error)
 
     async def stop(self) -> None:
         """Stop gracefully (children in reverse order) and wait for it."""

@@ -15,10 +15,7 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-import anyio
-import anyio.abc
-
-from ..actors import Actor, ActorState, ActorSystem, OverflowPolicy
+from ..actors import Actor, ActorSystem, OverflowPolicy
 from .clock import Clock, SystemClock
 from .config import (
     ActorNode,
@@ -158,17 +155,7 @@ class SupervisionTree:
 
     async def start(self) -> None:
         """Start the whole tree; raises if a child fails to start."""
-        failed = await self.system.start(self._run_root, name=self.root.path)
-        if failed is not None:
-            raise RuntimeError(f"supervision tree failed to start: {failed.error!r}") from (
-                failed.error
-            )
-        self.system.add_root(self.root)
-
-    async def _run_root(self, *, task_status: anyio.abc.TaskStatus[Any]) -> None:
-        exit_ = await self.root.run(task_status=task_status)
-        if exit_.abnormal and self.root.state is not ActorState.NEW and exit_.error is not None:
-            self.system.fail(exit_.error)
+        await self.root.start_as_root()
 
     async def stop(self) -> None:
         self.system.remove_root(self.root)
