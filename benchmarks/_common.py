@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "CpuBlock",
     "CpuMonitor",
     "Measurement",
     "Target",
@@ -351,19 +352,30 @@ def _process_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS  # utime, stime
 
 
+@dataclass
+class CpuBlock:
+    """One measured block: its wall time and the CPU seconds other processes used meanwhile."""
+
+    wall: float = 0.0
+    other: float = 0.0
+
+    @property
+    def other_cores(self) -> float | None:
+        return self.other / self.wall if self.wall > 0 else None
+
+
 class CpuMonitor:
     """How busy *other* processes kept the CPUs while some blocks of ours ran, in cores.
 
     On a shared machine this decides how far figures can be trusted, and not uniformly:
     a single-threaded event loop on its own core barely notices one busy neighbour, while
     two threads handing the GIL over (pykka) get much *faster* once they share a core.
-    Linux only (``/proc``); elsewhere :attr:`other_cores` is ``None``.
+    Linux only (``/proc``); elsewhere every ``other_cores`` is ``None``.
     ``ours`` are extra pids to count as ours (servers the benchmark started).
     """
 
     def __init__(self) -> None:
-        self.wall = 0.0
-        self.other = 0.0
+        self.total = CpuBlock()
         self.available = _busy_seconds() is not None
         self.ours: list[int] = []
 
@@ -372,25 +384,27 @@ class CpuMonitor:
         return time.perf_counter(), _busy_seconds() or 0.0, mine
 
     @contextlib.contextmanager
-    def measure(self) -> Iterator[None]:
-        """Count the other processes' CPU time while the ``with`` block runs."""
+    def measure(self) -> Iterator[CpuBlock]:
+        """Count the other processes' CPU time while the ``with`` block runs; the block's
+        figures are filled in on exit and added to :attr:`total`."""
+        block = CpuBlock()
         if not self.available:
-            yield
+            yield block
             return
         wall0, busy0, mine0 = self._snapshot()
         try:
-            yield
+            yield block
         finally:
             wall1, busy1, mine1 = self._snapshot()
-            self.wall += wall1 - wall0
-            self.other += max(0.0, (busy1 - busy0) - (mine1 - mine0))
+            block.wall = wall1 - wall0
+            block.other = max(0.0, (busy1 - busy0) - (mine1 - mine0))
+            self.total.wall += block.wall
+            self.total.other += block.other
 
     @property
     def other_cores(self) -> float | None:
         """Average number of cores other processes kept busy (``None``: not measured)."""
-        if not self.available or self.wall <= 0:
-            return None
-        return self.other / self.wall
+        return self.total.other_cores if self.available else None
 
 
 # ------------------------------------------------------------------------------ servers

@@ -15,6 +15,7 @@ import pytest
 
 from benchmarks import runtime
 from benchmarks._common import (
+    CpuMonitor,
     Measurement,
     format_number,
     percentile,
@@ -66,6 +67,29 @@ def test_write_json_is_strict_json(tmp_path: Path) -> None:
     assert document["ratios"] == {"a": 2.0, "b": None}
     assert document["results"]["m"]["rate"] is None
     assert document["meta"]["n"] is None
+
+
+def test_cpu_monitor_reports_cores_or_none() -> None:
+    monitor = CpuMonitor()
+    with monitor.measure() as block:
+        sum(range(10_000))
+    if monitor.available:
+        assert block.wall > 0
+        assert monitor.other_cores is not None and monitor.other_cores >= 0
+    else:
+        assert monitor.other_cores is None
+
+
+def test_pykka_rounds_on_a_busy_machine_are_left_out_while_quiet_ones_exist() -> None:
+    samples, note = runtime._quiet_samples([1.0, 0.5, 2.0], [0.0, 1.0, None])
+    assert samples == [1.0, 2.0]
+    assert "1 busy-machine round" in note
+    samples, note = runtime._quiet_samples([1.0, 0.5], [1.0, 1.0])
+    assert samples == [1.0, 0.5]
+    assert "inflated" in note
+    assert runtime._quiet_samples([1.0], [0.0]) == ([1.0], "")
+    notes = runtime.background_notes({"event_loops": 0.0, "pykka_threads": 1.0})
+    assert any("WARNING" in line for line in notes)
 
 
 # ------------------------------------------------------------------------------ scenarios
