@@ -139,11 +139,15 @@ class ActorSystem:
             raise RuntimeError("the actor system is not running: use 'async with ActorSystem()'")
         return self._bus
 
-    def start_soon(self, fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any, name: str = "") -> None:
+    def start_soon(
+        self, fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any, name: str = ""
+    ) -> None:
         assert self._task_group is not None, "system not running"
         self._task_group.start_soon(fn, *args, name=name or None)
 
-    async def start(self, fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any, name: str = "") -> Any:
+    async def start(
+        self, fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any, name: str = ""
+    ) -> Any:
         """Run ``fn`` in the system's task group; returns what it passes to ``started()``."""
         assert self._task_group is not None, "system not running"
         return await self._task_group.start(fn, *args, name=name or None)
