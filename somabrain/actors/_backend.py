@@ -24,10 +24,12 @@ __all__ = ["Backend", "Parker", "Reply", "current_backend"]
 
 
 class Parker(Protocol):
-    """One waiter parks until somebody unparks it. Unparking an idle parker is a no-op."""
+    """One waiter parks until somebody unparks it. Unparking an idle parker is a no-op.
 
-    @property
-    def parked(self) -> bool: ...
+    ``parked`` is a plain attribute, not a property: producers read it on every message.
+    """
+
+    parked: bool
 
     async def park(self) -> None: ...
 
@@ -46,9 +48,15 @@ class Reply(Protocol):
 
     async def wait(self, timeout: float, on_timeout: Callable[[], BaseException]) -> Any: ...
 
+    async def wait_untimed(self) -> Any:
+        """Wait with no timer of its own (a ``Deadlines`` watchdog enforces the timeout)."""
+        ...
+
 
 class Backend(Protocol):
     name: str
+
+    def now(self) -> float: ...
 
     def new_parker(self) -> Parker: ...
 
@@ -59,28 +67,32 @@ class Backend(Protocol):
 
 
 class _AsyncioParker:
-    __slots__ = ("_future", "_loop")
+    __slots__ = ("_future", "_loop", "parked")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._future: asyncio.Future[None] | None = None
-
-    @property
-    def parked(self) -> bool:
-        return self._future is not None
+        self.parked = False
 
     async def park(self) -> None:
         future = self._loop.create_future()
         self._future = future
+        self.parked = True
         try:
             await future
         finally:
             self._future = None
+            self.parked = False
 
     def unpark(self) -> None:
         future = self._future
-        if future is not None and not future.done():
-            future.set_result(None)
+        if future is not None:
+            # Cleared now, not when the parked task resumes: a burst of producers then sees
+            # ``parked`` False after the first wake-up and skips this call.
+            self._future = None
+            self.parked = False
+            if not future.done():
+                future.set_result(None)
 
 
 class _AsyncioReply:
@@ -117,12 +129,16 @@ class _AsyncioReply:
         if not self._future.done():
             self._future.set_exception(on_timeout())
 
+    async def wait_untimed(self) -> Any:
+        return await self._future
+
 
 class _AsyncioBackend:
     name = "asyncio"
 
     def __init__(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self.now = self._loop.time
 
     def new_parker(self) -> Parker:
         return _AsyncioParker(self._loop)
@@ -140,30 +156,34 @@ def _make_trio_backend() -> Backend:
     import trio
     from trio.lowlevel import Abort, current_task, reschedule, wait_task_rescheduled
 
-    def _abort_ok(_raise_cancel: Any) -> Abort:
-        return Abort.SUCCEEDED
-
     class _TrioParker:
-        __slots__ = ("_task",)
+        __slots__ = ("_task", "parked")
 
         def __init__(self) -> None:
             self._task: Any = None
-
-        @property
-        def parked(self) -> bool:
-            return self._task is not None
+            self.parked = False
 
         async def park(self) -> None:
             self._task = current_task()
+            self.parked = True
             try:
-                await wait_task_rescheduled(_abort_ok)
+                await wait_task_rescheduled(self._abort)
             finally:
                 self._task = None
+                self.parked = False
+
+        def _abort(self, _raise_cancel: Any) -> Abort:
+            # Cancelled while parked: forget the task now, or an unpark() arriving before it
+            # resumes would reschedule it a second time.
+            self._task = None
+            self.parked = False
+            return Abort.SUCCEEDED
 
         def unpark(self) -> None:
             task = self._task
             if task is not None:
                 self._task = None
+                self.parked = False
                 reschedule(task)
 
     class _TrioReply:
@@ -208,8 +228,22 @@ def _make_trio_backend() -> Backend:
             self._outcome = outcome.Error(exc)
             raise exc
 
+        async def wait_untimed(self) -> Any:
+            if self._outcome is not None:
+                return self._outcome.unwrap()
+
+            def abort(_raise_cancel: Any) -> Abort:
+                # Cancelled: count as done, so the deadline watchdog drops it.
+                self._task = None
+                self._outcome = outcome.Value(None)
+                return Abort.SUCCEEDED
+
+            self._task = current_task()
+            return await wait_task_rescheduled(abort)
+
     class _TrioBackend:
         name = "trio"
+        now = staticmethod(trio.current_time)
 
         def new_parker(self) -> Parker:
             return _TrioParker()

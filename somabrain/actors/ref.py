@@ -33,7 +33,15 @@ class ActorRef:
     async def tell(self, message: Any) -> None:
         """Send without waiting for a reply; applies the mailbox's overflow policy when full."""
         mailbox = self._mailbox
-        if len(mailbox) < mailbox.capacity or mailbox.overflow_policy is OverflowPolicy.RAISE:
+        queue = mailbox._queue
+        # The hot path, inlined: room in an open mailbox. Everything else takes the slow path.
+        if len(queue) < mailbox.capacity and mailbox._closed_reason is None:
+            queue.append((message, None))
+            mailbox.enqueued_total += 1
+            reader = mailbox._reader
+            if reader.parked:
+                reader.unpark()
+        elif mailbox.overflow_policy is OverflowPolicy.RAISE:
             self._put_nowait(message, None)
         else:
             await self._put_waiting(message, None)
@@ -50,11 +58,15 @@ class ActorRef:
         """
         reply = self._cell.backend.new_reply()
         mailbox = self._mailbox
-        if len(mailbox) < mailbox.capacity or mailbox.overflow_policy is OverflowPolicy.RAISE:
+        if (
+            len(mailbox._queue) < mailbox.capacity
+            or mailbox.overflow_policy is OverflowPolicy.RAISE
+        ):
             self._put_nowait(message, reply)
         else:
             await self._put_waiting(message, reply)
-        return await reply.wait(timeout, lambda: AskTimeoutError(self.path, timeout))
+        self._cell.system.deadlines.add(reply, timeout, lambda: AskTimeoutError(self.path, timeout))
+        return await reply.wait_untimed()
 
     def _put_nowait(self, message: Any, reply: Any) -> None:
         mailbox = self._mailbox

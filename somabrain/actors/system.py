@@ -22,6 +22,7 @@ import anyio.abc
 
 from ._backend import Backend, current_backend
 from ._cell import ActorCell, Exit
+from ._deadlines import Deadlines
 from .actor import Actor
 from .deadletters import DeadLetters
 from .mailbox import OverflowPolicy
@@ -70,8 +71,10 @@ class ActorSystem:
 
     async def __aenter__(self) -> ActorSystem:
         self._backend = current_backend()
+        self.deadlines = Deadlines(self._backend)
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
+        self._task_group.start_soon(self.deadlines.run, name="ask deadlines")
         if self._bus is None:
             from .bus import InProcessBus
 

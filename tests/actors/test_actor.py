@@ -201,3 +201,26 @@ async def test_hooks_run_in_order() -> None:
     async with ActorSystem() as system:
         ref = await system.spawn(Hooks, "hooks")
     assert calls == ["start /user/hooks 1", "stop"]
+
+
+async def test_telling_a_killed_actor_is_a_dead_letter_not_a_crash() -> None:
+    async with ActorSystem() as system:
+        ref = await system.spawn(Counter, "killed")
+        await anyio.wait_all_tasks_blocked()  # the actor is parked on an empty mailbox
+        ref.kill()
+        await ref.tell(1)  # before the killed task ran: must not wake it a second time
+        await anyio.wait_all_tasks_blocked()
+        await ref.tell(2)
+        assert not ref.alive
+        assert system.dead_letters.total >= 1
+
+
+async def test_an_ask_can_be_cancelled_by_an_enclosing_scope() -> None:
+    async with ActorSystem() as system:
+        ref = await system.spawn(Counter, "cancel")
+        gate = anyio.Event()
+        with anyio.move_on_after(0.01) as scope:
+            await ref.ask(("block", gate), timeout=60)
+        assert scope.cancelled_caught
+        gate.set()
+        assert await ref.ask("get") == 0  # the actor is fine, the late reply was dropped
