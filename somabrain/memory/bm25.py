@@ -1,0 +1,220 @@
+"""Incremental Okapi BM25 over memory contents.
+
+Scoring (Robertson/Sparck Jones, with the non-negative IDF Lucene uses so that a term found in
+more than half the corpus never subtracts score)::
+
+    idf(t)      = ln(1 + (N - df(t) + 0.5) / (df(t) + 0.5))
+    score(d, q) = sum over distinct t in q of
+                  idf(t) * tf(t, d) * (k1 + 1) / (tf(t, d) + k1 * (1 - b + b * |d| / avgdl))
+
+with k1 = 1.2, b = 0.75, N the number of live documents and avgdl their mean length in tokens
+(after stopword removal). Query terms count once each: agents' queries repeat words by accident
+more often than for emphasis.
+
+Layout, for speed: one inverted posting list per term, each a pair of growable numpy arrays
+(slots, term frequencies). A query gathers each query term's postings and accumulates into a
+dense score array with one vectorised expression per term: no Python loop over documents.
+
+Deletes are tombstones: ``df``, ``N`` and ``avgdl`` are corrected at once (so scores equal those
+of an index that never held the document), while the dead postings stay until ``compact``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from ._growable import Growable
+
+__all__ = ["BM25Index"]
+
+F32 = npt.NDArray[np.float32]
+I64 = npt.NDArray[np.int64]
+
+
+class BM25Index:
+    """Okapi BM25 with incremental add/remove; documents are pre-tokenized term lists."""
+
+    def __init__(self, k1: float = 1.2, b: float = 0.75) -> None:
+        if k1 < 0 or not 0.0 <= b <= 1.0:
+            raise ValueError(f"need k1 >= 0 and 0 <= b <= 1, got k1={k1}, b={b}")
+        self.k1 = float(k1)
+        self.b = float(b)
+        self._term_ids: dict[str, int] = {}
+        self._post_slots: list[Growable] = []
+        self._post_tf: list[Growable] = []
+        self._df: list[int] = []
+        self._doclen = Growable(np.float32, 1024)
+        self._alive = Growable(np.bool_, 1024)
+        self._doc_terms: list[npt.NDArray[np.int32]] = []
+        self._n_alive = 0
+        self._total_len = 0.0
+
+    # --- introspection -------------------------------------------------------------------
+
+    @property
+    def size(self) -> int:
+        """Slots handed out so far, dead ones included."""
+        return len(self._doc_terms)
+
+    @property
+    def dead(self) -> int:
+        return self.size - self._n_alive
+
+    def __len__(self) -> int:
+        return self._n_alive
+
+    @property
+    def avgdl(self) -> float:
+        return self._total_len / self._n_alive if self._n_alive else 0.0
+
+    @property
+    def vocabulary_size(self) -> int:
+        return len(self._term_ids)
+
+    def df(self, term: str) -> int:
+        """Live documents containing ``term``."""
+        tid = self._term_ids.get(term)
+        return 0 if tid is None else self._df[tid]
+
+    def idf(self, term: str) -> float:
+        df = self.df(term)
+        n = self._n_alive
+        return math.log(1.0 + (n - df + 0.5) / (df + 0.5))
+
+    # --- mutation ------------------------------------------------------------------------
+
+    def _term_id(self, term: str) -> int:
+        tid = self._term_ids.get(term)
+        if tid is None:
+            tid = len(self._post_slots)
+            self._term_ids[term] = tid
+            self._post_slots.append(Growable(np.int32))
+            self._post_tf.append(Growable(np.float32))
+            self._df.append(0)
+        return tid
+
+    def add(self, tokens: Sequence[str]) -> int:
+        """Index one document; returns its slot."""
+        slot = self.size
+        counts = Counter(tokens)
+        tids = np.empty(len(counts), dtype=np.int32)
+        for i, (term, tf) in enumerate(counts.items()):
+            tid = self._term_id(term)
+            tids[i] = tid
+            self._post_slots[tid].append(slot)
+            self._post_tf[tid].append(tf)
+            self._df[tid] += 1
+        self._finish_doc(tids, len(tokens))
+        return slot
+
+    def add_batch(self, docs: Iterable[Sequence[str]]) -> I64:
+        """Index many documents; postings are appended per term, not per (term, document)."""
+        first = self.size
+        all_tids: list[int] = []
+        all_slots: list[int] = []
+        all_tf: list[int] = []
+        slot = first
+        for tokens in docs:
+            counts = Counter(tokens)
+            tids = np.fromiter((self._term_id(t) for t in counts), np.int32, len(counts))
+            all_tids.extend(tids.tolist())
+            all_slots.extend([slot] * len(counts))
+            all_tf.extend(counts.values())
+            self._finish_doc(tids, len(tokens))
+            slot += 1
+        if all_tids:
+            tid_arr = np.asarray(all_tids, dtype=np.int64)
+            order = np.argsort(tid_arr, kind="stable")  # stable: slots stay ascending per term
+            tid_sorted = tid_arr[order]
+            slots_sorted = np.asarray(all_slots, dtype=np.int32)[order]
+            tf_sorted = np.asarray(all_tf, dtype=np.float32)[order]
+            bounds = np.flatnonzero(np.diff(tid_sorted)) + 1
+            starts = np.concatenate(([0], bounds))
+            ends = np.concatenate((bounds, [tid_sorted.shape[0]]))
+            for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
+                tid = int(tid_sorted[s])
+                self._post_slots[tid].extend(slots_sorted[s:e])
+                self._post_tf[tid].extend(tf_sorted[s:e])
+                self._df[tid] += e - s
+        return np.arange(first, slot, dtype=np.int64)
+
+    def _finish_doc(self, tids: npt.NDArray[np.int32], length: int) -> None:
+        self._doc_terms.append(tids)
+        self._doclen.append(length)
+        self._alive.append(True)
+        self._n_alive += 1
+        self._total_len += length
+
+    def remove(self, slot: int) -> bool:
+        """Tombstone ``slot``; statistics are corrected now, postings dropped at compaction."""
+        if not 0 <= slot < self.size or not self._alive.view()[slot]:
+            return False
+        self._alive.view()[slot] = False
+        for tid in self._doc_terms[slot].tolist():
+            self._df[tid] -= 1
+        self._n_alive -= 1
+        self._total_len -= float(self._doclen.view()[slot])
+        self._doc_terms[slot] = np.empty(0, dtype=np.int32)
+        return True
+
+    def compact(self, remap: I64 | None = None) -> I64:
+        """Drop dead postings and renumber slots; returns (or applies) ``remap[old] = new``.
+
+        Pass the vector index's ``remap`` to keep both numbered alike (their live sets agree).
+        """
+        alive = self._alive.view()
+        if remap is None:
+            remap = np.full(self.size, -1, dtype=np.int64)
+            keep = np.flatnonzero(alive)
+            remap[keep] = np.arange(keep.shape[0], dtype=np.int64)
+        else:
+            keep = np.flatnonzero(remap >= 0)
+            if not np.array_equal(keep, np.flatnonzero(alive)):
+                raise ValueError("remap does not match this index's live documents")
+        for slots, tfs in zip(self._post_slots, self._post_tf, strict=True):
+            if len(slots) == 0:
+                continue
+            new = remap[slots.view()]
+            ok = new >= 0
+            tfs.replace_all(tfs.view()[ok])
+            slots.replace_all(new[ok])
+        self._doclen.replace_all(self._doclen.view()[keep])
+        self._alive.replace_all(np.ones(keep.shape[0], dtype=np.bool_))
+        self._doc_terms = [self._doc_terms[i] for i in keep.tolist()]
+        return remap
+
+    # --- scoring -------------------------------------------------------------------------
+
+    def scores(self, query_tokens: Iterable[str]) -> F32:
+        """BM25 of the query against every slot (dead slots score 0); fresh writable array."""
+        n_slots = self.size
+        acc = np.zeros(n_slots, dtype=np.float32)
+        n = self._n_alive
+        if n == 0:
+            return acc
+        k1, b = self.k1, self.b
+        avgdl = self._total_len / n
+        doclen = self._doclen.view()
+        matched = False
+        for term in dict.fromkeys(query_tokens):
+            tid = self._term_ids.get(term)
+            if tid is None or self._df[tid] == 0:
+                continue
+            df = self._df[tid]
+            idf = math.log(1.0 + (n - df + 0.5) / (df + 0.5))
+            slots = self._post_slots[tid].view()
+            tf = self._post_tf[tid].view()
+            if avgdl > 0:
+                norm = doclen[slots] * np.float32(k1 * b / avgdl) + np.float32(k1 * (1.0 - b))
+            else:
+                norm = np.full(tf.shape, k1 * (1.0 - b), dtype=np.float32)
+            acc[slots] += tf * np.float32(idf * (k1 + 1.0)) / (tf + norm)
+            matched = True
+        if matched and self.dead:
+            acc[~self._alive.view()] = 0.0
+        return acc

@@ -1,0 +1,274 @@
+"""TenantMemory: the write/read API, dedupe, links, rebuild from the log and compaction."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anyio
+import msgspec
+import numpy as np
+import pytest
+
+from somabrain.memory import (
+    HashingEmbedder,
+    InvalidVectorError,
+    Link,
+    Memory,
+    RecallFilter,
+    TenantMemory,
+    TenantMismatchError,
+    UnknownMemoryError,
+    content_key,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+class Clock:
+    def __init__(self, now: float = 1_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def open_tm(path: Path, **kw) -> TenantMemory:
+    kw.setdefault("embedder", HashingEmbedder(dim=64))
+    return await TenantMemory.open(path, "acme", **kw)
+
+
+def snapshot(tm: TenantMemory) -> tuple:
+    mems = {k: tm.get(k) for k in sorted(tm.keys())}
+    links = sorted((ln.from_key, ln.to_key, ln.rel, ln.weight) for ln in tm.links())
+    return mems, links
+
+
+async def test_remember_get_recall_forget(tmp_path: Path) -> None:
+    clock = Clock()
+    async with await open_tm(tmp_path, clock=clock) as tm:
+        key, dedup = await tm.remember(Memory(content="Melanie painted a sunrise", tags=("art",)))
+        assert key == content_key("default", "Melanie painted a sunrise") and not dedup
+        m = tm.get(key)
+        assert m is not None and m.tenant == "acme" and m.created_at == 1_000.0
+        hits = tm.recall("who painted the sunrise?", top_k=3)
+        assert hits[0].key == key and hits[0].memory.content == "Melanie painted a sunrise"
+        assert set(hits[0].views) == {"semantic", "lexical"}
+        assert tm.recall("sunrise", filters={"tags": ["art"]})[0].key == key
+        assert tm.recall("sunrise", filters=RecallFilter(tags=("nope",))) == []
+        assert await tm.forget(key) is True
+        assert await tm.forget(key) is False
+        assert tm.get(key) is None and tm.recall("sunrise") == [] and len(tm) == 0
+
+
+async def test_dedupe_rules() -> None:
+    tm = TenantMemory.in_memory("acme", embedder=HashingEmbedder(dim=64))
+    k1, d1 = await tm.remember(Memory(content="same text", tags=("a",)))
+    k2, d2 = await tm.remember(Memory(content="same text", tags=("b",)))
+    assert (k1, d1, d2) == (k2, False, True)
+    assert tm.get(k1).tags == ("a",)  # a deduplicated remember writes nothing
+    # Another namespace is another memory.
+    k3, d3 = await tm.remember(Memory(content="same text", namespace="other"))
+    assert k3 != k1 and not d3
+    # An explicit key is an upsert; it is deduplicated only if nothing changed.
+    assert await tm.remember(Memory(key="x", content="same text")) == ("x", False)
+    assert await tm.remember(Memory(key="x", content="same text")) == ("x", True)
+    assert await tm.remember(Memory(key="x", content="same text", importance=0.9)) == ("x", False)
+    assert tm.get("x").importance == 0.9
+    # A keyless remember of content held under an explicit key finds a holder, not a twin.
+    await tm.forget(k1)
+    assert await tm.remember(Memory(content="same text")) == ("x", True)
+
+
+async def test_upsert_keeps_created_at_and_replaces_content() -> None:
+    clock = Clock()
+    tm = TenantMemory.in_memory("acme", clock=clock, embedder=HashingEmbedder(dim=64))
+    await tm.remember(Memory(key="k", content="old apples"))
+    clock.now += 50
+    await tm.remember(Memory(key="k", content="new pears"))
+    assert tm.get("k").created_at == 1_000.0 and tm.get("k").content == "new pears"
+    assert all(h.views["lexical"] == 0.0 for h in tm.recall("apples"))
+    assert tm.recall("pears")[0].key == "k"
+    assert len(tm) == 1
+
+
+async def test_generated_key_collision_with_explicit_key() -> None:
+    tm = TenantMemory.in_memory("acme", embedder=HashingEmbedder(dim=64))
+    squatted = content_key("default", "hello")
+    await tm.remember(Memory(key=squatted, content="something else"))
+    key, dedup = await tm.remember(Memory(content="hello"))
+    assert key != squatted and not dedup and tm.get(key).content == "hello"
+
+
+async def test_batch_embeds_once_and_handles_duplicates() -> None:
+    calls = []
+
+    class Counting:
+        """Any object with ``dim`` and ``embed`` is an embedder (not only HashingEmbedder)."""
+
+        dim = 64
+        inner = HashingEmbedder(dim=64)
+
+        def embed(self, texts):
+            calls.append(len(texts))
+            return self.inner.embed(texts)
+
+    tm = TenantMemory.in_memory("acme", embedder=Counting())
+    results = await tm.remember_batch(
+        [
+            Memory(content="one"),
+            Memory(content="two"),
+            Memory(content="one"),  # deduplicated within the batch
+            Memory(key="k", content="first"),
+            Memory(key="k", content="second"),  # a later upsert in the batch wins
+        ]
+    )
+    assert [r.deduplicated for r in results] == [False, False, True, False, False]
+    assert results[0].key == results[2].key
+    assert calls == [3] and len(tm) == 3 and tm.get("k").content == "second"
+    assert await tm.remember_batch([]) == []
+
+
+async def test_validation_writes_nothing(tmp_path: Path) -> None:
+    async with await open_tm(tmp_path) as tm:
+        with pytest.raises(TenantMismatchError):
+            await tm.remember(Memory(content="x", tenant="other"))
+        with pytest.raises(ValueError):
+            await tm.remember(Memory(content="   "))
+        with pytest.raises(InvalidVectorError):
+            await tm.remember(Memory(content="x", vector=[1.0, 2.0]))
+        with pytest.raises(UnknownMemoryError):
+            await tm.remember_batch(
+                [Memory(content="ok"), Memory(content="y", links=(Link(to_key="missing"),))]
+            )
+        with pytest.raises(ValueError):
+            tm.recall("x", top_k=-1)
+        with pytest.raises(msgspec.ValidationError):
+            tm.recall("x", filters={"tags": 5})
+        assert len(tm) == 0 and tm.log is not None and tm.log.record_count == 0
+
+
+async def test_links(tmp_path: Path) -> None:
+    async with await open_tm(tmp_path) as tm:
+        await tm.remember(Memory(key="a", content="alpha"))
+        await tm.remember_batch(
+            [
+                Memory(key="b", content="beta", links=(Link(to_key="a", rel="cites"),)),
+                Memory(key="c", content="gamma", links=(Link(to_key="d"),)),  # d: same batch
+                Memory(key="d", content="delta"),
+            ]
+        )
+        link = await tm.link("a", "b", "next", 0.25)
+        assert link == Link(from_key="a", to_key="b", rel="next", weight=0.25)
+        await tm.link("a", "b", "next", 0.75)  # re-weight, not a second edge
+        assert tm.link_count == 3
+        assert tm.get("a").links == (Link(from_key="a", to_key="b", rel="next", weight=0.75),)
+        assert [ln.from_key for ln in tm.links_to("a")] == ["b"]
+        with pytest.raises(UnknownMemoryError) as info:
+            await tm.link("a", "zzz")
+        assert info.value.key == "zzz" and "zzz" in str(info.value)
+        assert await tm.unlink("a", "b", "next") and not await tm.unlink("a", "b", "next")
+        await tm.forget("a")  # drops b -> a
+        assert tm.link_count == 1 and tm.links_from("b") == []
+        before = snapshot(tm)
+    async with await open_tm(tmp_path) as tm:
+        assert snapshot(tm) == before
+
+
+async def test_rebuild_from_log_equals_live_state(tmp_path: Path) -> None:
+    rng = np.random.default_rng(7)
+    async with await open_tm(tmp_path) as tm:
+        for i in range(60):
+            op = rng.integers(0, 4)
+            key = f"k{rng.integers(0, 15)}"
+            if op < 2:
+                await tm.remember(Memory(key=key, content=f"text {i} about topic {i % 5}"))
+            elif op == 2:
+                await tm.forget(key)
+            elif key in tm and "k0" in tm:
+                await tm.link(key, "k0", "rel", float(i))
+        before = snapshot(tm)
+        recall_before = [(h.key, h.score) for h in tm.recall("topic 3 text")]
+    async with await open_tm(tmp_path) as tm:
+        assert snapshot(tm) == before
+        assert [(h.key, h.score) for h in tm.recall("topic 3 text")] == recall_before
+
+
+async def test_user_vectors_survive_restart_and_compaction(tmp_path: Path) -> None:
+    vec = np.zeros(64, dtype=np.float32)
+    vec[3] = 2.0
+    async with await open_tm(tmp_path, compact_min_records=4, compact_ratio=0.5) as tm:
+        await tm.remember(Memory(key="v", content="opaque", vector=vec.tolist()))
+        assert tm.recall("", vector=vec)[0].key == "v"
+        for i in range(6):
+            await tm.remember(Memory(key="churn", content=f"version {i}"))
+        assert tm.statistics().compactions >= 1
+    async with await open_tm(tmp_path) as tm:
+        hit = tm.recall("", vector=vec)[0]
+        assert hit.key == "v" and hit.views["semantic"] == pytest.approx(1.0)
+        assert tm.get("v").vector is None  # the vector lives in the index, not the record
+
+
+async def test_compaction_shrinks_the_log_and_keeps_state(tmp_path: Path) -> None:
+    async with await open_tm(tmp_path, compact_min_records=50, compact_ratio=0.5) as tm:
+        await tm.remember(Memory(key="keep", content="kept memory"))
+        await tm.remember(Memory(key="other", content="other memory"))
+        await tm.link("keep", "other")
+        for i in range(200):
+            await tm.remember(Memory(key=f"tmp{i % 3}", content=f"churn {i}"))
+            if i % 2:
+                await tm.forget(f"tmp{i % 3}")
+        stats = tm.statistics()
+        assert stats.compactions >= 1
+        assert stats.log_records < 100
+        before = snapshot(tm)
+        assert tm.log is not None
+        size = tm.log.path.stat().st_size
+        assert await tm.compact() is True
+        assert tm.log.path.stat().st_size <= size
+        assert tm.log.record_count == len(tm) + tm.link_count
+    async with await open_tm(tmp_path) as tm:
+        assert snapshot(tm) == before
+
+
+async def test_expired_memories_are_hidden_and_dropped(tmp_path: Path) -> None:
+    clock = Clock()
+    async with await open_tm(tmp_path, clock=clock) as tm:
+        await tm.remember(Memory(key="e", content="ephemeral note", expires_at=1_010.0))
+        await tm.remember(Memory(key="p", content="permanent note"))
+        assert {h.key for h in tm.recall("note")} == {"e", "p"}
+        clock.now = 1_010.0
+        assert tm.get("e") is None and {h.key for h in tm.recall("note")} == {"p"}
+        # Keyless remember of expired content creates it afresh rather than deduplicating.
+        assert (await tm.remember(Memory(content="ephemeral note"))).deduplicated is False
+    async with await open_tm(tmp_path, clock=clock) as tm:
+        assert "e" not in tm and len(tm) == 2
+
+
+async def test_concurrent_upserts_apply_in_log_order(tmp_path: Path) -> None:
+    async with await open_tm(tmp_path) as tm:
+        async with anyio.create_task_group() as tg:
+            for i in range(20):
+                tg.start_soon(tm.remember, Memory(key="k", content=f"version {i}"))
+        live = tm.get("k")
+    async with await open_tm(tmp_path) as tm:
+        assert tm.get("k") == live
+
+
+async def test_statistics_and_counts(tmp_path: Path) -> None:
+    async with await open_tm(tmp_path) as tm:
+        await tm.remember(Memory(key="a", content="alpha", namespace="n1"))
+        await tm.remember(Memory(key="b", content="beta", namespace="n2"))
+        await tm.remember(Memory(key="a", content="alpha two", namespace="n1"))
+        stats = tm.statistics()
+        assert (stats.tenant, stats.memories, stats.links, stats.namespaces) == ("acme", 2, 0, 2)
+        assert stats.log_records == 3 and stats.log_dead_records == 1
+        assert stats.log is not None and stats.log.policy == "group"
+        assert tm.memory_count == len(tm) == 2 and "a" in tm
+    assert TenantMemory.in_memory("x").statistics().log is None
+
+
+async def test_open_failure_closes_the_log(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        await TenantMemory.open(tmp_path, "acme", compact_ratio=2.0)
+    async with await open_tm(tmp_path):  # the lock was released
+        pass
