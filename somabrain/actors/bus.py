@@ -214,6 +214,48 @@ class BusBase:
             subscription._run_callback, cb, name=f"bus callback {subscription.pattern}"
         )
 
+    # ------------------------------------------------------------------ subscribing
+
+    async def subscribe(
+        self,
+        pattern: str,
+        *,
+        queue: str | None = None,
+        cb: Callback | None = None,
+        pending_limit: int = DEFAULT_PENDING_LIMIT,
+    ) -> Subscription:
+        backend = self._check_open()
+        self._validate_subscription(pattern, queue)
+        subscription = Subscription(
+            pattern,
+            queue,
+            backend=backend,
+            on_unsubscribe=self._unsubscribe,
+            pending_limit=pending_limit,
+        )
+        if cb is not None:
+            await self._start_callback(subscription, cb)
+        await self._attach(subscription, pending_limit)
+        return subscription
+
+    async def subscribe_actor(
+        self, pattern: str, ref: ActorRef, *, queue: str | None = None
+    ) -> Subscription:
+        backend = self._check_open()
+        self._validate_subscription(pattern, queue)
+        subscription = ActorSubscription(
+            pattern, queue, ref, backend=backend, on_unsubscribe=self._unsubscribe
+        )
+        await self._attach(subscription, DEFAULT_PENDING_LIMIT)
+        return subscription
+
+    async def _attach(self, subscription: Subscription, pending_limit: int) -> None:
+        """Route messages matching the subscription to it (the transport-specific part)."""
+        raise NotImplementedError
+
+    async def _unsubscribe(self, subscription: Subscription) -> None:
+        raise NotImplementedError
+
 
 class _ReplyRouter:
     """The one subscription behind every in-process request: ``<inbox prefix>.*``. A reply
@@ -287,40 +329,7 @@ class InProcessBus(BusBase):
 
     # ------------------------------------------------------------------ subscribing
 
-    async def subscribe(
-        self,
-        pattern: str,
-        *,
-        queue: str | None = None,
-        cb: Callback | None = None,
-        pending_limit: int = DEFAULT_PENDING_LIMIT,
-    ) -> Subscription:
-        backend = self._check_open()
-        self._validate_subscription(pattern, queue)
-        subscription = Subscription(
-            pattern,
-            queue,
-            backend=backend,
-            on_unsubscribe=self._unsubscribe,
-            pending_limit=pending_limit,
-        )
-        if cb is not None:
-            await self._start_callback(subscription, cb)
-        self._add(subscription)
-        return subscription
-
-    async def subscribe_actor(
-        self, pattern: str, ref: ActorRef, *, queue: str | None = None
-    ) -> Subscription:
-        backend = self._check_open()
-        self._validate_subscription(pattern, queue)
-        subscription = ActorSubscription(
-            pattern, queue, ref, backend=backend, on_unsubscribe=self._unsubscribe
-        )
-        self._add(subscription)
-        return subscription
-
-    def _add(self, subscription: Subscription) -> None:
+    async def _attach(self, subscription: Subscription, pending_limit: int) -> None:
         self._index.add(subscription.pattern, subscription, subscription.queue)
         self._subscriptions[subscription] = None
 

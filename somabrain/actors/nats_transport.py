@@ -44,10 +44,9 @@ from ._exceptions import (
     NoRespondersError,
     RequestTimeoutError,
 )
-from ._subscription import ActorSubscription, Callback, Msg, Subscription
-from .bus import DEFAULT_PENDING_LIMIT, DEFAULT_REQUEST_TIMEOUT, BusBase, BusStatistics
+from ._subscription import ActorSubscription, Msg, Subscription
+from .bus import DEFAULT_REQUEST_TIMEOUT, BusBase, BusStatistics
 from .codec import Codec
-from .ref import ActorRef
 from .subjects import validate_subject
 
 __all__ = ["DEFAULT_NATS_URL", "NatsBus"]
@@ -160,39 +159,6 @@ class NatsBus(BusBase):
         logger.info("reconnected to NATS")
 
     # ------------------------------------------------------------------ subscribing
-
-    async def subscribe(
-        self,
-        pattern: str,
-        *,
-        queue: str | None = None,
-        cb: Callback | None = None,
-        pending_limit: int = DEFAULT_PENDING_LIMIT,
-    ) -> Subscription:
-        backend = self._check_open()
-        self._validate_subscription(pattern, queue)
-        subscription = Subscription(
-            pattern,
-            queue,
-            backend=backend,
-            on_unsubscribe=self._unsubscribe,
-            pending_limit=pending_limit,
-        )
-        if cb is not None:
-            await self._start_callback(subscription, cb)
-        await self._attach(subscription, pending_limit)
-        return subscription
-
-    async def subscribe_actor(
-        self, pattern: str, ref: ActorRef, *, queue: str | None = None
-    ) -> Subscription:
-        backend = self._check_open()
-        self._validate_subscription(pattern, queue)
-        subscription = ActorSubscription(
-            pattern, queue, ref, backend=backend, on_unsubscribe=self._unsubscribe
-        )
-        await self._attach(subscription, DEFAULT_PENDING_LIMIT)
-        return subscription
 
     async def _attach(self, subscription: Subscription, pending_limit: int) -> None:
         """Subscribe upstream and wait until the server has registered the interest."""
