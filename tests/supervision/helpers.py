@@ -6,9 +6,25 @@ from collections.abc import Callable
 from typing import Any
 
 import anyio
+import msgspec
 
 from somabrain.actors import Actor, ActorSystem
-from somabrain.supervision import ActorSpec, Restart, Supervisor, SupervisorSpec, VirtualClock
+from somabrain.supervision import (
+    ActorSpec,
+    NodeSettings,
+    Restart,
+    Supervisor,
+    SupervisorNode,
+    SupervisorSpec,
+    VirtualClock,
+)
+
+
+class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """The tree part of SomaBrain's config, on its own."""
+
+    node: NodeSettings = msgspec.field(default_factory=NodeSettings)
+    tree: SupervisorNode = msgspec.field(default_factory=SupervisorNode)
 
 
 class Recorder(Actor):

@@ -4,18 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import msgspec
 import pytest
 
 from somabrain import config as soma_config
-from somabrain.supervision import ConfigError, NodeSettings, SupervisorNode, load_config
+from somabrain.supervision import ConfigError, SupervisorNode, load_config
 from somabrain.supervision.config import ActorNode, DynamicNode, PoolNode
 
-
-class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    node: NodeSettings = msgspec.field(default_factory=NodeSettings)
-    tree: SupervisorNode = msgspec.field(default_factory=SupervisorNode)
-
+from .helpers import Config
 
 TREE = """
 [node]

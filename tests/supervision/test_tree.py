@@ -6,26 +6,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import pytest
 
 from somabrain.actors import Actor, ActorSystem
 from somabrain.supervision import (
-    NodeSettings,
     SupervisionTree,
-    SupervisorNode,
     VirtualClock,
     load_config,
 )
 
-from .helpers import Recorder, settle
+from .helpers import Config, Recorder, settle
 
 pytestmark = pytest.mark.anyio
-
-
-class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    node: NodeSettings = msgspec.field(default_factory=NodeSettings)
-    tree: SupervisorNode = msgspec.field(default_factory=SupervisorNode)
 
 
 TREE = """
