@@ -298,6 +298,11 @@ class Supervisor:
         finally:
             self._scope = None
             self._task_group = None
+            # The task group has exited, so no child runs any more, even those whose exits
+            # were never handled (this incarnation was killed): the next incarnation must
+            # start them again, not skip them as "running".
+            for child in self.children:
+                child.running = False
             self.state = ActorState.FAILED if exit_.abnormal else ActorState.STOPPED
             self._exited.set()
             if not started:
