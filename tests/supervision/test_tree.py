@@ -155,3 +155,19 @@ async def test_reload_applies_changes_without_restarting_the_rest(tmp_path: Path
         assert journal == ["stop audit", "stop planners-3", "stop planners-2", "stop planners-1"]
         assert system.lookup("/root/audit") is None
         assert "/root/audit: removed" in changes
+
+
+async def test_killing_a_supervisor_restarts_its_whole_subtree(tmp_path: Path) -> None:
+    journal: list[str] = []
+    async with ActorSystem() as system:
+        tree = await start_tree(system, load(tmp_path, TREE), journal)
+        memory = tree.find("/root/memory")
+        tenant = memory.ref("t1")  # type: ignore[union-attr]
+        assert await tenant.ask("who") == ("t1", 1)
+        assert tree.kill("/root/planners")
+        assert tree.kill("/root/memory")
+        await settle()
+        assert await who(system, "/root/planners/planners-1") == ("planners-1", 2)
+        assert await tenant.ask("who") == ("t1", 2)  # same ref, next incarnation
+        assert await who(system, "/root/store") == ("store", 1)
+        assert tree.ready
