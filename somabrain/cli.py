@@ -1,18 +1,70 @@
-"""The ``somabrain`` command."""
+"""The ``somabrain`` command: ``dev`` (a one-process node), ``token``, ``config``, ``openapi``."""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
 from collections.abc import Sequence
 
 __all__ = ["main"]
 
+# The node runs one event loop; recall's matrix-vector products are too small to gain from
+# BLAS threads, and on a busy machine idle BLAS threads spinning for work cost far more (we
+# measured 10x slower recalls). Set before numpy is imported; the environment may override.
+_SINGLE_THREADED_BLAS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
 
 def _dev(args: argparse.Namespace) -> int:
+    for name in _SINGLE_THREADED_BLAS:
+        os.environ.setdefault(name, "1")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     from .node import run_dev_node
 
-    return run_dev_node(config_path=args.config, port=args.port, data_dir=args.data_dir)
+    return run_dev_node(
+        config_path=args.config,
+        port=args.port,
+        host=args.host,
+        data_dir=args.data_dir,
+        backend=args.backend,
+    )
+
+
+def _token(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from . import config
+    from .edge.auth import Authenticator, TokenIssuer
+    from .supervision import ConfigError
+
+    try:
+        cfg = config.load(args.config)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        if args.private_key:
+            algorithm = "HS256" if cfg.auth.algorithm == "HS256" else cfg.auth.algorithm
+            key = Path(args.private_key).read_text("utf-8")
+            issuer = TokenIssuer(key, algorithm, cfg.auth)
+        else:
+            auth = Authenticator(cfg.auth, Path(args.data_dir))
+            if not auth.can_sign:
+                print(f"error: {cfg.auth.algorithm} tokens need --private-key", file=sys.stderr)
+                return 2
+            issuer = auth.issuer()
+        print(
+            issuer.issue(args.tenant, scopes=args.scope, ttl=args.ttl, subject=args.subject),
+            flush=True,
+        )
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def _config_check(args: argparse.Namespace) -> int:
@@ -30,19 +82,48 @@ def _config_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _openapi(args: argparse.Namespace) -> int:
+    from .edge.openapi import openapi_json
+
+    sys.stdout.write(openapi_json().decode())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="somabrain", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
     dev = commands.add_parser("dev", help="run a single-process dev node")
     dev.add_argument("--config", help="TOML config file merged over the defaults")
-    dev.add_argument("--port", type=int, default=9696, help="HTTP port (default 9696)")
+    dev.add_argument(
+        "--port", type=int, default=None, help="HTTP port (default edge.port, 9696; 0 = any)"
+    )
+    dev.add_argument("--host", default=None, help="address to bind (default 127.0.0.1)")
     dev.add_argument("--data-dir", default=".somabrain", help="data directory (default .somabrain)")
+    dev.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio", help="event loop")
+    dev.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     dev.set_defaults(func=_dev)
+
+    token = commands.add_parser("token", help="print a bearer token the node accepts")
+    token.add_argument(
+        "--tenant", action="append", required=True, help="tenant the token grants (repeatable)"
+    )
+    token.add_argument("--scope", action="append", default=[], help="scope, e.g. admin")
+    token.add_argument(
+        "--data-dir", default=".somabrain", help="the node's data dir (holds the dev secret)"
+    )
+    token.add_argument("--config", help="TOML config file (auth settings)")
+    token.add_argument("--ttl", type=float, default=None, help="lifetime in seconds")
+    token.add_argument("--subject", default="cli", help="the token's 'sub' claim")
+    token.add_argument("--private-key", help="PEM private key (RS256/EdDSA configurations)")
+    token.set_defaults(func=_token)
 
     check = commands.add_parser("config", help="validate a config file and print the result")
     check.add_argument("--config", help="TOML config file merged over the defaults")
     check.set_defaults(func=_config_check)
+
+    openapi = commands.add_parser("openapi", help="print the OpenAPI document of the edge")
+    openapi.set_defaults(func=_openapi)
     return parser
 
 

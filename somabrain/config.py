@@ -1,7 +1,16 @@
 """SomaBrain's configuration: the supervision tree plus one section per domain.
 
-Defaults live in ``somabrain/default.toml`` (the SomaBrain tree); a user's file is merged over
-them and ``SOMA_*`` variables override single keys (see ``somabrain.supervision.config``).
+Defaults live in ``somabrain/default.toml`` (the SomaBrain tree and every section below); a
+user's file is merged over them and ``SOMA_*`` variables override single keys (see
+``somabrain.supervision.config``), e.g. ``SOMA_EDGE__RATE_LIMIT__RATE=50``.
+
+Sections:
+
+``node``    the actor system (name, default mailbox size and overflow policy)
+``tree``    the supervision tree (``somabrain.supervision.config``)
+``edge``    the HTTP edge: bind address, body and batch limits, timeouts, rate limits
+``auth``    JWT verification: algorithm, HS256 secret or public key, issuer, audience
+``memory``  the per-tenant memory actors: durability (fsync policy) and recall limits
 """
 
 from __future__ import annotations
@@ -9,18 +18,96 @@ from __future__ import annotations
 import tomllib
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import msgspec
+from msgspec import Meta
 
 from .supervision.config import NodeSettings, SupervisorNode, load_config
 
-__all__ = ["SomaConfig", "default_config_data", "load"]
+__all__ = [
+    "AuthSettings",
+    "EdgeSettings",
+    "MemorySettings",
+    "RateLimitSettings",
+    "SomaConfig",
+    "default_config_data",
+    "load",
+]
+
+PositiveInt = Annotated[int, Meta(ge=1)]
+PositiveFloat = Annotated[float, Meta(gt=0)]
+Seconds = Annotated[float, Meta(ge=0)]
 
 
-class SomaConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class RateLimitSettings(_Section):
+    """A token bucket per tenant: ``rate`` requests per second, bursts up to ``burst``."""
+
+    enabled: bool = True
+    rate: PositiveFloat = 2000.0
+    burst: PositiveInt = 4000
+
+
+class EdgeSettings(_Section):
+    host: str = "127.0.0.1"
+    #: ``0`` picks a free port (the node prints the URL it got).
+    port: Annotated[int, Meta(ge=0, le=65535)] = 9696
+    backlog: PositiveInt = 1024
+    #: Request bodies larger than this are refused with 413 (checked while reading).
+    max_body_bytes: PositiveInt = 1_048_576
+    #: Items in one ``/memory/remember/batch`` request.
+    max_batch_items: PositiveInt = 1000
+    #: Seconds an HTTP request waits for the actor that handles it (then 503).
+    request_timeout: PositiveFloat = 10.0
+    #: On shutdown, seconds in-flight requests get to finish after the edge stops accepting.
+    graceful_timeout: Seconds = 10.0
+    keep_alive_timeout: PositiveFloat = 75.0
+    access_log: bool = False
+    rate_limit: RateLimitSettings = msgspec.field(default_factory=RateLimitSettings)
+
+
+class AuthSettings(_Section):
+    """How bearer tokens are verified.
+
+    ``HS256`` (the default) uses ``secret``, else the secret in ``secret_file``, else the dev
+    secret generated once into ``<data-dir>/dev-secret``. ``RS256`` and ``EdDSA`` verify with
+    the PEM public key in ``public_key`` or ``public_key_file`` (the node cannot sign those:
+    ``somabrain token`` needs ``--private-key``).
+    """
+
+    algorithm: Literal["HS256", "RS256", "EdDSA"] = "HS256"
+    secret: str = ""
+    secret_file: str = ""
+    public_key: str = ""
+    public_key_file: str = ""
+    issuer: str = ""
+    audience: str = ""
+    leeway: Seconds = 5.0
+    #: Lifetime of the token the dev node prints and of ``somabrain token`` by default.
+    token_ttl: PositiveFloat = 30 * 24 * 3600.0
+
+
+class MemorySettings(_Section):
+    """The per-tenant memory actors (see ``somabrain.memory.actor``)."""
+
+    #: ``group``: an acknowledged write is fsynced (survives power loss); ``never``: written
+    #: to the OS (survives a kill -9 of the process only); ``always``: one fsync per write.
+    fsync: Literal["always", "group", "never"] = "group"
+    group_window: Seconds = 0.0
+    #: Seconds a stopping memory actor waits for its in-flight writes before closing its log.
+    drain_timeout: Seconds = 10.0
+
+
+class SomaConfig(_Section):
     node: NodeSettings = msgspec.field(default_factory=NodeSettings)
     tree: SupervisorNode = msgspec.field(default_factory=SupervisorNode)
+    edge: EdgeSettings = msgspec.field(default_factory=EdgeSettings)
+    auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
+    memory: MemorySettings = msgspec.field(default_factory=MemorySettings)
 
 
 def default_config_data() -> dict[str, Any]:

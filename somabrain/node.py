@@ -1,43 +1,181 @@
-"""The node: one actor system, one supervision tree, run until a signal."""
+"""The node: one actor system, one supervision tree, run until a signal.
+
+``somabrain dev`` runs the whole tree in one process with embedded defaults: the in-process
+bus, durable memory logs in the data directory, a JWT secret generated once into it, and the
+HTTP edge. Start-up prints the URL and a ready-made token; SIGINT or SIGTERM stops the tree in
+reverse order (the edge first: it stops accepting and finishes in-flight requests; then the
+memory actors flush and close their logs) and the process exits 0.
+
+Resources the node puts in ``system.resources`` for the actors: ``config`` (``SomaConfig``),
+``config_path`` (for reloads), ``data_dir`` (``Path``), ``auth`` (``Authenticator``) and
+``tree`` (``SupervisionTree``). The edge adds ``edge.url`` once it listens.
+"""
 
 from __future__ import annotations
 
+import logging
 import signal
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import anyio
+import msgspec
+import sniffio
 
 from . import config as soma_config
-from .actors import ActorSystem
+from .actors import ActorSystem, SomaError
 from .supervision import ConfigError, SupervisionTree
 
-__all__ = ["run_dev_node"]
+__all__ = ["DEV_TENANT", "NodeInfo", "run_dev_node", "serve_node"]
+
+logger = logging.getLogger("somabrain.node")
+
+#: The tenant of the token the dev node prints.
+DEV_TENANT = "default"
 
 
-async def _serve(cfg: soma_config.SomaConfig, data_dir: Path) -> None:
+class NodeInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """What a started node tells its operator."""
+
+    url: str
+    data_dir: str
+    token: str | None
+    tenant: str
+    startup_seconds: float
+
+
+async def serve_node(
+    cfg: soma_config.SomaConfig,
+    data_dir: Path,
+    *,
+    config_path: str | None = None,
+    on_ready: Callable[[NodeInfo], Any] | None = None,
+    started_at: float | None = None,
+) -> None:
+    """Run the node until SIGINT/SIGTERM, then stop it gracefully."""
+    from .edge.auth import Authenticator
+
+    started = time.perf_counter() if started_at is None else started_at
+    _quiet_cancelled_tasks()
+    auth = Authenticator(cfg.auth, data_dir)
     async with ActorSystem(
         cfg.node.name, mailbox_size=cfg.node.mailbox_size, overflow=cfg.node.overflow
     ) as system:
-        system.resources["config"] = cfg
-        system.resources["data_dir"] = data_dir
+        system.resources.update(config=cfg, config_path=config_path, data_dir=data_dir, auth=auth)
         tree = SupervisionTree(system, cfg.tree, cfg.node)
-        await tree.start()
-        print(f"somabrain node {cfg.node.name!r} up: tree {tree.root.path}", flush=True)
+        system.resources["tree"] = tree
+        # Listen for signals before anything starts, so that an early SIGTERM still stops
+        # the node gracefully instead of killing it half-started.
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            await tree.start()
+            token = None
+            if auth.can_sign:
+                token = auth.issuer().issue([DEV_TENANT], scopes=["admin"], subject="dev-node")
+            info = NodeInfo(
+                url=system.resources.get("edge.url", ""),
+                data_dir=str(data_dir),
+                token=token,
+                tenant=DEV_TENANT,
+                startup_seconds=time.perf_counter() - started,
+            )
+            if on_ready is not None:
+                on_ready(info)
             async for signum in signals:
                 print(f"received {signal.Signals(signum).name}, stopping", flush=True)
                 break
-        await tree.stop()
+        with anyio.CancelScope(shield=True):
+            await tree.stop()
+    print("stopped", flush=True)
 
 
-def run_dev_node(*, config_path: str | None, port: int, data_dir: str) -> int:
+def _quiet_cancelled_tasks() -> None:
+    """Drop asyncio's error reports about *cancelled* tasks.
+
+    Killing the edge cancels Hypercorn's connection tasks, and CPython 3.11's
+    ``asyncio.streams`` then logs each one as an "exception in callback" (it calls
+    ``task.exception()`` on a cancelled task; fixed in 3.12). A cancelled task is not an error.
+    """
+    if sniffio.current_async_library() != "asyncio":
+        return
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    previous = loop.get_exception_handler()
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if isinstance(context.get("exception"), asyncio.CancelledError):
+            return
+        if previous is not None:
+            previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)
+
+
+def _banner(info: NodeInfo) -> None:
+    lines = [
+        f"SomaBrain dev node ready in {info.startup_seconds:.2f} s",
+        f"  url:      {info.url}",
+        f"  data dir: {info.data_dir}",
+    ]
+    if info.token is not None:
+        lines += [
+            f"  token:    {info.token}",
+            f"            (tenant {info.tenant!r}, scope 'admin'; a dev token: make your own with"
+            f" `somabrain token --tenant T --data-dir {info.data_dir}`)",
+            "  try:",
+            f"    export SOMA_TOKEN={info.token}",
+            f'    curl -s {info.url}/memory/remember -H "Authorization: Bearer $SOMA_TOKEN"'
+            ' -d \'{"content": "Paris is the capital of France"}\'',
+            f'    curl -s {info.url}/memory/recall -H "Authorization: Bearer $SOMA_TOKEN"'
+            ' -d \'{"query": "capital of France", "top_k": 3}\'',
+        ]
+    else:
+        lines.append("  token:    none (tokens come from your issuer: auth.algorithm is not HS256)")
+    lines.append("  stop:     Ctrl-C (graceful)")
+    print("\n".join(lines), flush=True)
+
+
+def run_dev_node(
+    *,
+    config_path: str | None,
+    port: int | None,
+    data_dir: str,
+    host: str | None = None,
+    backend: str = "asyncio",
+) -> int:
+    started = time.perf_counter()
     try:
         cfg = soma_config.load(config_path)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    path = Path(data_dir)
+    edge = cfg.edge
+    if port is not None or host is not None:
+        edge = msgspec.structs.replace(
+            edge,
+            port=edge.port if port is None else port,
+            host=edge.host if host is None else host,
+        )
+        cfg = msgspec.structs.replace(cfg, edge=edge)
+    path = Path(data_dir).resolve()
     path.mkdir(parents=True, exist_ok=True)
-    anyio.run(_serve, cfg, path)
+    try:
+        anyio.run(
+            lambda: serve_node(
+                cfg, path, config_path=config_path, on_ready=_banner, started_at=started
+            ),
+            backend=backend,
+        )
+    except (OSError, RuntimeError, SomaError) as exc:
+        cause: BaseException = exc
+        while cause.__cause__ is not None:
+            cause = cause.__cause__
+        detail = f" ({cause})" if cause is not exc else ""
+        print(f"error: {exc}{detail}", file=sys.stderr)
+        return 1
     return 0

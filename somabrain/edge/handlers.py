@@ -1,0 +1,437 @@
+"""The edge's route handlers: memory operations, health, metrics and admin.
+
+Each handler gets the decoded request and returns a ``Response``; refusals are raised as
+``HTTPError``. Memory handlers resolve the tenant (``X-Tenant-ID`` or the body's ``tenant``,
+checked against the token), take a rate-limit token, and ask the tenant's memory actor under
+the ``memory`` dynamic supervisor, which starts it on first use.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from ..actors import ActorStoppedError, ActorSystem, MailboxFullError
+from ..memory.errors import (
+    InvalidVectorError,
+    LogError,
+    TenantMismatchError,
+    UnknownMemoryError,
+)
+from ..memory.messages import (
+    Forget,
+    GetMemory,
+    LinkMemories,
+    MemoryRequest,
+    Recall,
+    Remember,
+    ask_memory,
+)
+from ..memory.types import DEFAULT_NAMESPACE, Link, Memory, RecallFilter
+from . import schemas as s
+from .errors import HTTPError, from_validation
+from .metrics import render_tree_metrics
+from .openapi import openapi_json
+
+if TYPE_CHECKING:
+    from ..config import SomaConfig
+    from ..supervision import SupervisionTree
+    from .app import Request, Response
+    from .auth import Authenticator
+    from .metrics import Metrics
+    from .ratelimit import RateLimiter
+
+__all__ = ["MEMORY_PATH", "Handlers", "memory_error"]
+
+MEMORY_PATH = "/root/memory"
+_TEXT = b"text/plain; version=0.0.4; charset=utf-8"
+_CONTENT_FIELDS = ("text", "content", "task")
+
+
+def memory_error(exc: Exception) -> HTTPError | None:
+    """The HTTP answer for an error of the memory actor, or None for a bug (500)."""
+    if isinstance(exc, HTTPError):
+        return exc
+    if isinstance(exc, UnknownMemoryError):
+        return HTTPError(404, "memory_not_found", str(exc))
+    if isinstance(exc, InvalidVectorError):
+        return HTTPError(422, "invalid_field", str(exc), field="vector")
+    if isinstance(exc, TenantMismatchError):
+        return HTTPError(403, "tenant_forbidden", str(exc))
+    if isinstance(exc, msgspec.ValidationError):
+        return from_validation(exc)
+    if isinstance(exc, LogError):
+        return HTTPError.retry_later(503, "storage_unavailable", str(exc), 1)
+    if isinstance(exc, MailboxFullError):
+        return HTTPError.retry_later(503, "overloaded", "the tenant's memory actor is busy", 1)
+    if isinstance(exc, ActorStoppedError):
+        return HTTPError.retry_later(503, "unavailable", f"memory actor unavailable: {exc}", 1)
+    if isinstance(exc, TimeoutError):
+        return HTTPError.retry_later(503, "timeout", f"no answer in time: {exc}", 1)
+    if isinstance(exc, ValueError):
+        return HTTPError(422, "invalid_field", str(exc))
+    return None
+
+
+def _timestamp(value: float | dt.datetime | None) -> float | None:
+    if value is None or isinstance(value, float | int):
+        return value
+    if value.tzinfo is None:  # a naive date-time is read as UTC
+        value = value.replace(tzinfo=dt.UTC)
+    return value.timestamp()
+
+
+class Handlers:
+    """Route handlers, mixed into ``EdgeApp`` (which provides the attributes below)."""
+
+    system: ActorSystem
+    config: SomaConfig
+    auth: Authenticator
+    metrics: Metrics
+    limiter: RateLimiter
+    edge_path: str
+    closing: bool
+
+    def json(self, value: Any, status: int = 200) -> Response:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ plumbing
+
+    @property
+    def tree(self) -> SupervisionTree:
+        tree: SupervisionTree | None = self.system.resources.get("tree")
+        if tree is None:
+            raise HTTPError.retry_later(503, "not_ready", "the supervision tree is not up", 1)
+        return tree
+
+    def _tenant(self, request: Request, body_tenant: str | None) -> str:
+        header = request.tenant_header
+        if header is not None and body_tenant is not None and header != body_tenant:
+            raise HTTPError(
+                400, "tenant_conflict", "X-Tenant-ID and the body's tenant differ", field="tenant"
+            )
+        assert request.principal is not None
+        tenant = request.principal.resolve_tenant(header if header is not None else body_tenant)
+        wait = self.limiter.acquire(tenant)
+        if wait:
+            self.metrics.count_rate_limited(tenant)
+            raise HTTPError.retry_later(
+                429, "rate_limited", f"tenant {tenant!r} is over its request rate", wait
+            )
+        return tenant
+
+    async def _ask(self, tenant: str, message: MemoryRequest) -> Any:
+        runner = self.tree.find(MEMORY_PATH)
+        if runner is None or not hasattr(runner, "ref"):
+            raise HTTPError.retry_later(503, "unavailable", "no memory supervisor", 1)
+        try:
+            ref = runner.ref(tenant)
+        except ActorStoppedError as exc:
+            raise HTTPError.retry_later(503, "unavailable", str(exc), 1) from None
+        except RuntimeError as exc:  # max_children reached
+            raise HTTPError.retry_later(503, "overloaded", str(exc), 5) from None
+        try:
+            return await ask_memory(ref, message, self.config.edge.request_timeout)
+        except Exception as exc:
+            error = memory_error(exc)
+            if error is None:
+                raise
+            raise error from None
+
+    def _memory(self, item: s.RememberRequest, tenant: str, now: float, where: str = "") -> Memory:
+        content = item.content
+        if content is None and item.value is not None:
+            for name in _CONTENT_FIELDS:
+                candidate = item.value.get(name)
+                if isinstance(candidate, str):
+                    content = candidate
+                    break
+        if content is None:
+            raise HTTPError(
+                422,
+                "missing_field",
+                "a memory needs 'content' (or a 'value' with 'text', 'content' or 'task')",
+                field=f"{where}content",
+            )
+        if not content.strip():
+            raise HTTPError(
+                422, "invalid_field", "content must not be blank", field=f"{where}content"
+            )
+        return Memory(
+            content=content,
+            key=item.key or "",
+            tenant=tenant,
+            namespace=item.namespace or DEFAULT_NAMESPACE,
+            value=item.value,
+            meta=item.meta or {},
+            tags=tuple(item.tags or ()),
+            importance=0.5 if item.importance is None else item.importance,
+            occurred_at=_timestamp(item.occurred_at),
+            expires_at=None if item.ttl_seconds is None else now + item.ttl_seconds,
+            session_id=item.session_id,
+            links=tuple(
+                Link(to_key=ln.to_key, rel=ln.rel, weight=ln.weight) for ln in item.links or ()
+            ),
+            vector=item.vector,
+        )
+
+    # ------------------------------------------------------------------ memory
+
+    async def _h_remember(self, request: Request) -> Response:
+        body: s.RememberRequest = request.body
+        tenant = self._tenant(request, body.tenant)
+        memory = self._memory(body, tenant, time.time())
+        [(key, deduplicated)] = await self._ask(tenant, Remember((memory,)))
+        return self.json(
+            s.RememberResponse(
+                key=key,
+                namespace=memory.namespace,
+                deduplicated=deduplicated,
+                trace_id=request.trace_id,
+            )
+        )
+
+    async def _h_remember_batch(self, request: Request) -> Response:
+        body: s.RememberBatchRequest = request.body
+        limit = self.config.edge.max_batch_items
+        if len(body.items) > limit:
+            raise HTTPError(
+                422,
+                "batch_too_large",
+                f"{len(body.items)} items in one batch; the limit is {limit}",
+                field="items",
+            )
+        tenant = self._tenant(request, body.tenant)
+        now = time.time()
+        memories = []
+        for i, item in enumerate(body.items):
+            if item.tenant is not None and item.tenant != tenant:
+                raise HTTPError(
+                    400,
+                    "tenant_conflict",
+                    "an item names another tenant than the request",
+                    field=f"items[{i}].tenant",
+                )
+            memories.append(self._memory(item, tenant, now, f"items[{i}]."))
+        remembered = await self._ask(tenant, Remember(tuple(memories)))
+        results = [
+            s.BatchItemResult(key=key, namespace=m.namespace, deduplicated=dedup)
+            for (key, dedup), m in zip(remembered, memories, strict=True)
+        ]
+        return self.json(
+            s.RememberBatchResponse(count=len(results), results=results, trace_id=request.trace_id)
+        )
+
+    async def _h_recall(self, request: Request) -> Response:
+        body: s.RecallRequest = request.body
+        tenant = self._tenant(request, body.tenant)
+        flt: RecallFilter | None = None
+        if body.filters:
+            try:
+                flt = RecallFilter.from_mapping(body.filters)
+            except msgspec.ValidationError as exc:
+                raise from_validation(exc, prefix="filters") from None
+        session = body.session_id
+        if body.layer == "wm":
+            if session is None:
+                raise HTTPError(
+                    422, "missing_field", "layer 'wm' needs a session_id", field="session_id"
+                )
+            flt = msgspec.structs.replace(flt or RecallFilter(), session_id=session)
+        started = time.perf_counter()
+        hits = await self._ask(
+            tenant,
+            Recall(query=body.query, top_k=body.top_k, namespace=body.namespace, filters=flt),
+        )
+        duration_ms = (time.perf_counter() - started) * 1000.0
+        results = []
+        wm = 0
+        for hit in hits:
+            m = hit.memory
+            in_wm = session is not None and m.session_id == session
+            wm += in_wm
+            results.append(
+                s.RecallResult(
+                    key=hit.key,
+                    content=m.content,
+                    score=hit.score,
+                    layer="wm" if in_wm else "ltm",
+                    views=hit.views,
+                    occurred_at=m.occurred_at,
+                    meta=m.meta,
+                    namespace=m.namespace,
+                    tags=list(m.tags),
+                )
+            )
+        return self.json(
+            s.RecallResponse(
+                results=results,
+                wm_hits=wm,
+                ltm_hits=len(results) - wm,
+                duration_ms=round(duration_ms, 3),
+                trace_id=request.trace_id,
+            )
+        )
+
+    async def _h_link(self, request: Request) -> Response:
+        body: s.LinkRequest = request.body
+        tenant = self._tenant(request, body.tenant)
+        link = await self._ask(
+            tenant,
+            LinkMemories(
+                from_key=body.from_key, to_key=body.to_key, rel=body.rel, weight=body.weight
+            ),
+        )
+        return self.json(
+            s.LinkResponse(
+                from_key=link.from_key,
+                to_key=link.to_key,
+                rel=link.rel,
+                weight=link.weight,
+                trace_id=request.trace_id,
+            )
+        )
+
+    async def _h_get(self, request: Request) -> Response:
+        assert request.key is not None
+        tenant = self._tenant(request, None)
+        memory: Memory | None = await self._ask(tenant, GetMemory(request.key))
+        if memory is None:
+            raise HTTPError(404, "memory_not_found", f"no memory with key {request.key!r}")
+        return self.json(
+            s.MemoryRecord(
+                key=memory.key,
+                namespace=memory.namespace,
+                content=memory.content,
+                value=memory.value,
+                meta=memory.meta,
+                tags=list(memory.tags),
+                importance=memory.importance,
+                occurred_at=memory.occurred_at,
+                created_at=memory.created_at,
+                expires_at=memory.expires_at,
+                session_id=memory.session_id,
+                links=[
+                    s.LinkOut(to_key=ln.to_key, rel=ln.rel, weight=ln.weight) for ln in memory.links
+                ],
+            )
+        )
+
+    async def _h_forget(self, request: Request) -> Response:
+        assert request.key is not None
+        tenant = self._tenant(request, None)
+        if not await self._ask(tenant, Forget(request.key)):
+            raise HTTPError(404, "memory_not_found", f"no memory with key {request.key!r}")
+        return self.json(s.ForgetResponse(key=request.key, deleted=True, trace_id=request.trace_id))
+
+    # ------------------------------------------------------------------ health and metrics
+
+    async def _h_healthz(self, request: Request) -> Response:
+        return self.json(s.StatusResponse(status="ok"))
+
+    async def _h_readyz(self, request: Request) -> Response:
+        tree = self.system.resources.get("tree")
+        if tree is None or not tree.ready or self.closing:
+            raise HTTPError.retry_later(503, "not_ready", "the supervision tree is not up", 1)
+        return self.json(s.StatusResponse(status="ready"))
+
+    async def _h_health(self, request: Request) -> Response:
+        tree = self.tree
+        info = tree.inspect()
+        components: dict[str, dict[str, Any]] = {}
+        for child in info.get("children", ()):
+            name = child["path"].rsplit("/", 1)[-1]
+            entry = {"state": child["state"], "restarts": child["restarts"]}
+            if child["kind"] == "dynamic":
+                entry["active"] = len(child.get("children", ()))
+                entry["passivations"] = child.get("passivations", 0)
+            components[name] = entry
+        components["dead_letters"] = {"total": self.system.dead_letters.total}
+        components["tree"] = {"ready": tree.ready, "state": info["state"]}
+        return self.json(
+            s.HealthResponse(status="ok" if tree.ready else "degraded", components=components)
+        )
+
+    async def _h_metrics(self, request: Request) -> Response:
+        from .app import Response
+
+        extra: list[str] = []
+        tree = self.system.resources.get("tree")
+        if tree is not None:
+            extra = render_tree_metrics(
+                tree.inspect(), self.system.dead_letters.statistics(), tree.ready
+            )
+        return Response(200, self.metrics.render(extra).encode(), _TEXT)
+
+    async def _h_openapi(self, request: Request) -> Response:
+        from .app import Response
+
+        return Response(200, _openapi_bytes())
+
+    # ------------------------------------------------------------------ admin
+
+    async def _h_admin_tree(self, request: Request) -> Response:
+        return self.json(self.tree.inspect())
+
+    async def _h_admin_kill(self, request: Request) -> Response:
+        body: s.KillRequest = request.body
+        tree = self.tree
+        path = body.path.rstrip("/") or "/"
+        if path == tree.root.path:
+            raise HTTPError(409, "refused", "killing the root would stop the node; send SIGTERM")
+        runner = tree.find(path)
+        if runner is None or runner.path != path:
+            raise HTTPError(
+                404, "actor_not_found", f"no actor or supervisor at {path}", field="path"
+            )
+        if not runner.running:
+            raise HTTPError(409, "not_running", f"{path} is not running", field="path")
+        if self.edge_path == path or self.edge_path.startswith(path + "/"):
+            # Killing the edge (or its parent) would cut this very response: answer first.
+            async def kill_after_response() -> None:
+                tree.kill(path)
+
+            request.after = kill_after_response
+            return self.json(s.KillResponse(path=path, killed=True))
+        killed = tree.kill(path)
+        return self.json(s.KillResponse(path=path, killed=killed))
+
+    async def _h_admin_reload(self, request: Request) -> Response:
+        from .. import config as soma_config
+        from ..supervision import ConfigError
+
+        resources = self.system.resources
+        try:
+            new = soma_config.load(resources.get("config_path"))
+        except ConfigError as exc:
+            raise HTTPError(422, "invalid_config", str(exc), field=exc.key or None) from None
+        old = self.config
+        # Where the edge listens is fixed for the life of the node (the CLI may override it).
+        new = msgspec.structs.replace(
+            new, edge=msgspec.structs.replace(new.edge, host=old.edge.host, port=old.edge.port)
+        )
+        changes = await self.tree.reload(new.tree, new.node)
+        if new.edge != old.edge:
+            rate = new.edge.rate_limit
+            self.limiter.configure(rate.rate, rate.burst, enabled=rate.enabled)
+            changes.append("edge: settings changed")
+        if new.memory != old.memory:
+            changes.append("memory: settings apply to memory actors started from now on")
+        if new.auth != old.auth:
+            changes.append("auth: settings apply after a node restart")
+            new = msgspec.structs.replace(new, auth=old.auth)
+        resources["config"] = new
+        self.config = new
+        return self.json(s.ReloadResponse(changes=changes))
+
+
+_OPENAPI: list[bytes] = []
+
+
+def _openapi_bytes() -> bytes:
+    if not _OPENAPI:
+        _OPENAPI.append(openapi_json())
+    return _OPENAPI[0]

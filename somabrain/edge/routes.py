@@ -1,0 +1,64 @@
+"""The edge's routes as data: one table read by the ASGI app (dispatch) and by the OpenAPI
+generator (documentation), so the two never disagree."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import schemas as s
+from .errors import ErrorResponse
+
+__all__ = ["KEY_ROUTE", "ROUTES", "Route"]
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    #: Name of the handler (``EdgeApp._<name>``) and the ``route`` label of metrics.
+    name: str
+    summary: str
+    request: type | None = None
+    response: type | None = ErrorResponse
+    #: ``None``: no token needed; ``""``: any valid token for the tenant; else that scope.
+    scope: str | None = ""
+    tenant: bool = True
+    text: bool = False  # the response is text/plain (metrics)
+    errors: tuple[int, ...] = ()
+
+
+_MEMORY_ERRORS = (400, 401, 403, 413, 422, 429, 503)
+_ADMIN_ERRORS = (400, 401, 403, 413, 422, 503)
+
+ROUTES: tuple[Route, ...] = (
+    Route("POST", "/memory/remember", "remember", "Remember one memory",
+          s.RememberRequest, s.RememberResponse, errors=(*_MEMORY_ERRORS, 404)),
+    Route("POST", "/memory/remember/batch", "remember_batch", "Remember many memories at once",
+          s.RememberBatchRequest, s.RememberBatchResponse, errors=(*_MEMORY_ERRORS, 404)),
+    Route("POST", "/memory/recall", "recall", "Recall the memories best matching a query",
+          s.RecallRequest, s.RecallResponse, errors=_MEMORY_ERRORS),
+    Route("POST", "/memory/link", "link", "Link two memories (graph edge)",
+          s.LinkRequest, s.LinkResponse, errors=(*_MEMORY_ERRORS, 404)),
+    Route("GET", "/healthz", "healthz", "Liveness: the process answers",
+          response=s.StatusResponse, scope=None, tenant=False),
+    Route("GET", "/readyz", "readyz", "Readiness: the whole supervision tree is up",
+          response=s.StatusResponse, scope=None, tenant=False, errors=(503,)),
+    Route("GET", "/health", "health", "Health of each component",
+          response=s.HealthResponse, scope=None, tenant=False),
+    Route("GET", "/metrics", "metrics", "Prometheus metrics (text exposition format)",
+          response=None, scope=None, tenant=False, text=True),
+    Route("GET", "/openapi.json", "openapi", "This OpenAPI document",
+          response=None, scope=None, tenant=False),
+    Route("GET", "/admin/tree", "admin_tree", "The supervision tree, with counters",
+          response=None, scope="admin", tenant=False, errors=_ADMIN_ERRORS),
+    Route("POST", "/admin/actors/kill", "admin_kill",
+          "Kill an actor or supervisor (its supervisor restarts it)",
+          s.KillRequest, s.KillResponse, scope="admin", tenant=False,
+          errors=(*_ADMIN_ERRORS, 404, 409)),
+    Route("POST", "/admin/reload", "admin_reload",
+          "Re-read the config file and apply what changed",
+          s.ReloadRequest, s.ReloadResponse, scope="admin", tenant=False, errors=_ADMIN_ERRORS),
+)  # fmt: skip
+
+#: ``GET`` and ``DELETE /memory/{key}`` (everything after the prefix is the key).
+KEY_ROUTE = "/memory/{key}"

@@ -1,0 +1,162 @@
+"""``MemoryActor``: one tenant's memory, as an actor under the ``memory`` dynamic supervisor.
+
+The dynamic supervisor starts one actor per tenant on first use (the child's name is the
+tenant id) and passivates it when idle. Every incarnation rebuilds the tenant's state from its
+durable log (``TenantMemory.open`` replays it) and closes the log when it stops, after its
+in-flight writes are durable. So a restart, a passivation and a crash of the whole process all
+come back to the same state: every acknowledged write, nothing else.
+
+Shared services come from ``system.resources``: ``data_dir`` (the tenant logs live in
+``<data_dir>/memory``) and ``config`` (``SomaConfig.memory``: fsync policy, drain timeout).
+
+Writes run in tasks of the actor system and answer with a ``WriteTicket`` (see ``messages``).
+If an incarnation is killed while writes are in flight they still complete (and are
+acknowledged) on the old handle; the next incarnation waits for them, closes that handle and
+only then reopens the log, so it replays them too. The open handles are kept in
+``system.resources["memory.stores"]`` for this hand-over.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from ..actors import Actor, ActorStoppedError, ActorSystem
+from ..tenancy import valid_tenant
+from .messages import (
+    Forget,
+    GetMemory,
+    LinkMemories,
+    MemoryStats,
+    Recall,
+    Remember,
+    Unlink,
+    WriteTicket,
+)
+from .tenant import TenantMemory
+
+__all__ = ["STORES_RESOURCE", "MemoryActor", "tenant_data_dir"]
+
+logger = logging.getLogger("somabrain.memory")
+
+STORES_RESOURCE = "memory.stores"
+
+
+def tenant_data_dir(system: ActorSystem) -> Path:
+    data_dir = system.resources.get("data_dir")
+    if data_dir is None:
+        raise RuntimeError("system.resources['data_dir'] is not set: the node sets it")
+    return Path(data_dir) / "memory"
+
+
+class _OpenStore:
+    """A ``TenantMemory`` plus the writes in flight on it."""
+
+    __slots__ = ("_idle", "inflight", "memory", "system")
+
+    def __init__(self, system: ActorSystem, memory: TenantMemory) -> None:
+        self.system = system
+        self.memory = memory
+        self.inflight = 0
+        self._idle: anyio.Event | None = None
+
+    def write(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> WriteTicket:
+        ticket = WriteTicket()
+        self.inflight += 1
+        self.system.start_soon(self._run, ticket, fn, args)
+        return ticket
+
+    async def _run(
+        self, ticket: WriteTicket, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...]
+    ) -> None:
+        try:
+            ticket.set_result(await fn(*args))
+        except Exception as exc:  # the asker's error (bad link, broken log...), not ours
+            ticket.set_exception(exc)
+        finally:
+            if not ticket.done:  # cancelled: the system is shutting down
+                ticket.set_exception(
+                    ActorStoppedError(f"memory/{self.memory.tenant}", "stopped mid-write")
+                )
+            self.inflight -= 1
+            if not self.inflight and self._idle is not None:
+                self._idle.set()
+
+    async def close(self, drain_timeout: float) -> None:
+        """Wait (bounded) for in-flight writes, then flush and close the log."""
+        with anyio.CancelScope(shield=True):
+            with anyio.move_on_after(drain_timeout):
+                while self.inflight:
+                    self._idle = anyio.Event()
+                    await self._idle.wait()
+            if self.inflight:
+                logger.warning(
+                    "memory of %s: closing with %d writes in flight",
+                    self.memory.tenant,
+                    self.inflight,
+                )
+            await self.memory.aclose()
+
+
+class MemoryActor(Actor):
+    """Handles ``somabrain.memory.messages`` for the tenant named by ``context.name``."""
+
+    store: _OpenStore
+    memory: TenantMemory
+
+    async def on_start(self) -> None:
+        system = self.context.system
+        tenant = self.context.name
+        if not valid_tenant(tenant):
+            raise ValueError(f"invalid tenant id {tenant!r}")
+        settings = _memory_settings(system)
+        stores: dict[str, _OpenStore] = system.resources.setdefault(STORES_RESOURCE, {})
+        previous = stores.pop(tenant, None)
+        if previous is not None:  # the last incarnation was killed: hand its log over
+            await previous.close(settings.drain_timeout)
+        memory = await TenantMemory.open(
+            tenant_data_dir(system),
+            tenant,
+            fsync=settings.fsync,
+            group_window=settings.group_window,
+        )
+        self.memory = memory
+        self.store = stores[tenant] = _OpenStore(system, memory)
+
+    async def on_stop(self) -> None:
+        stores = self.context.system.resources.get(STORES_RESOURCE, {})
+        if stores.get(self.context.name) is self.store:
+            del stores[self.context.name]
+        await self.store.close(_memory_settings(self.context.system).drain_timeout)
+
+    async def receive(self, message: Any) -> Any:
+        memory = self.memory
+        match message:
+            case Recall(query=query, top_k=top_k, namespace=ns, filters=flt, weights=w):
+                return memory.recall(query, top_k, ns, flt, weights=w)
+            case GetMemory(key=key):
+                return memory.get(key)
+            case Remember(memories=memories):
+                return self.store.write(memory.remember_batch, memories)
+            case LinkMemories(from_key=f, to_key=t, rel=rel, weight=weight):
+                return self.store.write(memory.link, f, t, rel, weight)
+            case Forget(key=key):
+                return self.store.write(memory.forget, key)
+            case Unlink(from_key=f, to_key=t, rel=rel):
+                return self.store.write(memory.unlink, f, t, rel)
+            case MemoryStats():
+                return memory.statistics()
+        raise TypeError(f"memory actor cannot handle {type(message).__name__}")
+
+
+def _memory_settings(system: ActorSystem) -> Any:
+    config = system.resources.get("config")
+    if config is not None:
+        return config.memory
+    from ..config import MemorySettings
+
+    return MemorySettings()
