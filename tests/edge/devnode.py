@@ -51,9 +51,18 @@ class DevNode:
     def start(self, port: int = 0) -> DevNode:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         command: Sequence[str] = [
-            sys.executable, "-m", "somabrain.cli", "dev", "--port", str(port),
-            "--data-dir", str(self.data_dir), "--backend", self.backend, *self.extra,
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "somabrain.cli",
+            "dev",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(self.data_dir),
+            "--backend",
+            self.backend,
+            *self.extra,
+        ]
         self.output = []
         self.url = self.token = ""
         self.process = subprocess.Popen(

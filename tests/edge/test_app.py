@@ -1,0 +1,328 @@
+"""The ASGI app in-process (httpx's ASGI transport), against a real tree of memory actors,
+on both anyio backends. Everything but the socket: routing, auth, decoding, errors, dispatch."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgspec
+import pytest
+
+from somabrain import config as soma_config
+from somabrain.actors import ActorSystem
+from somabrain.edge.app import EdgeApp
+from somabrain.edge.auth import Authenticator
+from somabrain.supervision import SupervisionTree, SupervisorNode
+
+pytestmark = pytest.mark.anyio
+
+TREE = {
+    "intensity": 10,
+    "children": {
+        "memory": {
+            "kind": "dynamic",
+            "actor": "somabrain.memory.actor:MemoryActor",
+            "idle_timeout": 0,
+            "backoff": {"initial": 0.0},
+        }
+    },
+}
+
+
+class Harness:
+    def __init__(self, app: EdgeApp, auth: Authenticator, tree: SupervisionTree) -> None:
+        self.app = app
+        self.auth = auth
+        self.tree = tree
+
+    def token(self, *tenants: str, scopes: tuple[str, ...] = (), ttl: float | None = None) -> str:
+        return self.auth.issuer().issue(tenants, scopes=scopes, ttl=ttl)
+
+    def client(self, *tenants: str, scopes: tuple[str, ...] = ()) -> httpx.AsyncClient:
+        headers = {"Authorization": f"Bearer {self.token(*(tenants or ('acme',)), scopes=scopes)}"}
+        return httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=self.app),  # type: ignore[arg-type]
+            base_url="http://edge",
+            headers=headers,
+        )
+
+
+@asynccontextmanager
+async def harness(tmp_path: Path, **edge: Any) -> AsyncIterator[Harness]:
+    cfg = soma_config.load(environ={})
+    tree_node = msgspec.convert(TREE, SupervisorNode)
+    cfg = msgspec.structs.replace(
+        cfg, tree=tree_node, edge=msgspec.structs.replace(cfg.edge, **edge)
+    )
+    auth = Authenticator(cfg.auth, tmp_path)
+    async with ActorSystem() as system:
+        system.resources.update(config=cfg, data_dir=tmp_path, auth=auth, config_path=None)
+        tree = SupervisionTree(system, cfg.tree, cfg.node)
+        system.resources["tree"] = tree
+        await tree.start()
+        try:
+            yield Harness(EdgeApp(system, config=cfg, auth=auth), auth, tree)
+        finally:
+            await tree.stop()
+
+
+def error_of(response: httpx.Response) -> dict[str, Any]:
+    body: dict[str, Any] = response.json()["error"]
+    assert body["trace_id"] == response.headers["x-trace-id"]
+    return body
+
+
+async def test_memory_round_trip(tmp_path: Path) -> None:
+    async with harness(tmp_path) as h, h.client() as client:
+        r = await client.post(
+            "/memory/remember",
+            json={"content": "Paris is in France", "tags": ["geo"], "meta": {"kind": "fact"}},
+        )
+        assert r.status_code == 200, r.text
+        first = r.json()
+        assert first["ok"] and first["namespace"] == "default" and not first["deduplicated"]
+        again = (
+            await client.post("/memory/remember", json={"content": "Paris is in France"})
+        ).json()
+        assert again["key"] == first["key"] and again["deduplicated"]
+        r = await client.post(
+            "/memory/remember",
+            json={
+                "key": "k2",
+                "namespace": "notes",
+                "value": {"task": "visit Rome"},
+                "occurred_at": "2024-05-01T10:00:00Z",
+                "importance": 0.9,
+            },
+        )
+        assert r.status_code == 200, r.text
+        r = await client.post("/memory/recall", json={"query": "France", "top_k": 5})
+        body = r.json()
+        assert body["results"][0]["key"] == first["key"]
+        assert set(body["results"][0]["views"]) >= {"semantic", "lexical"}
+        assert body["results"][0]["meta"] == {"kind": "fact"}
+        assert body["ltm_hits"] == len(body["results"]) and body["wm_hits"] == 0
+        r = await client.post("/memory/recall", json={"query": "Rome", "namespace": "notes"})
+        assert [x["key"] for x in r.json()["results"]] == ["k2"]
+        r = await client.post("/memory/recall", json={"query": "France", "filters": {"kind": "x"}})
+        assert r.json()["results"] == []
+        r = await client.post(
+            "/memory/link",
+            json={"from_key": "k2", "to_key": first["key"], "rel": "mentions", "weight": 0.5},
+        )
+        assert r.json()["rel"] == "mentions"
+        got = (await client.get("/memory/k2")).json()
+        assert got["content"] == "visit Rome" and got["importance"] == 0.9
+        assert got["occurred_at"] == 1714557600.0
+        assert got["links"] == [{"to_key": first["key"], "rel": "mentions", "weight": 0.5}]
+        assert (await client.delete("/memory/k2")).json()["deleted"] is True
+        assert error_of(await client.get("/memory/k2"))["code"] == "memory_not_found"
+        assert (await client.delete("/memory/k2")).status_code == 404
+
+
+async def test_batch_and_working_memory_layer(tmp_path: Path) -> None:
+    async with harness(tmp_path, max_batch_items=5) as h, h.client() as client:
+        items = [{"content": f"session note {i}", "session_id": "s1"} for i in range(3)]
+        items.append({"content": "older note", "session_id": "s0"})
+        r = await client.post("/memory/remember/batch", json={"items": items})
+        assert r.status_code == 200 and r.json()["count"] == 4
+        r = await client.post(
+            "/memory/recall", json={"query": "note", "layer": "wm", "session_id": "s1"}
+        )
+        body = r.json()
+        assert body["wm_hits"] == 3 and body["ltm_hits"] == 0
+        r = await client.post(
+            "/memory/recall", json={"query": "note", "layer": "both", "session_id": "s1"}
+        )
+        body = r.json()
+        assert (body["wm_hits"], body["ltm_hits"]) == (3, 1)
+        r = await client.post("/memory/remember/batch", json={"items": items * 2})
+        assert r.status_code == 422 and error_of(r) | {"trace_id": None} == {
+            "code": "batch_too_large",
+            "message": "8 items in one batch; the limit is 5",
+            "field": "items",
+            "trace_id": None,
+        }
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "code", "field"),
+    [
+        ("/memory/recall", {"query": "x", "top_k": "a"}, 422, "invalid_field", "top_k"),
+        ("/memory/recall", {"query": "x", "top_k": 0}, 422, "out_of_range", "top_k"),
+        ("/memory/recall", {"query": "x", "top_k": 101}, 422, "out_of_range", "top_k"),
+        ("/memory/recall", {"query": "x", "nope": 1}, 422, "unknown_field", "nope"),
+        ("/memory/recall", {"top_k": 3}, 422, "missing_field", "query"),
+        ("/memory/recall", {"query": "x", "layer": "wm"}, 422, "missing_field", "session_id"),
+        (
+            "/memory/recall",
+            {"query": "x", "filters": {"tags": 3}},
+            422,
+            "invalid_field",
+            "filters.tags",
+        ),
+        ("/memory/remember", {"key": "k"}, 422, "missing_field", "content"),
+        ("/memory/remember", {"content": "  "}, 422, "invalid_field", "content"),
+        ("/memory/remember", {"content": "x", "importance": 2}, 422, "out_of_range", "importance"),
+        (
+            "/memory/remember",
+            {"content": "x", "vector": [1.0, 2.0]},
+            422,
+            "invalid_field",
+            "vector",
+        ),
+        (
+            "/memory/remember",
+            {"content": "x", "links": [{"to_key": "ghost"}]},
+            404,
+            "memory_not_found",
+            None,
+        ),
+        ("/memory/remember", {"content": "x", "tenant": "other"}, 403, "tenant_forbidden", None),
+        ("/memory/remember", {"content": "x", "tenant": "a/b"}, 422, "invalid_field", "tenant"),
+        (
+            "/memory/remember/batch",
+            {"items": [{"content": "x"}, {"content": 1}]},
+            422,
+            "invalid_field",
+            "items[1].content",
+        ),
+        (
+            "/memory/remember/batch",
+            {"items": [{"content": "x", "tenant": "zz"}]},
+            400,
+            "tenant_conflict",
+            "items[0].tenant",
+        ),
+        ("/memory/remember/batch", {"items": []}, 422, "out_of_range", "items"),
+        ("/memory/link", {"from_key": "a", "to_key": "b"}, 404, "memory_not_found", None),
+        ("/memory/link", {"from_key": "a"}, 422, "missing_field", "to_key"),
+    ],
+)
+async def test_bad_input_is_a_clear_4xx(
+    tmp_path: Path, path: str, body: Any, status: int, code: str, field: str | None
+) -> None:
+    async with harness(tmp_path) as h, h.client() as client:
+        r = await client.post(path, json=body)
+        assert r.status_code == status, r.text
+        error = error_of(r)
+        assert (error["code"], error.get("field")) == (code, field)
+
+
+async def test_malformed_bodies(tmp_path: Path) -> None:
+    async with harness(tmp_path, max_body_bytes=1000) as h, h.client() as client:
+        for raw in (b'{"query": ', b"", b"\xff\xfe", b"not json"):
+            r = await client.post("/memory/recall", content=raw)
+            assert r.status_code == 400 and error_of(r)["code"] == "malformed_json", raw
+        r = await client.post("/memory/recall", content=b"[1]")
+        assert r.status_code == 422
+        r = await client.post("/memory/remember", json={"content": "x" * 2000})
+        assert r.status_code == 413 and error_of(r)["code"] == "payload_too_large"
+
+
+async def test_routing_errors(tmp_path: Path) -> None:
+    async with harness(tmp_path) as h, h.client() as client:
+        r = await client.get("/nope")
+        assert r.status_code == 404 and error_of(r)["code"] == "not_found"
+        r = await client.put("/memory/remember", json={})
+        assert r.status_code == 405 and r.headers["allow"] == "DELETE, GET, POST"
+        r = await client.get("/healthz/")
+        assert r.status_code == 404
+        r = await client.post("/healthz")
+        assert r.status_code == 405 and r.headers["allow"] == "GET"
+        r = await client.put("/memory/somekey")
+        assert r.status_code == 405 and r.headers["allow"] == "DELETE, GET"
+
+
+async def test_tenants_and_headers(tmp_path: Path) -> None:
+    async with (
+        harness(tmp_path) as h,
+        h.client("a") as a,
+        h.client("b") as b,
+        h.client("a", "b") as ab,
+    ):
+        key = (await a.post("/memory/remember", json={"content": "alpha only"})).json()["key"]
+        assert (await b.get(f"/memory/{key}")).status_code == 404
+        assert (await b.post("/memory/recall", json={"query": "alpha"})).json()["results"] == []
+        r = await ab.post("/memory/recall", json={"query": "alpha"})
+        assert r.status_code == 400 and error_of(r)["code"] == "tenant_required"
+        r = await ab.get(f"/memory/{key}", headers={"X-Tenant-ID": "a"})
+        assert r.status_code == 200
+        r = await ab.post(
+            "/memory/recall",
+            json={"query": "alpha", "tenant": "b"},
+            headers={"X-Tenant-ID": "a"},
+        )
+        assert error_of(r)["code"] == "tenant_conflict"
+        r = await a.get(f"/memory/{key}", headers={"X-Tenant-ID": "b"})
+        assert r.status_code == 403 and error_of(r)["code"] == "tenant_forbidden"
+        r = await a.get("/healthz", headers={"X-Request-ID": "req-42"})
+        assert r.headers["x-trace-id"] == "req-42"
+        trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        r = await a.get("/healthz", headers={"traceparent": trace})
+        assert r.headers["x-trace-id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
+async def test_rate_limit_answers_429_with_retry_after(tmp_path: Path) -> None:
+    async with harness(tmp_path) as h, h.client() as client:
+        h.app.limiter.configure(rate=0.5, burst=2)
+        codes = [
+            (await client.post("/memory/recall", json={"query": "x"})).status_code for _ in range(3)
+        ]
+        assert codes == [200, 200, 429]
+        r = await client.post("/memory/recall", json={"query": "x"})
+        assert r.headers["retry-after"] == "2" and error_of(r)["code"] == "rate_limited"
+        assert h.app.metrics.rate_limited == {"acme": 2}
+        async with h.client("other") as other:  # per tenant
+            assert (await other.post("/memory/recall", json={"query": "x"})).status_code == 200
+
+
+async def test_unexpected_errors_are_logged_500s(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with harness(tmp_path) as h, h.client() as client:
+
+        async def broken(request: Any) -> Any:
+            raise RuntimeError("bug")
+
+        h.app._handlers["recall"] = broken
+        with caplog.at_level(logging.ERROR, logger="somabrain.edge"):
+            r = await client.post("/memory/recall", json={"query": "x"})
+        assert r.status_code == 500
+        trace = r.headers["x-trace-id"]
+        assert error_of(r)["code"] == "internal" and trace in r.json()["error"]["message"]
+        assert any(trace in record.getMessage() for record in caplog.records)
+        assert (await client.get("/healthz")).status_code == 200  # still serving
+
+
+async def test_admin_endpoints(tmp_path: Path) -> None:
+    async with harness(tmp_path) as h, h.client(scopes=("admin",)) as admin, h.client() as user:
+        assert (await user.get("/admin/tree")).status_code == 403
+        tree = (await admin.get("/admin/tree")).json()
+        assert tree["path"] == "/root"
+        key = (await user.post("/memory/remember", json={"content": "survives"})).json()["key"]
+        r = await admin.post("/admin/actors/kill", json={"path": "/root/memory/acme"})
+        assert r.json() == {"ok": True, "path": "/root/memory/acme", "killed": True}
+        assert (await user.get(f"/memory/{key}")).json()["content"] == "survives"
+        r = await admin.post("/admin/actors/kill", json={"path": "/root/memory"})
+        assert r.status_code == 200
+        assert (await user.get(f"/memory/{key}")).json()["content"] == "survives"
+        r = await admin.post("/admin/actors/kill", json={"path": "/root"})
+        assert r.status_code == 409 and error_of(r)["code"] == "refused"
+        r = await admin.post("/admin/actors/kill", json={"path": "/root/nope"})
+        assert r.status_code == 404 and error_of(r)["field"] == "path"
+        r = await admin.post("/admin/reload", json={})
+        assert r.status_code == 200 and isinstance(r.json()["changes"], list)
+        assert (await admin.get("/readyz")).json() == {"status": "ready"}
+        health = (await admin.get("/health")).json()
+        assert health["status"] == "ok" and health["components"]["memory"]["active"] == 1
+        metrics = (await admin.get("/metrics")).text
+        assert 'soma_restarts_total{path="/root/memory/acme",kind="actor"}' in metrics
+        assert "soma_dead_letters_total" in metrics
+        doc = (await admin.get("/openapi.json")).json()
+        assert doc["openapi"] == "3.1.0"

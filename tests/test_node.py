@@ -1,0 +1,154 @@
+"""The dev node as a user runs it: start, banner, token command, signals, restart."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.edge.devnode import DevNode, NodeError
+
+pytestmark = pytest.mark.integration
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "somabrain.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_signals_stop_the_node_gracefully(tmp_path: Path, signum: int) -> None:
+    node = DevNode(tmp_path).start()
+    try:
+        banner = "".join(node.output)
+        assert re.search(r"ready in \d+\.\d+ s", banner)
+        with node.client() as client:
+            key = client.post("/memory/remember", json={"content": "before the signal"}).json()
+        assert node.stop(signum) == 0
+        assert node.output[-1].strip() == "stopped"
+    finally:
+        node.kill()
+    with DevNode.running(tmp_path) as again, again.client() as client:
+        assert client.get(f"/memory/{key['key']}").json()["content"] == "before the signal"
+
+
+def test_token_command_and_secret_reuse(tmp_path: Path) -> None:
+    result = cli("token", "--tenant", "cli-tenant", "--data-dir", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    token = result.stdout.strip()
+    admin = cli(
+        "token",
+        "--tenant",
+        "a",
+        "--tenant",
+        "b",
+        "--scope",
+        "admin",
+        "--data-dir",
+        str(tmp_path),
+        "--ttl",
+        "60",
+    ).stdout.strip()
+    # The node finds the secret the command created, and prints a token signed with it.
+    with DevNode.running(tmp_path) as node:
+        with node.client(token) as client:
+            assert client.post("/memory/recall", json={"query": "x"}).status_code == 200
+        with node.client(admin) as client:
+            assert client.get("/admin/tree").status_code == 200
+            r = client.post("/memory/recall", json={"query": "x"}, headers={"X-Tenant-ID": "b"})
+            assert r.status_code == 200
+        printed = node.token
+    with DevNode.running(tmp_path) as node, node.client(printed) as client:
+        assert client.get("/admin/tree").status_code == 200  # still valid after a restart
+    bad = cli("token", "--tenant", "no/slashes", "--data-dir", str(tmp_path))
+    assert bad.returncode == 2 and "invalid tenant" in bad.stderr
+
+
+def test_in_flight_requests_finish_on_sigterm(tmp_path: Path) -> None:
+    node = DevNode(tmp_path).start()
+    statuses: list[int] = []
+    acknowledged: list[str] = []
+    started = threading.Event()
+
+    def writer(w: int) -> None:
+        with node.client() as client:
+            for i in range(2000):
+                try:
+                    r = client.post("/memory/remember", json={"content": f"w{w} n{i}"})
+                except httpx.TransportError:
+                    return
+                statuses.append(r.status_code)
+                if r.status_code == 200:
+                    acknowledged.append(r.json()["key"])
+                started.set()
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(8)]
+    try:
+        for thread in threads:
+            thread.start()
+        assert started.wait(60)
+        assert node.stop(signal.SIGTERM) == 0
+    finally:
+        node.kill()
+        for thread in threads:
+            thread.join(60)
+    assert set(statuses) <= {200, 503}, set(statuses)  # refused or done, never broken
+    with DevNode.running(tmp_path) as again, again.client() as client:
+        for key in acknowledged:
+            assert client.get(f"/memory/{key}").status_code == 200
+
+
+def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
+    with DevNode.running(tmp_path / "one") as first:
+        port = first.url.rsplit(":", 1)[1]
+        with pytest.raises(NodeError, match="Address already in use"):
+            DevNode(tmp_path / "two").start(port=int(port))
+
+
+def test_bad_config_is_exit_code_2(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text("[edge]\nmax_body_bytes = -1\n")
+    result = cli("dev", "--config", str(config), "--data-dir", str(tmp_path))
+    assert result.returncode == 2
+    assert "edge.max_body_bytes" in result.stderr
+
+
+def test_reload_applies_a_changed_config(tmp_path: Path) -> None:
+    config = tmp_path / "soma.toml"
+    config.write_text("[tree.children.memory]\nidle_timeout = 300.0\n")
+    with DevNode.running(tmp_path / "data", "--config", str(config)) as node:
+        config.write_text(
+            "[tree.children.memory]\nidle_timeout = 120.0\n[edge.rate_limit]\nrate = 50.0\n"
+        )
+        with node.client() as client:
+            changes = client.post("/admin/reload", json={}).json()["changes"]
+            assert "/root/memory: idle_timeout -> 120" in changes
+            assert "edge: settings changed" in changes
+            tree = client.get("/admin/tree").json()
+            memory = next(c for c in tree["children"] if c["path"] == "/root/memory")
+            assert memory["idle_timeout"] == 120.0
+            config.write_text("[edge]\nmax_body_bytes = 0\n")
+            r = client.post("/admin/reload", json={})
+            assert r.status_code == 422 and r.json()["error"]["field"] == "edge.max_body_bytes"
+
+
+def test_trio_backend(tmp_path: Path) -> None:
+    with DevNode.running(tmp_path, backend="trio") as node:
+        with node.client() as client:
+            key = client.post("/memory/remember", json={"content": "trio works"}).json()["key"]
+            r = client.post("/admin/actors/kill", json={"path": "/root/edge"})
+            assert r.json()["killed"]
+        with node.client() as client:
+            node.wait_ready(client)
+            assert client.get(f"/memory/{key}").json()["content"] == "trio works"
+            assert node.stop(signal.SIGTERM) == 0
