@@ -1,0 +1,275 @@
+"""The edge's ASGI application: HTTP in, actor messages out, JSON back.
+
+Per request: match the route (404/405), authenticate (401/403), read the body within
+``edge.max_body_bytes`` (413, checked against Content-Length first and again while reading),
+decode it with the one reused msgspec decoder of its type (400 malformed, 422 naming the
+field), resolve the tenant and take a rate-limit token (429 with Retry-After), then the
+handler (``handlers.py``) asks the tenant's memory actor. Every refusal is an ``HTTPError`` in
+the error model; an unexpected exception is logged with the trace id and answered 500 without
+disturbing other requests.
+
+Each response carries ``X-Trace-Id`` (taken from ``X-Request-ID`` or ``traceparent`` when the
+client sends one). When the edge incarnation that owns this app has ended (``closing``), its
+responses say ``Connection: close``: on asyncio, keep-alive connections accepted by a killed
+edge outlive it, and this moves their clients to the new incarnation after one more request.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from ..actors import ActorSystem
+from ..config import SomaConfig
+from .auth import Authenticator, Principal
+from .errors import HTTPError, encode_error, from_decode_error, from_validation
+from .handlers import Handlers
+from .metrics import Metrics
+from .ratelimit import RateLimiter
+from .routes import ROUTES, Route
+
+__all__ = ["EdgeApp", "Request", "Response"]
+
+logger = logging.getLogger("somabrain.edge")
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+_JSON = b"application/json"
+_KEY_PREFIX = "/memory/"
+_KEY_ROUTES = {
+    "GET": Route("GET", "/memory/{key}", "get", "Get one memory by key"),
+    "DELETE": Route("DELETE", "/memory/{key}", "forget", "Forget one memory"),
+}
+_TRACE = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
+
+
+class ClientDisconnectedError(Exception):
+    """The client went away before its request body arrived: nobody to answer."""
+
+
+@dataclass(slots=True)
+class Request:
+    route: Route
+    trace_id: str
+    principal: Principal | None
+    tenant_header: str | None
+    key: str | None
+    body: Any
+    #: Run after the response is sent (e.g. killing the edge that carries the response).
+    after: Callable[[], Awaitable[None]] | None = None
+
+
+@dataclass(slots=True)
+class Response:
+    status: int
+    body: bytes
+    content_type: bytes = _JSON
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+
+
+class EdgeApp(Handlers):
+    def __init__(
+        self,
+        system: ActorSystem,
+        *,
+        config: SomaConfig,
+        auth: Authenticator,
+        metrics: Metrics | None = None,
+        limiter: RateLimiter | None = None,
+        edge_path: str = "/root/edge",
+    ) -> None:
+        self.system = system
+        self.config = config
+        self.auth = auth
+        self.metrics = metrics or Metrics()
+        rate = config.edge.rate_limit
+        self.limiter = limiter or RateLimiter(rate.rate, rate.burst, enabled=rate.enabled)
+        self.edge_path = edge_path
+        self.closing = False
+        self._routes = {(r.method, r.path): r for r in ROUTES}
+        self._methods: dict[str, list[str]] = {}
+        for r in ROUTES:
+            self._methods.setdefault(r.path, []).append(r.method)
+        self._decoders: dict[type, msgspec.json.Decoder[Any]] = {
+            r.request: msgspec.json.Decoder(r.request) for r in ROUTES if r.request is not None
+        }
+        self._handlers: dict[str, Callable[[Request], Awaitable[Response]]] = {
+            r.name: getattr(self, f"_h_{r.name}") for r in (*ROUTES, *_KEY_ROUTES.values())
+        }
+        self.encoder = msgspec.json.Encoder()
+
+    # ------------------------------------------------------------------ ASGI
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        else:  # websockets: not part of the API
+            await send({"type": "websocket.close", "code": 1003})
+
+    def _match(self, method: str, path: str) -> tuple[Route, str | None]:
+        route = self._routes.get((method, path))
+        if route is not None:
+            return route, None
+        allowed = self._methods.get(path)
+        if path.startswith(_KEY_PREFIX) and len(path) > len(_KEY_PREFIX):
+            # Every key is addressable, even one named like a route ("recall"): GET and
+            # DELETE of /memory/<anything> are the key routes.
+            key_route = _KEY_ROUTES.get(method)
+            if key_route is not None:
+                return key_route, path[len(_KEY_PREFIX) :]
+            allowed = sorted({*(allowed or ()), *_KEY_ROUTES})
+        if allowed is None:
+            raise HTTPError(404, "not_found", f"no route for {path}")
+        raise HTTPError(
+            405,
+            "method_not_allowed",
+            f"{path} accepts {', '.join(sorted(allowed))}",
+            headers=((b"allow", ", ".join(sorted(allowed)).encode()),),
+        )
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        start = time.perf_counter()
+        authorization = tenant = trace = None
+        content_length: int | None = None
+        has_body = False
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                authorization = value.decode("latin-1")
+            elif name == b"content-length":
+                has_body = value != b"0"
+                content_length = int(value) if value.isdigit() else -1
+            elif name == b"x-tenant-id":
+                tenant = value.decode("latin-1")
+            elif name == b"transfer-encoding":
+                has_body = True
+            elif name == b"x-request-id" or (name == b"traceparent" and trace is None):
+                trace = value.decode("latin-1")
+                if name == b"traceparent":
+                    parts = trace.split("-")
+                    trace = parts[1] if len(parts) == 4 else None
+        trace_id = trace if trace is not None and _TRACE.match(trace) else os.urandom(8).hex()
+        route_name = "unmatched"
+        body_read = False
+        request: Request | None = None
+        try:
+            route, key = self._match(scope["method"], scope["path"])
+            route_name = route.name
+            principal = None
+            if route.scope is not None:
+                principal = self.auth.authenticate(authorization)
+                if route.scope:
+                    principal.require_scope(route.scope)
+            body = None
+            if route.request is not None:
+                raw = await self._read_body(receive, content_length)
+                body_read = True
+                body = self._decode(route.request, raw)
+            request = Request(route, trace_id, principal, tenant, key, body)
+            response = await self._handlers[route.name](request)
+        except HTTPError as exc:
+            response = Response(exc.status, encode_error(exc, trace_id), headers=exc.headers)
+        except ClientDisconnectedError:
+            self.metrics.observe(route_name, scope["method"], 499, time.perf_counter() - start)
+            return
+        except Exception:
+            logger.exception(
+                "internal error (trace id %s) on %s %s", trace_id, scope["method"], scope["path"]
+            )
+            error = HTTPError(500, "internal", f"internal error; trace id {trace_id}")
+            response = Response(500, encode_error(error, trace_id))
+        close = False
+        if has_body and not body_read:
+            # Answered before its body was read (refused early, or a body nobody wanted):
+            # drain a small body so the connection can stay open; a large or chunked one
+            # closes the connection instead.
+            close = content_length is None or not await self._drain(receive, content_length)
+        headers = [
+            (b"content-type", response.content_type),
+            (b"content-length", str(len(response.body)).encode()),
+            (b"x-trace-id", trace_id.encode()),
+            *response.headers,
+        ]
+        if close or self.closing:
+            headers.append((b"connection", b"close"))
+        await send({"type": "http.response.start", "status": response.status, "headers": headers})
+        await send({"type": "http.response.body", "body": response.body})
+        self.metrics.observe(
+            route_name, scope["method"], response.status, time.perf_counter() - start
+        )
+        if request is not None and request.after is not None:
+            await request.after()
+
+    async def _read_body(self, receive: Receive, content_length: int | None) -> bytes:
+        limit = self.config.edge.max_body_bytes
+        if content_length is not None:
+            if content_length < 0:
+                raise HTTPError(400, "bad_request", "Content-Length is not a number")
+            if content_length > limit:
+                raise _too_large(limit)
+        message = await receive()
+        if message["type"] != "http.request":
+            raise ClientDisconnectedError
+        body: bytes = message.get("body", b"")
+        if not message.get("more_body", False):
+            if len(body) > limit:
+                raise _too_large(limit)
+            return body
+        chunks = [body]
+        size = len(body)
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                raise ClientDisconnectedError
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(limit)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    async def _drain(self, receive: Receive, content_length: int) -> bool:
+        """Read and drop a refused request's body; False if it is too large to bother."""
+        if content_length < 0 or content_length > 65536:
+            return False
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return False
+            if not message.get("more_body", False):
+                return True
+
+    def _decode(self, kind: type, raw: bytes) -> Any:
+        if not raw.strip():
+            raise HTTPError(400, "malformed_json", "the request body is empty: send a JSON object")
+        try:
+            return self._decoders[kind].decode(raw)
+        except msgspec.ValidationError as exc:
+            raise from_validation(exc) from None
+        except msgspec.DecodeError as exc:
+            raise from_decode_error(exc) from None
+
+    def json(self, value: Any, status: int = 200) -> Response:
+        return Response(status, self.encoder.encode(value))
+
+
+def _too_large(limit: int) -> HTTPError:
+    return HTTPError(413, "payload_too_large", f"the request body exceeds {limit} bytes")
