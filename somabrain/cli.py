@@ -124,6 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     openapi = commands.add_parser("openapi", help="print the OpenAPI document of the edge")
     openapi.set_defaults(func=_openapi)
+
+    from .audit.cli import add_audit_commands
+
+    add_audit_commands(commands)
     return parser
 
 

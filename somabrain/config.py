@@ -11,6 +11,10 @@ Sections:
 ``edge``    the HTTP edge: bind address, body and batch limits, timeouts, rate limits
 ``auth``    JWT verification: algorithm, HS256 secret or public key, issuer, audience
 ``memory``  the per-tenant memory actors: durability (fsync policy) and recall limits
+``audit``   the audit writer: Redis fallback, spool, timeouts (``somabrain.audit.settings``)
+``kafka``   the Kafka cluster, when there is one (``somabrain.actors.kafka_bridge``)
+``bridge``  subject <-> topic routes of the Kafka bridge
+``workers`` the integrity and reward workers (``somabrain.workers.settings``)
 """
 
 from __future__ import annotations
@@ -23,7 +27,10 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
+from .actors.kafka_bridge import BridgeSettings, KafkaSettings
+from .audit.settings import AuditSettings
 from .supervision.config import NodeSettings, SupervisorNode, load_config
+from .workers.settings import WorkersSettings
 
 __all__ = [
     "AuthSettings",
@@ -108,6 +115,10 @@ class SomaConfig(_Section):
     edge: EdgeSettings = msgspec.field(default_factory=EdgeSettings)
     auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
     memory: MemorySettings = msgspec.field(default_factory=MemorySettings)
+    audit: AuditSettings = msgspec.field(default_factory=AuditSettings)
+    kafka: KafkaSettings = msgspec.field(default_factory=KafkaSettings)
+    bridge: BridgeSettings = msgspec.field(default_factory=BridgeSettings)
+    workers: WorkersSettings = msgspec.field(default_factory=WorkersSettings)
 
 
 def default_config_data() -> dict[str, Any]:

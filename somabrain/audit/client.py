@@ -1,0 +1,101 @@
+"""What the rest of SomaBrain calls: ``system.resources["audit"].record(draft)``.
+
+:class:`AuditLog` hands the draft to the writer actor and waits for its :class:`Receipt`,
+which the writer completes once the event is durable in *some* tier (Kafka acks=all, the Redis
+stream, or the fsynced spool). The call therefore never waits for Kafka when Kafka is down:
+the writer has already fallen back. It raises :class:`AuditUnavailableError` when the event
+could not be made durable in time; the change it describes must then be reported as failed.
+
+Why a receipt and not ``ask``: the writer commits events in groups (one write and one fsync
+for everything that arrived while the previous group was being written); an ``ask`` reply is
+the return value of one message, while a receipt can be completed when its group is.
+"""
+
+from __future__ import annotations
+
+import anyio
+import msgspec
+
+from ..actors import ActorRef, ActorStoppedError
+from .errors import AuditUnavailableError
+from .event import AuditDraft, new_event_id, utc_now
+
+__all__ = ["Append", "AuditLog", "Receipt"]
+
+
+class Receipt:
+    """Completed by the writer: ``seq`` once durable, or ``error``."""
+
+    __slots__ = ("_done", "error", "event_id", "seq")
+
+    def __init__(self, event_id: str) -> None:
+        self.event_id = event_id
+        self.seq = 0
+        self.error: BaseException | None = None
+        self._done = anyio.Event()
+
+    def complete(self, seq: int) -> None:
+        self.seq = seq
+        self._done.set()
+
+    def fail(self, error: BaseException) -> None:
+        if not self._done.is_set():
+            self.error = error
+            self._done.set()
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    async def wait(self) -> None:
+        await self._done.wait()
+
+
+class Append(msgspec.Struct, frozen=True):
+    """To the writer: seal ``draft`` into the chain and complete ``receipt`` when durable."""
+
+    draft: AuditDraft
+    receipt: Receipt
+
+
+class AuditLog:
+    """The audit API of a node (``system.resources["audit"]``)."""
+
+    def __init__(self, writer: ActorRef, *, timeout: float = 10.0) -> None:
+        self.writer = writer
+        self.timeout = timeout
+
+    async def record(self, draft: AuditDraft) -> str:
+        """Write one event; returns its ``event_id`` (the ``audit_id`` of API responses)."""
+        receipt = await self.submit(draft)
+        return await self.wait(receipt)
+
+    async def submit(self, draft: AuditDraft) -> Receipt:
+        """Hand ``draft`` over without waiting for durability (benchmarks, batch callers)."""
+        if not draft.event_id or not draft.time:
+            draft = msgspec.structs.replace(
+                draft, event_id=draft.event_id or new_event_id(), time=draft.time or utc_now()
+            )
+        receipt = Receipt(draft.event_id)
+        if not self.writer.alive:
+            # A tell to a stopped actor becomes a dead letter, and nobody would complete the
+            # receipt: fail now instead of at the timeout.
+            raise AuditUnavailableError("audit writer is not running")
+        try:
+            await self.writer.tell(Append(draft, receipt))
+        except ActorStoppedError as exc:
+            raise AuditUnavailableError(f"audit writer is not running: {exc}") from exc
+        return receipt
+
+    async def wait(self, receipt: Receipt) -> str:
+        with anyio.move_on_after(self.timeout):
+            await receipt.wait()
+        if not receipt.done:
+            raise AuditUnavailableError(
+                f"audit event {receipt.event_id} not durable after {self.timeout} s"
+            )
+        if receipt.error is not None:
+            raise AuditUnavailableError(
+                f"audit event {receipt.event_id} not written: {receipt.error!r}"
+            ) from receipt.error
+        return receipt.event_id

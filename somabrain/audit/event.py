@@ -1,0 +1,202 @@
+"""Audit events (schema v2) and the hash chain that links them.
+
+``schemas/audit_event_v2.json`` is the source of truth for the wire form; :class:`AuditEvent`
+mirrors it field for field (a test validates encoded events against the schema). What callers
+build is an :class:`AuditDraft`: who did what to which tenant, and the decision. The writer
+*seals* drafts: it assigns the node, the next sequence number and the hashes, in one place, so
+the chain has a single author per node.
+
+Canonical form and hashing
+--------------------------
+``hash`` is SHA-256 over the canonical JSON of the event with ``hash`` set to ``""``: keys
+sorted, no whitespace, UTF-8 (what ``json.dumps(sort_keys=True, separators=(",", ":"),
+ensure_ascii=False)`` prints; a property test holds msgspec to that). Because ``prev_hash`` is
+inside the hashed text, changing, dropping or reordering any event breaks the link of the next
+one. With a chain key (HMAC-SHA256) an attacker who can rewrite the log cannot also recompute
+the chain without the key. Values are only strings, integers, booleans and null: floats have
+no single canonical spelling across languages, so the schema leaves them out.
+
+Request metadata carries no secrets and no content: :func:`request_meta` redacts keys that
+name credentials and replaces long strings by their digest; content is given by
+``content_sha256`` and ``content_bytes`` (:func:`content_digest`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import re
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Literal
+
+import msgspec
+
+__all__ = [
+    "GENESIS",
+    "SCHEMA",
+    "AuditDraft",
+    "AuditEvent",
+    "Decision",
+    "RequestMeta",
+    "canonical",
+    "content_digest",
+    "decode_event",
+    "encode_event",
+    "event_hash",
+    "new_event_id",
+    "request_meta",
+    "utc_now",
+]
+
+SCHEMA = "soma.audit.v2"
+#: ``prev_hash`` of the first event of a node.
+GENESIS = "0" * 64
+
+Decision = Literal["allow", "deny", "error", "none"]
+Scalar = str | int | bool | None
+
+_MAX_ATTRIBUTE_CHARS = 256
+_MAX_ATTRIBUTES = 32
+_SECRET_KEY = re.compile(
+    r"authorization|token|secret|passw|api[_-]?key|cookie|credential|private|signature",
+    re.IGNORECASE,
+)
+_REDACTED = "[redacted]"
+
+
+class RequestMeta(msgspec.Struct, frozen=True, kw_only=True):
+    """What the request looked like, without secrets or content (see :func:`request_meta`)."""
+
+    method: str = ""
+    path: str = ""
+    status: int = 0
+    client: str = ""
+    content_sha256: str = ""
+    content_bytes: int = 0
+    attributes: dict[str, Scalar] = msgspec.field(default_factory=dict)
+
+
+class AuditDraft(msgspec.Struct, frozen=True, kw_only=True):
+    """An event before the writer seals it into the chain."""
+
+    tenant: str
+    actor: str
+    action: str
+    decision: Decision = "none"
+    reason: str = ""
+    trace_id: str = ""
+    request: RequestMeta = msgspec.field(default_factory=RequestMeta)
+    constitution_checksum: str = ""
+    #: Set by :meth:`AuditLog.record`; a draft built elsewhere gets one when sealed.
+    event_id: str = ""
+    time: str = ""
+
+
+class AuditEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """A sealed event: exactly the fields of ``schemas/audit_event_v2.json``."""
+
+    schema: str = SCHEMA
+    event_id: str
+    time: str
+    node: str
+    seq: int
+    tenant: str
+    actor: str
+    action: str
+    decision: Decision
+    reason: str
+    trace_id: str
+    request: RequestMeta
+    constitution_checksum: str
+    prev_hash: str
+    hash: str = ""
+
+
+_encoder = msgspec.json.Encoder(order="sorted")
+_decoder = msgspec.json.Decoder(AuditEvent)
+
+
+def canonical(event: AuditEvent) -> bytes:
+    """The bytes that are hashed: the event with ``hash`` emptied, in canonical JSON."""
+    if event.hash:
+        event = msgspec.structs.replace(event, hash="")
+    return _encoder.encode(event)
+
+
+def event_hash(event: AuditEvent, key: bytes | None = None) -> str:
+    """The event's hash (HMAC-SHA256 with ``key`` when the chain is keyed)."""
+    data = canonical(event)
+    if key:
+        return hmac.new(key, data, hashlib.sha256).hexdigest()
+    return hashlib.sha256(data).hexdigest()
+
+
+def encode_event(event: AuditEvent) -> bytes:
+    """Wire form (Kafka value, Redis field, spool line): canonical JSON, hash included."""
+    return _encoder.encode(event)
+
+
+def decode_event(data: bytes | bytearray | memoryview | str) -> AuditEvent:
+    """Parse and type-check one event (raises ``msgspec.ValidationError``/``DecodeError``)."""
+    return _decoder.decode(data)
+
+
+def new_event_id() -> str:
+    return os.urandom(16).hex()
+
+
+def utc_now() -> str:
+    """RFC 3339 UTC with microseconds, the one time format of the schema."""
+    now = time.time()
+    return datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def content_digest(content: str | bytes) -> tuple[str, int]:
+    """``(sha256 hex, size in bytes)`` of content that must not be copied into the audit."""
+    data = content.encode() if isinstance(content, str) else content
+    return hashlib.sha256(data).hexdigest(), len(data)
+
+
+def _scalar(key: str, value: object) -> Scalar:
+    if _SECRET_KEY.search(key):
+        return _REDACTED
+    if value is None or isinstance(value, bool | int):
+        return value
+    text = value if isinstance(value, str) else repr(value)
+    if len(text) > _MAX_ATTRIBUTE_CHARS:
+        return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+    return text
+
+
+def request_meta(
+    *,
+    method: str = "",
+    path: str = "",
+    status: int = 0,
+    client: str = "",
+    content: str | bytes | None = None,
+    attributes: Mapping[str, object] | None = None,
+) -> RequestMeta:
+    """Build request metadata that is safe to keep forever.
+
+    Attribute values are reduced to scalars; keys that look like credentials are redacted;
+    strings longer than 256 characters are replaced by ``sha256:<hex>``; at most 32 attributes
+    are kept (sorted by key, so the choice is deterministic).
+    """
+    digest, size = content_digest(content) if content is not None else ("", 0)
+    attrs: dict[str, Scalar] = {}
+    for key in sorted(attributes or {})[:_MAX_ATTRIBUTES]:
+        assert attributes is not None
+        attrs[key[:64]] = _scalar(key, attributes[key])
+    return RequestMeta(
+        method=method[:16],
+        path=path[:512],
+        status=status,
+        client=client[:256],
+        content_sha256=digest,
+        content_bytes=size,
+        attributes=attrs,
+    )

@@ -1,0 +1,110 @@
+"""The event model against its JSON Schema (the source of truth) and the canonical form."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import msgspec
+from hypothesis import given, settings
+
+from somabrain.audit import (
+    GENESIS,
+    AuditDraft,
+    AuditEvent,
+    Chain,
+    RequestMeta,
+    content_digest,
+    decode_event,
+    encode_event,
+    event_hash,
+    request_meta,
+)
+from somabrain.audit.event import canonical
+from tests.audit.strategies import drafts
+
+SCHEMA = json.loads(
+    (Path(__file__).parents[2] / "schemas" / "audit_event_v2.json").read_text("utf-8")
+)
+VALIDATOR = jsonschema.Draft202012Validator(
+    SCHEMA, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
+)
+
+
+def test_schema_is_a_valid_draft_2020_12_schema() -> None:
+    jsonschema.Draft202012Validator.check_schema(SCHEMA)
+
+
+def test_struct_fields_are_exactly_the_schema_properties() -> None:
+    fields = set(AuditEvent.__struct_fields__)
+    assert fields == set(SCHEMA["properties"]) == set(SCHEMA["required"])
+    request = SCHEMA["$defs"]["request"]
+    meta_fields = {f.name for f in msgspec.structs.fields(RequestMeta)}
+    assert meta_fields == set(request["properties"]) == set(request["required"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(drafts())
+def test_sealed_events_validate_against_the_schema(draft: AuditDraft) -> None:
+    event = Chain("node-1").seal(draft)
+    document = json.loads(encode_event(event))
+    VALIDATOR.validate(document)
+    assert decode_event(encode_event(event)) == event
+
+
+@settings(max_examples=300, deadline=None)
+@given(drafts())
+def test_canonical_form_is_sorted_compact_utf8_json(draft: AuditDraft) -> None:
+    """Anyone can recompute a hash with a stock JSON library: msgspec's canonical bytes are
+    exactly what json.dumps prints with sorted keys and no whitespace."""
+    event = Chain("n").seal(draft)
+    document = json.loads(encode_event(event))
+    document["hash"] = ""
+    expected = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    assert canonical(event) == expected.encode("utf-8")
+
+
+def test_genesis_and_first_link() -> None:
+    chain = Chain("n")
+    first = chain.seal(AuditDraft(tenant="t", actor="a", action="memory.remember"))
+    second = chain.seal(AuditDraft(tenant="t", actor="a", action="memory.recall"))
+    assert (first.seq, first.prev_hash) == (1, GENESIS)
+    assert (second.seq, second.prev_hash) == (2, first.hash)
+    assert event_hash(second) == second.hash
+
+
+def test_keyed_chain_needs_the_key() -> None:
+    event = Chain("n", key=b"k1").seal(AuditDraft(tenant="t", actor="a", action="x"))
+    assert event_hash(event, b"k1") == event.hash
+    assert event_hash(event) != event.hash
+    assert event_hash(event, b"k2") != event.hash
+
+
+def test_request_meta_redacts_secrets_and_hashes_content() -> None:
+    meta = request_meta(
+        method="POST",
+        path="/memory/remember",
+        content="the secret diary",
+        attributes={
+            "Authorization": "Bearer abc",
+            "api_key": "xyz",
+            "x-refresh-token": "t",
+            "key": "k1",
+            "long": "y" * 1000,
+            "count": 3,
+            "obj": {"a": 1},
+        },
+    )
+    attrs = meta.attributes
+    assert attrs["Authorization"] == attrs["api_key"] == attrs["x-refresh-token"] == "[redacted]"
+    assert attrs["key"] == "k1" and attrs["count"] == 3
+    assert attrs["long"] == "sha256:" + content_digest("y" * 1000)[0]
+    assert attrs["obj"] == "{'a': 1}"
+    assert (meta.content_sha256, meta.content_bytes) == content_digest("the secret diary")
+    assert (
+        "secret diary"
+        not in encode_event(
+            Chain("n").seal(AuditDraft(tenant="t", actor="a", action="x", request=meta))
+        ).decode()
+    )
