@@ -11,6 +11,8 @@ Sections:
 ``edge``    the HTTP edge: bind address, body and batch limits, timeouts, rate limits
 ``auth``    JWT verification: algorithm, HS256 secret or public key, issuer, audience
 ``memory``  the per-tenant memory actors: durability (fsync policy) and recall limits
+``governance`` the constitution guardian: history directory, dev bootstrap, genesis pin,
+            decision cache (``somabrain.governance.settings``)
 ``audit``   the audit writer: Redis fallback, spool, timeouts (``somabrain.audit.settings``)
 ``kafka``   the Kafka cluster, when there is one (``somabrain.actors.kafka_bridge``)
 ``bridge``  subject <-> topic routes of the Kafka bridge
@@ -29,6 +31,7 @@ from msgspec import Meta
 
 from .actors.kafka_bridge import BridgeSettings, KafkaSettings
 from .audit.settings import AuditSettings
+from .governance.settings import GovernanceSettings
 from .supervision.config import NodeSettings, SupervisorNode, load_config
 from .workers.settings import WorkersSettings
 
@@ -115,6 +118,7 @@ class SomaConfig(_Section):
     edge: EdgeSettings = msgspec.field(default_factory=EdgeSettings)
     auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
     memory: MemorySettings = msgspec.field(default_factory=MemorySettings)
+    governance: GovernanceSettings = msgspec.field(default_factory=GovernanceSettings)
     audit: AuditSettings = msgspec.field(default_factory=AuditSettings)
     kafka: KafkaSettings = msgspec.field(default_factory=KafkaSettings)
     bridge: BridgeSettings = msgspec.field(default_factory=BridgeSettings)

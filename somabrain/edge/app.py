@@ -30,6 +30,7 @@ from ..actors import ActorSystem
 from ..config import SomaConfig
 from .auth import Authenticator, Principal
 from .errors import HTTPError, encode_error, from_decode_error, from_validation
+from .governance import GovernanceHandlers
 from .handlers import Handlers
 from .metrics import Metrics
 from .ratelimit import RateLimiter
@@ -76,7 +77,7 @@ class Response:
     headers: tuple[tuple[bytes, bytes], ...] = ()
 
 
-class EdgeApp(Handlers):
+class EdgeApp(Handlers, GovernanceHandlers):
     def __init__(
         self,
         system: ActorSystem,

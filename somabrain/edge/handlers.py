@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from ..actors import ActorStoppedError, ActorSystem, MailboxFullError
+from ..governance.http import readiness, remember_input
+from ..governance.policy import Decision, PolicyInput
 from ..memory.errors import (
     InvalidVectorError,
     LogError,
@@ -94,6 +97,8 @@ class Handlers:
     limiter: RateLimiter
     edge_path: str
     closing: bool
+    #: The policy gate, from ``GovernanceHandlers`` (``edge/governance.py``).
+    _govern: Callable[[PolicyInput], Decision]
 
     def json(self, value: Any, status: int = 200) -> Response:
         raise NotImplementedError
@@ -178,12 +183,31 @@ class Handlers:
             vector=item.vector,
         )
 
+    def _govern_memory(self, request: Request, memory: Memory, where: str = "") -> Decision:
+        """The constitution's policies decide each memory (403 / 503 when refused)."""
+        assert request.principal is not None
+        try:
+            return self._govern(
+                remember_input(
+                    memory.tenant,
+                    namespace=memory.namespace,
+                    tags=memory.tags,
+                    scopes=request.principal.scopes,
+                    content=memory.content,
+                )
+            )
+        except HTTPError as exc:
+            if where:
+                exc.field = where
+            raise
+
     # ------------------------------------------------------------------ memory
 
     async def _h_remember(self, request: Request) -> Response:
         body: s.RememberRequest = request.body
         tenant = self._tenant(request, body.tenant)
         memory = self._memory(body, tenant, time.time())
+        self._govern_memory(request, memory)
         [(key, deduplicated)] = await self._ask(tenant, Remember((memory,)))
         return self.json(
             s.RememberResponse(
@@ -216,6 +240,7 @@ class Handlers:
                     field=f"items[{i}].tenant",
                 )
             memories.append(self._memory(item, tenant, now, f"items[{i}]."))
+            self._govern_memory(request, memories[-1], f"items[{i}]")
         remembered = await self._ask(tenant, Remember(tuple(memories)))
         results = [
             s.BatchItemResult(key=key, namespace=m.namespace, deduplicated=dedup)
@@ -336,6 +361,9 @@ class Handlers:
         tree = self.system.resources.get("tree")
         if tree is None or not tree.ready or self.closing:
             raise HTTPError.retry_later(503, "not_ready", "the supervision tree is not up", 1)
+        ungoverned = readiness(self.system.resources)
+        if ungoverned:
+            raise HTTPError.retry_later(503, "not_governed", ungoverned, 5)
         return self.json(s.StatusResponse(status="ready"))
 
     async def _h_health(self, request: Request) -> Response:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..governance import http as gov
 from . import schemas as s
 from .errors import ErrorResponse
 
@@ -58,6 +59,17 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/admin/reload", "admin_reload",
           "Re-read the config file and apply what changed",
           s.ReloadRequest, s.ReloadResponse, scope="admin", tenant=False, errors=_ADMIN_ERRORS),
+    Route("GET", "/constitution/version", "constitution_version",
+          "The active constitution (version, checksum, signers) or why there is none",
+          response=gov.VersionResponse, tenant=False, errors=(401, 503)),
+    Route("POST", "/constitution/validate", "constitution_validate",
+          "Evaluate the policies on an input: {allowed, explain}",
+          gov.ValidateRequest, gov.ValidateResponse, tenant=False,
+          errors=(400, 401, 413, 422, 503)),
+    Route("POST", "/constitution/load", "constitution_load",
+          "Load a signed constitution (refused with the reason unless it verifies)",
+          gov.LoadRequest, gov.LoadResponse, scope="admin", tenant=False,
+          errors=(*_ADMIN_ERRORS, 422)),
 )  # fmt: skip
 
 #: ``GET`` and ``DELETE /memory/{key}`` (everything after the prefix is the key).

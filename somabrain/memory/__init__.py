@@ -11,6 +11,7 @@ it. Layout, from the bottom up:
 ``bm25``          incremental Okapi BM25 with numpy postings
 ``hybrid``        ``HybridIndex``: every memory scored on each view, combined with weights
 ``graph``         the link graph
+``views``         the graph (personalized PageRank), recency and salience views
 ``log``           ``MemoryLog``: append-only, CRC-framed, group commit, compaction (here, not
                   in ``stores/``: only this package reads its records)
 ``tenant``        ``TenantMemory``: the state of one tenant, rebuilt from its log at open
@@ -45,20 +46,32 @@ from .types import (
     Memory,
     RecallFilter,
     RecallHit,
+    ReinforceRecord,
     Remembered,
     RememberRecord,
     UnlinkRecord,
 )
 from .vector_index import VectorIndex
+from .views import (
+    MULTIVIEW_WEIGHTS,
+    VIEW_NAMES,
+    GraphView,
+    RecencyView,
+    SalienceView,
+    multiview,
+)
 
 __all__ = [
     "DEFAULT_DIM",
     "DEFAULT_NAMESPACE",
     "DEFAULT_WEIGHTS",
+    "MULTIVIEW_WEIGHTS",
+    "VIEW_NAMES",
     "BM25Index",
     "Embedder",
     "ForgetRecord",
     "FsyncPolicy",
+    "GraphView",
     "HashingEmbedder",
     "HybridIndex",
     "IndexHit",
@@ -79,8 +92,11 @@ __all__ = [
     "RecallFilter",
     "RecallHit",
     "RecallQuery",
+    "RecencyView",
+    "ReinforceRecord",
     "RememberRecord",
     "Remembered",
+    "SalienceView",
     "ScoreView",
     "TenantMemory",
     "TenantMemoryStatistics",
@@ -89,6 +105,7 @@ __all__ = [
     "UnlinkRecord",
     "VectorIndex",
     "content_key",
+    "multiview",
     "tenant_log_path",
     "tokenize",
 ]

@@ -25,11 +25,24 @@ from .types import (
     LinkRecord,
     LogRecord,
     Memory,
+    ReinforceRecord,
     RememberRecord,
     UnlinkRecord,
 )
 
-__all__ = ["MemoryState", "Prepared", "content_key", "expired", "links_of"]
+__all__ = [
+    "MAX_STRENGTH",
+    "MemoryState",
+    "Prepared",
+    "content_key",
+    "expired",
+    "links_of",
+]
+
+#: Salience strength is clipped to [-MAX_STRENGTH, MAX_STRENGTH]: the salience view maps it
+#: through a logistic, which is flat beyond ~8 anyway, and a bound keeps one tenant's feedback
+#: loop from pinning a memory forever.
+MAX_STRENGTH = 8.0
 
 F32 = npt.NDArray[np.float32]
 
@@ -67,12 +80,14 @@ class Prepared:
 
 
 class MemoryState:
-    """Memories by key, the dedupe map, which keys carry caller vectors, and the link graph."""
+    """Memories by key, the dedupe map, which keys carry caller vectors, the link graph and
+    the salience strengths that feedback reinforced (absent = 0)."""
 
     def __init__(self) -> None:
         self.memories: dict[str, Memory] = {}
         self.graph = LinkGraph()
         self.user_vectors: set[str] = set()
+        self.salience: dict[str, float] = {}
         # (namespace, content) -> key, or a tuple of keys in the rare case of explicit keys
         # sharing content. Strings and tuples, not lists: 100k lists would all be tracked by
         # the cyclic GC and lengthen every full collection.
@@ -116,8 +131,24 @@ class MemoryState:
             return False
         self._forget_content(m)
         self.user_vectors.discard(key)
+        self.salience.pop(key, None)
         self.graph.remove_node(key)
         return True
+
+    def reinforce(self, keys: tuple[str, ...], amount: float) -> dict[str, float]:
+        """Add ``amount`` to the strength of each known key; returns the new strengths."""
+        out: dict[str, float] = {}
+        for key in dict.fromkeys(keys):
+            if key not in self.memories:
+                continue
+            value = self.salience.get(key, 0.0) + amount
+            value = min(MAX_STRENGTH, max(-MAX_STRENGTH, value))
+            if value == 0.0:
+                self.salience.pop(key, None)
+            else:
+                self.salience[key] = value
+            out[key] = value
+        return out
 
     def replay(self, record: LogRecord, dim: int, vectors: dict[str, F32]) -> None:
         """Apply one log record; caller vectors of live memories are collected in ``vectors``
@@ -140,9 +171,11 @@ class MemoryState:
                 self.graph.put(link)
             case UnlinkRecord(from_key=f, to_key=t, rel=rel):
                 self.graph.remove(f, t, rel)
+            case ReinforceRecord(keys=keys, amount=amount):
+                self.reinforce(keys, amount)
 
     def snapshot(self, now: float, vector_of: Callable[[str], F32]) -> list[LogRecord]:
-        """The live state as log records (what compaction writes): memories, then links."""
+        """The live state as log records (what compaction writes): memories, links, salience."""
         records: list[LogRecord] = []
         live: set[str] = set()
         for key, m in self.memories.items():
@@ -154,5 +187,8 @@ class MemoryState:
             live.add(key)
         records.extend(
             LinkRecord(ln) for ln in self.graph if ln.from_key in live and ln.to_key in live
+        )
+        records.extend(
+            ReinforceRecord((key,), value) for key, value in self.salience.items() if key in live
         )
         return records

@@ -65,5 +65,15 @@ class LinkGraph:
     def incoming(self, key: str) -> list[Link]:
         return [self._out[f][(key, rel)] for f, rel in self._in.get(key, ())]
 
+    def neighbours(self, key: str) -> list[tuple[str, float]]:
+        """Keys linked to ``key`` in either direction, with the edge weight, positive weights
+        only (the graph view walks links as undirected proximity)."""
+        out = [(ln.to_key, ln.weight) for ln in self._out.get(key, {}).values() if ln.weight > 0]
+        for f, rel in self._in.get(key, ()):
+            w = self._out[f][(key, rel)].weight
+            if w > 0:
+                out.append((f, w))
+        return out
+
     def get(self, from_key: str, to_key: str, rel: str) -> Link | None:
         return self._out.get(from_key, {}).get((to_key, rel))

@@ -7,8 +7,11 @@ Views. Each view gives every slot a score in [0, 1]:
 * ``lexical``: BM25 of the query tokens over the content, divided by the highest BM25 among
   the eligible memories of this query (so the best lexical match scores 1; all 0 when no query
   term occurs);
-* any extra ``ScoreView`` given at construction (the graph, recency and salience views plug in
-  here; they can read the per-slot columns ``importance``, ``occurred_at``, ``created_at``).
+* any extra ``ScoreView`` given at construction (the graph, recency and salience views of
+  ``views.py`` plug in here; they can read the per-slot columns ``importance``,
+  ``occurred_at``, ``created_at`` and ``salience``, the link graph ``index.graph``, and the
+  scores of the views computed before them in ``query.views``: views run in order, the two
+  built-in ones first).
 
 Combination rule: ``score = sum(w[v] * s[v]) / sum(w)`` over the views named in ``weights``
 (a view missing from ``weights`` has weight 0, but its score is still reported). The weights
@@ -36,6 +39,7 @@ import numpy.typing as npt
 
 from ._growable import Growable
 from .bm25 import BM25Index
+from .graph import LinkGraph
 from .types import Memory, RecallFilter
 from .vector_index import VectorIndex, top_k
 
@@ -61,7 +65,12 @@ _META_ENCODER = msgspec.json.Encoder(order="sorted")
 
 
 class RecallQuery(NamedTuple):
-    """Everything a view may need to score a query."""
+    """Everything a view may need to score a query.
+
+    ``now`` is the clock (expiry); ``at`` the time the query is about (recency), ``now``
+    unless the caller gave one. ``views`` holds the scores of the views computed so far, by
+    name, and ``weights`` the validated weights of this search.
+    """
 
     text: str
     tokens: Sequence[str]
@@ -69,6 +78,9 @@ class RecallQuery(NamedTuple):
     namespace: str | None
     filter: RecallFilter | None
     now: float
+    at: float = 0.0
+    views: Mapping[str, F32] = {}
+    weights: Mapping[str, float] = {}
 
 
 class IndexHit(NamedTuple):
@@ -141,6 +153,8 @@ class HybridIndex:
             raise ValueError(f"duplicate view names: {self.view_names}")
         self._compact_ratio = compact_ratio
         self._compact_min = compact_min
+        #: The tenant's link graph, for the graph view (``TenantMemory`` sets it).
+        self.graph: LinkGraph | None = None
         self._keys: list[str | None] = []
         self._slots: dict[str, int] = {}
         self._ns_codes: dict[str, int] = {}
@@ -151,6 +165,8 @@ class HybridIndex:
             "importance": Growable(np.float32, 1024),
             "occurred_at": Growable(np.float64, 1024),
             "created_at": Growable(np.float64, 1024),
+            # Salience strength from feedback (``TenantMemory.reinforce``); 0 until reinforced.
+            "salience": Growable(np.float32, 1024),
         }
         self._attrs: dict[tuple[str, bytes], Growable] = {}
 
@@ -178,8 +194,17 @@ class HybridIndex:
         return self._keys[slot]
 
     def column(self, name: str) -> npt.NDArray[Any]:
-        """Per-slot column (``importance``, ``occurred_at`` (NaN if unknown), ``created_at``)."""
+        """Per-slot column (``importance``, ``occurred_at`` (NaN if unknown), ``created_at``,
+        ``salience``)."""
         return self._cols[name].view()
+
+    def set_salience(self, key: str, strength: float) -> bool:
+        """Set the salience strength of ``key`` in place; False if the key is not indexed."""
+        slot = self._slots.get(key)
+        if slot is None:
+            return False
+        self._cols["salience"].view()[slot] = strength
+        return True
 
     def vector_of(self, key: str) -> F32:
         return self.vectors.vector(self._slots[key])
@@ -223,6 +248,7 @@ class HybridIndex:
             self._cols["importance"].append(m.importance)
             self._cols["occurred_at"].append(math.nan if m.occurred_at is None else m.occurred_at)
             self._cols["created_at"].append(m.created_at)
+            self._cols["salience"].append(0.0)
             for attr in _attributes(m):
                 postings = self._attrs.get(attr)
                 if postings is None:
@@ -316,8 +342,11 @@ class HybridIndex:
         filter: RecallFilter | None = None,
         weights: Mapping[str, float] | None = None,
         now: float = 0.0,
+        at: float | None = None,
     ) -> list[IndexHit]:
-        """The ``top_k`` eligible memories by combined score, best first (see module doc)."""
+        """The ``top_k`` eligible memories by combined score, best first (see module doc).
+
+        ``now`` decides expiry; ``at`` is the time the query is about (default ``now``)."""
         w = validate_weights(DEFAULT_WEIGHTS if weights is None else weights, self.view_names)
         if top_k <= 0 or not self._slots:
             return []
@@ -325,8 +354,10 @@ class HybridIndex:
         if not mask.any():
             return []
         q = self.vectors.normalise(vector)[0]
-        query = RecallQuery(text, tokens, q, namespace, filter, now)
         views: dict[str, F32] = {}
+        query = RecallQuery(
+            text, tokens, q, namespace, filter, now, now if at is None else at, views, w
+        )
         sem = self.vectors.scores(q)
         np.maximum(sem, 0.0, out=sem)
         views["semantic"] = sem

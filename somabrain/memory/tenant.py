@@ -55,6 +55,7 @@ from .types import (
     Memory,
     RecallFilter,
     RecallHit,
+    ReinforceRecord,
     Remembered,
     RememberRecord,
     UnlinkRecord,
@@ -105,6 +106,7 @@ class TenantMemory:
         self._compact_ratio = compact_ratio
         self._compact_min = compact_min_records
         self._state = MemoryState()
+        self.index.graph = self._state.graph
         self._seq = Sequencer()
         self._compactions = 0
 
@@ -163,6 +165,8 @@ class TenantMemory:
         tokens = [tokenize(m.content) for m in memories]
         given = [vectors.get(m.key) for m in memories]
         self.index.add_batch(memories, self._vectors_for(memories, given, tokens), tokens)
+        for key, strength in self._state.salience.items():
+            self.index.set_salience(key, strength)
 
     def _embed(self, texts: Sequence[str], tokens: Sequence[Sequence[str]]) -> npt.NDArray[Any]:
         if isinstance(self.embedder, HashingEmbedder):  # reuse the lexical view's tokens
@@ -232,11 +236,13 @@ class TenantMemory:
         *,
         weights: Mapping[str, float] | None = None,
         vector: npt.ArrayLike | None = None,
+        at: float | None = None,
     ) -> list[RecallHit]:
         """The ``top_k`` best memories for ``query`` (all namespaces when ``namespace`` is None).
 
         ``weights`` maps view names to weights (default ``hybrid.DEFAULT_WEIGHTS``); ``vector``
-        replaces the query embedding. Raises ValueError on a bad ``top_k`` or weights, and
+        replaces the query embedding; ``at`` is the time the query is about (the recency
+        view's reference, default now). Raises ValueError on a bad ``top_k`` or weights, and
         ``msgspec.ValidationError`` on malformed ``filters``.
         """
         if not 0 <= top_k <= MAX_TOP_K:
@@ -257,11 +263,20 @@ class TenantMemory:
             filter=flt,
             weights=weights,
             now=self._clock(),
+            at=at,
         )
         memories = self._state.memories
         return [
             RecallHit(key=h.key, score=h.score, views=h.views, memory=memories[h.key]) for h in hits
         ]
+
+    def salience(self, key: str) -> float:
+        """The salience strength feedback gave ``key`` (0 when never reinforced)."""
+        return self._state.salience.get(key, 0.0)
+
+    def _live_records(self) -> int:
+        state = self._state
+        return len(state.memories) + len(state.graph) + len(state.salience)
 
     def statistics(self) -> TenantMemoryStatistics:
         records = self.log.record_count if self.log is not None else 0
@@ -274,7 +289,7 @@ class TenantMemory:
             index_slots=self.index.size,
             index_dead_slots=self.index.vectors.dead,
             log_records=records,
-            log_dead_records=max(0, records - len(memories) - len(self._state.graph)),
+            log_dead_records=max(0, records - self._live_records()),
             compactions=self._compactions,
             log=self.log.statistics() if self.log is not None else None,
         )
@@ -374,6 +389,10 @@ class TenantMemory:
             for p in items:
                 self._state.store(p)
             self.index.add_batch(mems, vectors, tokens)
+            salience = self._state.salience
+            for m in mems:  # an upsert keeps the key's salience
+                if m.key in salience:
+                    self.index.set_salience(m.key, salience[m.key])
 
         await self._commit([RememberRecord(p.record) for p in items], change)
         return results
@@ -422,6 +441,27 @@ class TenantMemory:
         await self._commit([UnlinkRecord(from_key, to_key, rel)], change)
         return removed
 
+    async def reinforce(self, keys: Sequence[str], amount: float) -> dict[str, float]:
+        """Add ``amount`` to the salience strength of ``keys`` durably (feedback: the memories
+        were used, ``amount > 0``, or misled, ``amount < 0``); unknown keys are ignored.
+        Returns the new strength of each reinforced key (clipped to +-``MAX_STRENGTH``)."""
+        amount = float(amount)
+        if not math.isfinite(amount):
+            raise ValueError("reinforcement amount must be finite")
+        known = tuple(k for k in dict.fromkeys(keys) if k in self._state.memories)
+        if not known or amount == 0.0:
+            await anyio.lowlevel.checkpoint()
+            return {}
+        result: dict[str, float] = {}
+
+        def change() -> None:
+            result.update(self._state.reinforce(known, amount))
+            for key, strength in result.items():
+                self.index.set_salience(key, strength)
+
+        await self._commit([ReinforceRecord(known, amount)], change)
+        return result
+
     # --- compaction ------------------------------------------------------------------------
 
     @property
@@ -429,7 +469,7 @@ class TenantMemory:
         if self.log is None:
             return False
         records = self.log.record_count
-        dead = records - len(self._state.memories) - len(self._state.graph)
+        dead = records - self._live_records()
         return records >= self._compact_min and dead > self._compact_ratio * records
 
     async def _maybe_compact(self) -> None:

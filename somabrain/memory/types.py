@@ -25,6 +25,7 @@ __all__ = [
     "Memory",
     "RecallFilter",
     "RecallHit",
+    "ReinforceRecord",
     "RememberRecord",
     "Remembered",
     "UnlinkRecord",
@@ -161,4 +162,12 @@ class UnlinkRecord(msgspec.Struct, frozen=True, tag="u"):
     rel: str
 
 
-LogRecord = RememberRecord | ForgetRecord | LinkRecord | UnlinkRecord
+class ReinforceRecord(msgspec.Struct, frozen=True, tag="s"):
+    """Add ``amount`` to the salience strength of each of ``keys`` (feedback said they were
+    useful, or not: ``amount`` may be negative). Unknown keys are ignored."""
+
+    keys: tuple[str, ...]
+    amount: float
+
+
+LogRecord = RememberRecord | ForgetRecord | LinkRecord | UnlinkRecord | ReinforceRecord

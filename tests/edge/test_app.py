@@ -24,6 +24,8 @@ pytestmark = pytest.mark.anyio
 TREE = {
     "intensity": 10,
     "children": {
+        # remember fails closed (503) without a constitution: the guardian bootstraps a dev one
+        "guardian": {"kind": "actor", "actor": "somabrain.governance.guardian:GuardianActor"},
         "memory": {
             "kind": "dynamic",
             "actor": "somabrain.memory.actor:MemoryActor",

