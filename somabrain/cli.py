@@ -128,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .audit.cli import add_audit_commands
 
     add_audit_commands(commands)
+    from .governance.cli import register as register_constitution
+
+    register_constitution(commands)
     return parser
 
 

@@ -99,14 +99,18 @@ class Decision(msgspec.Struct, frozen=True, kw_only=True):
         }
 
     def audit_fields(self) -> dict[str, Any]:
-        """The decision as the audit event records it."""
+        """The decision for an audit event (``somabrain.audit.AuditDraft``): ``decision``,
+        ``reason``, ``constitution_checksum`` and scalar ``attributes`` (the audit schema
+        holds no floats, so penalties are written as ``tag=weight`` text)."""
         return {
             "decision": "allow" if self.allowed else "deny",
-            "reasons": list(self.reasons),
-            "penalties": dict(self.penalties),
-            "tags": list(self.tags),
-            "constitution_version": self.constitution_version,
+            "reason": "" if self.allowed else self.explain,
             "constitution_checksum": self.constitution_checksum,
+            "attributes": {
+                "policy.constitution_version": self.constitution_version,
+                "policy.tags": ",".join(self.tags),
+                "policy.penalties": ",".join(f"{t}={w:g}" for t, w in self.penalties.items()),
+            },
         }
 
 

@@ -29,6 +29,14 @@ from .policy import DEFAULT_CACHE_SIZE, Decision, PolicyEngine, PolicyInput, Pol
 
 __all__ = ["ActiveConstitution", "Governance"]
 
+_VALIDATE_DEFAULTS: dict[str, Any] = {
+    "action": "validate",
+    "namespace": "default",
+    "tags": [],
+    "scopes": [],
+    "content_size": 0,
+}
+
 
 class ActiveConstitution:
     """A verified constitution with its compiled policies. Immutable once built."""
@@ -114,8 +122,11 @@ class Governance:
         return active.engine.decide(request)
 
     def validate(self, rego_input: Mapping[str, Any]) -> Decision:
-        """Evaluate an arbitrary input (``POST /constitution/validate``), uncached."""
-        return self.require().engine.evaluate(rego_input)
+        """Evaluate an arbitrary input (``POST /constitution/validate``), uncached. Fields the
+        node always sends and the input leaves out get the node's defaults (namespace
+        ``default``, no tags, no scopes, size 0), so a partial input is judged as the same
+        request would be."""
+        return self.require().engine.evaluate({**_VALIDATE_DEFAULTS, **rego_input})
 
     def statistics(self) -> PolicyStatistics | None:
         active = self._active
