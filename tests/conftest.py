@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.servers import NatsServer, ServerError
+from tests.servers import KafkaServer, NatsServer, RedisServer, ServerError
 
 
 @pytest.fixture(params=["asyncio", "trio"])
@@ -20,6 +20,29 @@ def nats_server() -> Iterator[NatsServer]:
     connections and subjects). Fails, never skips, when the binary is missing."""
     try:
         with NatsServer.running() as server:
+            yield server
+    except ServerError as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+@pytest.fixture
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A real redis-server on a free loopback port, one per test (tests stop and restart it).
+    Fails, never skips, when redis-server is missing (scripts/test installs it)."""
+    try:
+        with RedisServer.running_in(tmp_path_factory.mktemp("redis")) as server:
+            assert isinstance(server, RedisServer)
+            yield server
+    except ServerError as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+@pytest.fixture
+def kafka_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaServer]:
+    """A real Kafka-protocol broker (noida-db) on a free loopback port, one per test."""
+    try:
+        with KafkaServer.running_in(tmp_path_factory.mktemp("kafka")) as server:
+            assert isinstance(server, KafkaServer)
             yield server
     except ServerError as exc:
         pytest.fail(str(exc), pytrace=False)

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
+import importlib.util
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -19,7 +21,16 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["NatsServer", "ServerError", "find_nats_server"]
+__all__ = [
+    "KafkaServer",
+    "NatsServer",
+    "RedisServer",
+    "ServerError",
+    "find_nats_server",
+    "find_noida_db",
+    "find_redis_server",
+    "free_port",
+]
 
 _STARTUP_TIMEOUT = 10.0
 
@@ -130,3 +141,136 @@ def _wait_for_info(port: int, timeout: float) -> None:
         greeting = conn.recv(4096)
     if not greeting.startswith(b"INFO "):
         raise ServerError(f"unexpected greeting from nats-server: {greeting[:80]!r}")
+
+
+# ---------------------------------------------------------------------- Redis and Kafka
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now (the OS picks it)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_for_port(port: int, timeout: float, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            break
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.02)
+    text = log.read_text(errors="replace") if log.exists() else ""
+    raise ServerError(f"server on port {port} did not start (exit {process.poll()}):\n{text}")
+
+
+def find_redis_server() -> Path:
+    """Debian's ``redis-server`` (``scripts/test`` installs it with apt-get when missing)."""
+    for candidate in (shutil.which("redis-server"), "/usr/bin/redis-server"):
+        if candidate and Path(candidate).is_file():
+            return Path(candidate)
+    raise ServerError("redis-server not found: apt-get install -y redis-server (scripts/test does)")
+
+
+def find_noida_db() -> Path:
+    """The broker binary inside the PyPI package ``noida-db`` (a dev dependency).
+
+    Not the console script: that wrapper runs the binary as a child, and stopping the wrapper
+    would leave the broker running.
+    """
+    try:
+        spec = importlib.util.find_spec("noida_db")
+    except ImportError:
+        spec = None
+    if spec is not None and spec.origin:
+        binary = Path(spec.origin).parent / "noida-db"
+        if binary.is_file():
+            binary.chmod(0o755)
+            return binary
+    raise ServerError("noida-db not found: install the dev dependencies (noida-db)")
+
+
+class _Process:
+    """A server process on a fixed loopback port that can be stopped and started again with
+    the same data (fault tests stop Kafka or Redis in the middle of a run)."""
+
+    name = "server"
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log = directory / f"{self.name}.log"
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(
+                self.command(), stdout=log, stderr=subprocess.STDOUT, cwd=self.directory
+            )
+        _wait_for_port(self.port, _STARTUP_TIMEOUT, self.process, self.log)
+
+    def stop(self, *, kill: bool = False) -> None:
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            process.kill() if kill else process.terminate()
+            try:
+                process.wait(_STARTUP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    @classmethod
+    @contextlib.contextmanager
+    def running_in(cls, directory: Path) -> Iterator[_Process]:
+        server = cls(directory)
+        try:
+            server.start()
+            yield server
+        finally:
+            server.stop()
+
+
+class RedisServer(_Process):
+    """``redis-server`` with an fsync-always append-only file: what audit needs from Redis."""
+
+    name = "redis"
+
+    def command(self) -> list[str]:
+        return [
+            str(find_redis_server()),
+            "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
+            "--appendonly", "yes", "--appendfsync", "always", "--save", "",
+            "--protected-mode", "no", "--daemonize", "no",
+        ]  # fmt: skip
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+
+class KafkaServer(_Process):
+    """A Kafka-protocol broker: ``noida-db`` with only its Kafka service, data in ``directory``
+    (kept across stop/start)."""
+
+    name = "kafka"
+
+    def command(self) -> list[str]:
+        return [
+            str(find_noida_db()), "start", "--data-dir", str(self.directory / "data"),
+            "--host", "127.0.0.1", "--only", "kafka", "--kafka-port", str(self.port),
+        ]  # fmt: skip
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"

@@ -40,6 +40,10 @@ class AuditSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     write_timeout: PositiveFloat = 2.0
     #: Seconds ``record()`` waits for durability before it gives up (AuditUnavailableError).
     record_timeout: PositiveFloat = 10.0
+    #: Events the top tier acknowledged that the writer keeps in memory: when that tier comes
+    #: back holding less than it acknowledged (a broker that lost acked writes), the writer
+    #: re-sends the lost ones from here before anything newer.
+    replay_window: PositiveInt = 20_000
     #: Durable events are also published on this bus subject ("" to turn off).
     publish_subject: str = "soma.audit"
     #: File holding the key of a keyed chain (HMAC-SHA256); empty: plain SHA-256.

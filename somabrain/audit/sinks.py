@@ -30,7 +30,7 @@ import anyio
 from ..actors.kafka_bridge import KafkaSettings, bootstrap_hosts
 from .errors import SinkUnavailableError
 
-__all__ = ["KafkaSink", "RedisSink", "node_partition"]
+__all__ = ["KafkaSink", "RedisSink", "node_partition", "quiet_abandoned_kafka_futures"]
 
 _KAFKA_MAX_BATCH_BYTES = 1 << 20
 
@@ -62,6 +62,7 @@ class KafkaSink:
         from aiokafka import AIOKafkaProducer
 
         await self.close()
+        quiet_abandoned_kafka_futures()
         producer = AIOKafkaProducer(
             bootstrap_servers=self.settings.bootstrap,
             client_id=self.settings.client_id,
@@ -123,7 +124,15 @@ class KafkaSink:
         return len(seqs) - start
 
     async def _send(self, producer: Any, batch: Any, last_seq: int) -> None:
-        future = await producer.send_batch(batch, self.topic, partition=self.partition)
+        import asyncio
+
+        # If we stop waiting (timeout), the producer still finishes the batch later: whatever
+        # the outcome, mark it as seen, or asyncio reports an exception "never retrieved".
+        task = asyncio.ensure_future(
+            producer.send_batch(batch, self.topic, partition=self.partition)
+        )
+        task.add_done_callback(_retrieve_delivery)
+        future = await asyncio.shield(task)
         await future
         self.tail_seq = last_seq
 
@@ -229,6 +238,49 @@ class RedisSink:
                 self.length = int(await client.xlen(self.stream))
         except Exception as exc:
             raise SinkUnavailableError(self.name, repr(exc)) from exc
+
+
+def quiet_abandoned_kafka_futures() -> None:
+    """Keep aiokafka's abandoned internal futures out of the loop's error handler.
+
+    When a produce request fails after we stopped waiting for it, aiokafka sets the error on
+    an internal "drain" future that nobody awaits, and asyncio reports "Future exception was
+    never retrieved" when it is collected. The failure itself was already handled (the batch
+    went to the next tier), so these reports are noise; every other report passes through.
+    """
+    import asyncio
+
+    from aiokafka.errors import KafkaError
+
+    loop = asyncio.get_running_loop()
+    previous = loop.get_exception_handler()
+    if getattr(previous, "soma_kafka_filter", False):
+        return
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if context.get("message") == "Future exception was never retrieved" and isinstance(
+            context.get("exception"), KafkaError
+        ):
+            return
+        if previous is not None:
+            previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    handler.soma_kafka_filter = True  # type: ignore[attr-defined]
+    loop.set_exception_handler(handler)
+
+
+def _retrieve(future: Any) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+def _retrieve_delivery(task: Any) -> None:
+    if task.cancelled():
+        return
+    if task.exception() is None:
+        task.result().add_done_callback(_retrieve)
 
 
 def _first_above(seqs: Sequence[int], tail: int) -> int:

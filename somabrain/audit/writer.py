@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,8 @@ class WriterStatus(msgspec.Struct, frozen=True):
     events: int
     drained: int
     resent: int
+    #: Events re-sent because the top tier lost them after acknowledging them.
+    replayed: int
 
 
 class _Shared:
@@ -139,6 +142,8 @@ class AuditWriter(Actor):
         head = max((decode_event(p) for p in newest), key=lambda e: e.seq, default=None)
         self.chain = Chain(self.node, head.seq if head else 0, head.hash if head else GENESIS, key)
         self.pending: list[Append] = []
+        self.recent: deque[tuple[int, bytes]] = deque(maxlen=self.settings.replay_window)
+        self.replayed = 0
         self.batches = self.events = self.drained = self.resent = 0
         self.bus = system.bus
         if journal:
@@ -198,6 +203,7 @@ class AuditWriter(Actor):
             events=self.events,
             drained=self.drained,
             resent=self.resent,
+            replayed=self.replayed,
         )
 
     # ------------------------------------------------------------------ writing
@@ -246,11 +252,14 @@ class AuditWriter(Actor):
                 continue
             try:
                 tier.written += await tier.sink.write(seqs, payloads)
+                logger.debug("audit %s took seq %d..%d", tier.name, seqs[0], seqs[-1])
             except SinkUnavailableError as exc:
                 self._down(tier, exc)
                 continue
             if index:
                 tier.backlog = True
+            elif tier.remote:
+                self.recent.extend(zip(seqs, payloads, strict=True))
             return
         raise AuditUnavailableError("no audit tier took the batch")
 
@@ -261,8 +270,11 @@ class AuditWriter(Actor):
             with anyio.move_on_after(self.settings.connect_timeout + 10):
                 await event.wait()
         self.shared.closing = [e for e in self.shared.closing if not e.is_set()]
+        acknowledged = tier.sink.tail_seq
         try:
             await tier.sink.connect()
+            if tier is self.tiers[0] and tier.sink.tail_seq < acknowledged:
+                await self._replay(tier, acknowledged)
         except SinkUnavailableError as exc:
             tier.last_error = exc.reason
             self.shared.probe[tier.name] = tier.sink.endpoints
@@ -273,6 +285,21 @@ class AuditWriter(Actor):
         if hasattr(tier.sink, "has_backlog"):
             tier.backlog = bool(tier.sink.has_backlog)
         logger.info("audit tier %s up (tail seq %d)", tier.name, tier.sink.tail_seq)
+
+    async def _replay(self, tier: Tier, acknowledged: int) -> None:
+        """The top tier came back without events it had acknowledged: re-send them."""
+        held = tier.sink.tail_seq
+        lost = [(s, p) for s, p in self.recent if held < s <= acknowledged]
+        logger.error(
+            "audit tier %s lost acknowledged events (holds seq %d, acknowledged %d); "
+            "re-sending %d of them from memory",
+            tier.name, held, acknowledged, len(lost),
+        )  # fmt: skip
+        if not lost or lost[0][0] != held + 1:
+            logger.error("audit events after seq %d are not in memory any more", held)
+        if lost:
+            await tier.sink.write([s for s, _ in lost], [p for _, p in lost])
+            self.replayed += len(lost)
 
     def _down(self, tier: Tier, exc: SinkUnavailableError) -> None:
         logger.warning("audit tier %s down: %s", tier.name, exc.reason)
@@ -316,8 +343,14 @@ class AuditWriter(Actor):
                 return False
             target.written += moved
             self.drained += moved
+            logger.debug(
+                "audit drained %s -> %s seq %d..%d (%d new)",
+                tier.name, target.name, seqs[0], seqs[-1], moved,
+            )  # fmt: skip
             if target is not self.tiers[0]:
                 target.backlog = True
+            elif target.remote:
+                self.recent.extend(records)
             try:
                 await tier.sink.discard_through(seqs[-1])
             except SinkUnavailableError as exc:
