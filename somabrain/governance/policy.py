@@ -162,6 +162,15 @@ class PolicyEngine:
                 f"the node evaluates {DECISION_RULE}"
             )
         try:
+            engine.set_input({})
+            engine.eval_rule(DECISION_RULE)
+        except RuntimeError as exc:
+            if "not a valid rule path" in str(exc):
+                raise PolicyError(
+                    f"package somabrain.policy defines no rule 'decision' ({DECISION_RULE})"
+                ) from None
+            # any other error here comes from the empty probe input, not from the modules
+        try:
             engine.add_data({"constitution": dict(data)})
         except RuntimeError as exc:
             raise PolicyError(f"policy data rejected: {_clean_error(exc)}") from None
