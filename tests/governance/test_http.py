@@ -1,0 +1,180 @@
+"""The governance routes and gate through the edge's ASGI app (httpx ASGI transport), with a
+real tree (guardian + memory actors), on both anyio backends."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgspec
+import pytest
+
+from somabrain import config as soma_config
+from somabrain.actors import ActorSystem
+from somabrain.edge.app import EdgeApp
+from somabrain.edge.auth import Authenticator
+from somabrain.governance import GovernanceSettings
+from somabrain.supervision import SupervisionTree, SupervisorNode
+from tests.governance.helpers import genesis, make
+
+pytestmark = pytest.mark.anyio
+
+TREE = {
+    "children": {
+        "guardian": {"kind": "actor", "actor": "somabrain.governance.guardian:GuardianActor"},
+        "memory": {
+            "kind": "dynamic",
+            "actor": "somabrain.memory.actor:MemoryActor",
+            "idle_timeout": 0,
+        },
+    }
+}
+
+
+class Edge:
+    def __init__(self, app: EdgeApp, auth: Authenticator) -> None:
+        self.app = app
+        self.auth = auth
+
+    def client(self, *scopes: str, tenant: str = "acme") -> httpx.AsyncClient:
+        token = self.auth.issuer().issue([tenant], scopes=scopes)
+        return httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=self.app),  # type: ignore[arg-type]
+            base_url="http://edge",
+            headers={"Authorization": f"Bearer {token}"},
+        )
+
+
+@asynccontextmanager
+async def edge(tmp_path: Path, **governance: Any) -> AsyncIterator[Edge]:
+    cfg = soma_config.load(environ={})
+    cfg = msgspec.structs.replace(
+        cfg,
+        tree=msgspec.convert(TREE, SupervisorNode),
+        governance=GovernanceSettings(**governance),
+    )
+    auth = Authenticator(cfg.auth, tmp_path)
+    async with ActorSystem() as system:
+        system.resources.update(config=cfg, data_dir=tmp_path, auth=auth, config_path=None)
+        tree = SupervisionTree(system, cfg.tree, cfg.node)
+        system.resources["tree"] = tree
+        await tree.start()
+        try:
+            yield Edge(EdgeApp(system, config=cfg, auth=auth), auth)
+        finally:
+            await tree.stop()
+
+
+def error(response: httpx.Response) -> dict[str, Any]:
+    body: dict[str, Any] = response.json()["error"]
+    return body
+
+
+async def test_ungoverned_node_fails_closed_until_a_constitution_is_loaded(
+    tmp_path: Path,
+) -> None:
+    async with edge(tmp_path, bootstrap="none") as e, e.client("admin") as client:
+        ready = await client.get("/readyz")
+        assert ready.status_code == 503 and error(ready)["code"] == "not_governed"
+        assert "Retry-After" in ready.headers
+        remember = await client.post("/memory/remember", json={"content": "x"})
+        assert remember.status_code == 503
+        assert error(remember)["code"] == "not_governed"
+        assert "no constitution" in error(remember)["message"]
+        version = (await client.get("/constitution/version")).json()
+        assert version["ready"] is False and "no constitution" in version["reason"]
+        validate = await client.post("/constitution/validate", json={"input": {}})
+        assert validate.status_code == 503
+
+        loaded = await client.post(
+            "/constitution/load", content=msgspec.json.encode(genesis().signed())
+        )
+        assert loaded.status_code == 200, loaded.text
+        assert loaded.json()["accepted"] and loaded.json()["version"] == 1
+        assert (await client.get("/readyz")).status_code == 200
+        ok = await client.post("/memory/remember", json={"content": "x"})
+        assert ok.status_code == 200
+
+
+async def test_load_needs_admin_and_refusals_say_why(tmp_path: Path) -> None:
+    v1 = genesis()
+    async with edge(tmp_path, bootstrap="none") as e:
+        async with e.client() as user:
+            body = msgspec.json.encode(v1.signed())
+            forbidden = await user.post("/constitution/load", content=body)
+            assert forbidden.status_code == 403
+            assert error(forbidden)["code"] == "insufficient_scope"
+        async with e.client("admin") as admin:
+            assert (await admin.post("/constitution/load", content=body)).status_code == 200
+            short = make("abc", 2, sign_with="a", previous=v1)
+            refused = await admin.post("/constitution/load", content=msgspec.json.encode(short))
+            assert refused.status_code == 422
+            assert error(refused)["code"] == "insufficient_signatures"
+            assert "1 valid signature(s) of the 2 required" in error(refused)["message"]
+            usurped = make("def", 2, sign_with="def", previous=v1)
+            refused = await admin.post("/constitution/load", content=msgspec.json.encode(usurped))
+            assert error(refused)["code"] == "rotation_not_approved"
+            assert "is not a signer" in error(refused)["message"]
+            garbage = await admin.post("/constitution/load", json={"document": {}, "x": 1})
+            assert garbage.status_code == 422 and error(garbage)["field"] == "x"
+            version = (await admin.get("/constitution/version")).json()
+            assert version["version"] == 1 and version["checksum"] == v1.checksum
+
+
+async def test_policies_gate_remember_and_validate_explains(tmp_path: Path) -> None:
+    async with edge(tmp_path) as e, e.client() as client:
+        version = (await client.get("/constitution/version")).json()
+        assert version["ready"] and version["signers"] == ["dev"]
+        assert version["policies"] == ["somabrain.rego"]
+
+        blocked = await client.post(
+            "/memory/remember", json={"content": "payload", "tags": ["malware"]}
+        )
+        assert blocked.status_code == 403
+        assert error(blocked) | {"trace_id": ""} == {
+            "code": "policy_denied",
+            "message": 'tag "malware" is blocked by the constitution',
+            "trace_id": "",
+        }
+        reserved = await client.post(
+            "/memory/remember", json={"content": "x", "namespace": "_system"}
+        )
+        assert reserved.status_code == 403 and "admin" in error(reserved)["message"]
+        batch = await client.post(
+            "/memory/remember/batch",
+            json={"items": [{"content": "fine"}, {"content": "x" * 300_000}]},
+        )
+        assert batch.status_code == 403 and error(batch)["field"] == "items[1]"
+        assert "exceeds the 262144-byte limit" in error(batch)["message"]
+        sensitive = await client.post(
+            "/memory/remember", json={"content": "my email", "tags": ["pii"]}
+        )
+        assert sensitive.status_code == 200
+
+        allowed = await client.post(
+            "/constitution/validate",
+            json={"input": {"action": "remember", "tenant": "acme", "tags": ["pii"]}},
+        )
+        assert allowed.status_code == 200
+        body = allowed.json()
+        assert body["allowed"] and body["explain"] == "allowed"
+        assert body["decision"]["penalties"] == {"pii": 0.35}
+        assert body["decision"]["constitution_checksum"] == version["checksum"]
+        denied = await client.post(
+            "/constitution/validate", json={"input": {"tenant": "acme", "tags": ["csam"]}}
+        )
+        assert denied.json()["allowed"] is False
+        assert denied.json()["explain"] == 'tag "csam" is blocked by the constitution'
+        missing = await client.post("/constitution/validate", json={"inputs": {}})
+        assert missing.status_code == 422
+
+
+async def test_the_openapi_document_lists_the_governance_routes(tmp_path: Path) -> None:
+    async with edge(tmp_path) as e, e.client() as client:
+        paths = (await client.get("/openapi.json")).json()["paths"]
+        assert {"/constitution/version", "/constitution/validate", "/constitution/load"} <= set(
+            paths
+        )
