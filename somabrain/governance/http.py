@@ -19,7 +19,7 @@ And the gate of ``/memory/remember`` and ``/context/evaluate``: :func:`govern` a
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Annotated, Any
 
 import msgspec
@@ -43,8 +43,10 @@ __all__ = [
     "constitution_load",
     "constitution_validate",
     "constitution_version",
+    "evaluate_input",
     "govern",
     "governance_of",
+    "penalize",
     "readiness",
     "remember_input",
 ]
@@ -176,6 +178,39 @@ def remember_input(
         scopes=tuple(sorted(scopes)),
         content_size=len(content.encode("utf-8", "surrogatepass")),
     )
+
+
+def evaluate_input(
+    tenant: str,
+    *,
+    namespace: str,
+    query: str,
+    scopes: Iterable[str] = (),
+    tags: Iterable[str] = (),
+) -> PolicyInput:
+    """The policy input of ``/context/evaluate``: the query's size, and (for the penalties)
+    the tags of the memories a bundle would carry."""
+    return remember_input(
+        tenant, namespace=namespace, tags=tags, scopes=scopes, content=query, action="evaluate"
+    )
+
+
+def penalize(
+    weights: Sequence[float], tags: Sequence[Iterable[str]], penalties: Mapping[str, float]
+) -> list[float]:
+    """Memory weights after the policy's penalties: each memory's weight is multiplied by
+    ``1 - p`` for the largest penalty ``p`` among its tags, then all are rescaled to the
+    original total (a bundle's weights keep summing to 1). Pure."""
+    if not penalties:
+        return list(weights)
+    scaled = [
+        w * (1.0 - max((penalties.get(t, 0.0) for t in memory_tags), default=0.0))
+        for w, memory_tags in zip(weights, tags, strict=True)
+    ]
+    total, new_total = sum(weights), sum(scaled)
+    if new_total <= 0.0:
+        return scaled
+    return [w * total / new_total for w in scaled]
 
 
 def govern(resources: Mapping[str, Any], request: PolicyInput) -> Decision:

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from somabrain.governance import Governance, GovernanceUnavailableError, PolicyError, verify
+from somabrain.governance.http import evaluate_input, penalize
 from somabrain.governance.policy import PolicyEngine, PolicyInput
 from somabrain.governance.service import ActiveConstitution
 from tests.governance.helpers import DATA, MODULES, make
@@ -137,3 +138,19 @@ def test_governance_fails_closed_until_installed() -> None:
     assert not governance.ready and governance.reason == "tampered"
     with pytest.raises(GovernanceUnavailableError, match="tampered"):
         governance.decide(request)
+
+
+def test_penalties_scale_memory_weights_and_keep_the_total() -> None:
+    weights = [0.5, 0.3, 0.2]
+    tags = [("pii",), (), ("secret", "pii")]
+    out = penalize(weights, tags, {"pii": 0.35, "secret": 0.5})
+    assert sum(out) == pytest.approx(1.0)
+    assert out[0] / out[1] == pytest.approx(0.5 * 0.65 / 0.3)
+    assert out[2] / out[1] == pytest.approx(0.2 * 0.5 / 0.3)
+    assert penalize(weights, tags, {}) == weights
+    assert penalize([1.0], [("x",)], {"x": 1.0}) == [0.0]
+
+
+def test_evaluate_input_measures_the_query_in_bytes() -> None:
+    request = evaluate_input("acme", namespace="default", query="été", scopes={"b", "a"})
+    assert (request.action, request.content_size, request.scopes) == ("evaluate", 5, ("a", "b"))
