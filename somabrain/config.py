@@ -110,6 +110,22 @@ class MemorySettings(_Section):
     group_window: Seconds = 0.0
     #: Seconds a stopping memory actor waits for its in-flight writes before closing its log.
     drain_timeout: Seconds = 10.0
+    #: Views scored besides semantic and lexical (always on); see ``somabrain.memory.views``.
+    #: Each costs recall time (all three: about +30% at 10k memories); [] is the lean setting.
+    extra_views: list[Literal["graph", "recency", "salience"]] = msgspec.field(
+        default_factory=lambda: ["graph", "recency", "salience"]
+    )
+    #: Default recall weights per view name; empty: the tuned ``MULTIVIEW_WEIGHTS`` restricted
+    #: to the enabled views. A request (or a tenant's adapted weights) may override them.
+    weights: dict[str, Annotated[float, Meta(ge=0)]] = msgspec.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        enabled = {"semantic", "lexical", *self.extra_views}
+        unknown = sorted(set(self.weights) - enabled)
+        if unknown:
+            raise ValueError(f"weights name views that are not enabled: {', '.join(unknown)}")
+        if self.weights and not any(self.weights.values()):
+            raise ValueError("weights must give at least one view a positive weight")
 
 
 class SomaConfig(_Section):

@@ -58,12 +58,13 @@ def dev_secret(data_dir: str | os.PathLike[str]) -> bytes:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        for _ in range(100):  # another process may be writing it right now
+        for _ in range(100):
             secret = path.read_bytes().strip()
             if secret:
                 return secret
-            time.sleep(0.01)
-        # Still empty: its creator crashed before writing it. Take over.
+            if time.time() - path.stat().st_mtime > 5.0:
+                break  # empty for a while: its creator crashed before writing it. Take over.
+            time.sleep(0.01)  # another process is writing it right now
     else:
         os.close(fd)
     secret = secrets.token_urlsafe(48).encode()

@@ -7,7 +7,8 @@ in-flight writes are durable. So a restart, a passivation and a crash of the who
 come back to the same state: every acknowledged write, nothing else.
 
 Shared services come from ``system.resources``: ``data_dir`` (the tenant logs live in
-``<data_dir>/memory``) and ``config`` (``SomaConfig.memory``: fsync policy, drain timeout).
+``<data_dir>/memory``) and ``config`` (``SomaConfig.memory``: fsync policy, drain timeout,
+which views recall scores and their default weights).
 
 Writes run in tasks of the actor system and answer with a ``WriteTicket`` (see ``messages``).
 If an incarnation is killed while writes are in flight they still complete (and are
@@ -38,6 +39,7 @@ from .messages import (
     WriteTicket,
 )
 from .tenant import TenantMemory
+from .views import MULTIVIEW_WEIGHTS, multiview
 
 __all__ = ["STORES_RESOURCE", "MemoryActor", "tenant_data_dir"]
 
@@ -107,6 +109,8 @@ class MemoryActor(Actor):
 
     store: _OpenStore
     memory: TenantMemory
+    #: Recall weights when a request gives none (``memory.weights`` or the tuned defaults).
+    weights: dict[str, float]
 
     async def on_start(self) -> None:
         system = self.context.system
@@ -118,13 +122,19 @@ class MemoryActor(Actor):
         previous = stores.pop(tenant, None)
         if previous is not None:  # the last incarnation was killed: hand its log over
             await previous.close(settings.drain_timeout)
+        views = [v for v in multiview() if v.name in settings.extra_views]
         memory = await TenantMemory.open(
             tenant_data_dir(system),
             tenant,
             fsync=settings.fsync,
             group_window=settings.group_window,
+            views=views,
         )
         self.memory = memory
+        names = {"semantic", "lexical", *(v.name for v in views)}
+        self.weights = dict(settings.weights) or {
+            name: w for name, w in MULTIVIEW_WEIGHTS.items() if name in names
+        }
         self.store = stores[tenant] = _OpenStore(system, memory)
 
     async def on_stop(self) -> None:
@@ -137,7 +147,7 @@ class MemoryActor(Actor):
         memory = self.memory
         match message:
             case Recall(query=query, top_k=top_k, namespace=ns, filters=flt, weights=w):
-                return memory.recall(query, top_k, ns, flt, weights=w)
+                return memory.recall(query, top_k, ns, flt, weights=w or self.weights)
             case GetMemory(key=key):
                 return memory.get(key)
             case Remember(memories=memories):

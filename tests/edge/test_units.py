@@ -103,6 +103,7 @@ def test_dev_secret_is_created_once_private_and_reused(tmp_path: Path) -> None:
 
 def test_dev_secret_recovers_from_an_empty_file(tmp_path: Path) -> None:
     (tmp_path / "dev-secret").write_bytes(b"")
+    os.utime(tmp_path / "dev-secret", (time.time() - 60, time.time() - 60))
     assert len(dev_secret(tmp_path)) >= 32
 
 
