@@ -221,6 +221,9 @@ class Authenticator:
         tenant_set = _as_set(tenants, "tenants")
         if not tenant_set:
             raise _unauthorized("invalid_token", "the token grants no tenant ('tenants' claim)")
+        bad = sorted(t for t in tenant_set if t != ANY_TENANT and not valid_tenant(t))
+        if bad:  # tenant ids become actor and file names: never let an odd one through
+            raise _unauthorized("invalid_token", f"the token names invalid tenant ids: {bad}")
         scopes = _as_set(claims.get("scopes", claims.get("scope")), "scopes")
         exp = claims["exp"]
         if not isinstance(exp, int | float):

@@ -126,10 +126,18 @@ class WriteTicket:
         return self._result
 
 
+_NO_REPLY = object()
+
+
 async def ask_memory(ref: ActorRef, message: MemoryRequest, timeout: float) -> Any:
     """Ask a memory actor and, for writes, wait for durability; one deadline for both."""
     deadline = anyio.current_time() + timeout
-    reply = await ref.ask(message, timeout=timeout)
+    # The timeout covers waiting for room in a full mailbox too, not only the reply.
+    reply: Any = _NO_REPLY
+    with anyio.move_on_after(timeout):
+        reply = await ref.ask(message, timeout=timeout)
+    if reply is _NO_REPLY:
+        raise AskTimeoutError(ref.path, timeout)
     if isinstance(reply, WriteTicket):
         remaining = deadline - anyio.current_time()
         try:

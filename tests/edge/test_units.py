@@ -157,6 +157,8 @@ def test_bad_tokens_are_401(tmp_path: Path) -> None:
     expect("invalid_token", 401, auth.authenticate, f"Bearer {no_exp}")
     no_tenant = jwt.encode({"exp": time.time() + 60}, secret, algorithm="HS256")
     expect("invalid_token", 401, auth.authenticate, f"Bearer {no_tenant}")
+    odd = jwt.encode({"tenants": ["a/../b"], "exp": time.time() + 60}, secret, algorithm="HS256")
+    expect("invalid_token", 401, auth.authenticate, f"Bearer {odd}")
     none_alg = jwt.encode({"tenants": ["a"], "exp": time.time() + 60}, None, algorithm="none")
     expect("invalid_token", 401, auth.authenticate, f"Bearer {none_alg}")
 

@@ -11,7 +11,7 @@ import anyio
 import msgspec
 import pytest
 
-from somabrain.actors import ActorSystem
+from somabrain.actors import Actor, ActorSystem, AskTimeoutError
 from somabrain.config import SomaConfig
 from somabrain.memory import Link, Memory, Remembered, UnknownMemoryError
 from somabrain.memory.actor import STORES_RESOURCE, MemoryActor
@@ -182,3 +182,22 @@ async def test_invalid_tenant_names_do_not_start(tmp_path: Path) -> None:
         cell = system.new_cell("/x/.hidden tenant", lambda: actor)
         exit_ = await system.start(cell.run)
         assert exit_ is not None and isinstance(exit_.error, ValueError)
+
+
+class Stuck(Actor):
+    gate: anyio.Event
+
+    async def receive(self, message: object) -> object:
+        await Stuck.gate.wait()
+        return message
+
+
+async def test_ask_memory_times_out_on_a_full_mailbox_too() -> None:
+    Stuck.gate = anyio.Event()
+    async with ActorSystem() as system:
+        ref = await system.spawn(Stuck, "stuck", mailbox_size=1)
+        await ref.tell("busy")  # being handled: blocks the actor
+        await ref.tell("queued")  # fills the mailbox
+        with pytest.raises(AskTimeoutError):
+            await ask_memory(ref, GetMemory("k"), timeout=0.05)
+        Stuck.gate.set()
