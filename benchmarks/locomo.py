@@ -49,15 +49,12 @@ if __package__ in (None, ""):  # run as a script: make ``benchmarks`` and ``soma
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._common import Target, parse_args, print_table, write_json
-from somabrain.memory import (
-    MULTIVIEW_WEIGHTS,
-    Embedder,
-    HashingEmbedder,
-    Link,
-    Memory,
-    TenantMemory,
-    multiview,
-)
+from somabrain.context.adaptation import AdaptationStore
+from somabrain.context.builder import build_bundle
+from somabrain.context.feedback import reward_of, salience_amount, split_shown
+from somabrain.context.settings import ContextSettings
+from somabrain.memory import Embedder, HashingEmbedder, Link, Memory, TenantMemory, multiview
+from somabrain.memory.recall import context_recall
 
 __all__ = [
     "BENCHMARK",
@@ -83,7 +80,7 @@ CONFIGS = ("lexical", "semantic", "multiview", "adapted")
 STATIC_WEIGHTS: Mapping[str, Mapping[str, float]] = {
     "lexical": {"lexical": 1.0},
     "semantic": {"semantic": 1.0},
-    "multiview": MULTIVIEW_WEIGHTS,
+    "multiview": {},  # the configured default weights (``context.weights``)
 }
 TARGETS = (
     Target("multiview.minilm.recall@10", 0.70),
@@ -212,24 +209,92 @@ class Recalls:
         return out
 
 
-async def _tenant(conv: Conversation, embedder: Embedder) -> TenantMemory:
-    tm = TenantMemory.in_memory(conv.sample_id, embedder=embedder, views=multiview())
+async def _tenant(
+    conv: Conversation, embedder: Embedder, settings: ContextSettings
+) -> TenantMemory:
+    v = settings.views
+    views = multiview(
+        graph_seeds=v.graph_seeds,
+        graph_damping=v.graph_damping,
+        graph_steps=v.graph_steps,
+        recency_half_life=v.recency_half_life,
+        salience_gain=v.salience_gain,
+    )
+    tm = TenantMemory.in_memory(conv.sample_id, embedder=embedder, views=views)
     await tm.remember_batch(conv.memories)
     return tm
 
 
+async def _adapted(
+    conv: Conversation,
+    embedder: Embedder,
+    settings: ContextSettings,
+    held_out: Recalls,
+    baseline: Recalls,
+) -> dict[str, float]:
+    """Feedback on the even questions, recall measured on the odd ones (module docstring)."""
+    tm = await _tenant(conv, embedder, settings)
+    store = AdaptationStore(None, settings.weights, settings.adaptation)
+    tenant = conv.sample_id
+    train, test = conv.questions[0::2], conv.questions[1::2]
+    for q in train:
+        weights = store.weights(tenant)
+        recall = context_recall(tm, None, q.text, TOP_K, weights=weights)
+        bundle = build_bundle(q.text, recall, weights, settings)
+        # The simulated agent uses the evidence turns it was given, and reports them.
+        used = [m.key for m in bundle.memories if m.key in q.evidence]
+        reward = reward_of(len(used) / len(q.evidence), None)
+        pos, neg = split_shown(recall.hits, used)
+        store.record(tenant, pos, neg, reward=reward)
+        amount = salience_amount(reward, settings.adaptation.reinforce)
+        if used:
+            await tm.reinforce(used, amount)
+    weights = store.weights(tenant)
+    for q in test:
+        hits = tm.recall(q.text, TOP_K, weights=weights)
+        held_out.add(q.category, q.evidence, [h.key for h in hits])
+    base = await _tenant(conv, embedder, settings)
+    for q in test:
+        hits = base.recall(q.text, TOP_K, weights=settings.weights)
+        baseline.add(q.category, q.evidence, [h.key for h in hits])
+    return weights
+
+
 async def evaluate_embedder(
-    conversations: Sequence[Conversation], embedder: Embedder, configs: Sequence[str]
-) -> dict[str, Any]:
-    """recall summaries per config for one embedder (plus ``adapted_gain``)."""
-    recalls = {c: Recalls() for c in configs if c in STATIC_WEIGHTS}
+    conversations: Sequence[Conversation],
+    embedder: Embedder,
+    configs: Sequence[str],
+    settings: ContextSettings,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """recall summaries per config for one embedder, and the adaptation's details."""
+    static = {c: dict(STATIC_WEIGHTS[c]) for c in configs if c in STATIC_WEIGHTS}
+    if "multiview" in static:
+        static["multiview"] = dict(settings.weights)
+    recalls = {c: Recalls() for c in static}
+    held_out, baseline = Recalls(), Recalls()
+    learned: dict[str, dict[str, float]] = {}
     for conv in conversations:
-        tm = await _tenant(conv, embedder)
+        tm = await _tenant(conv, embedder, settings)
         for q in conv.questions:
             for name, recall in recalls.items():
-                hits = tm.recall(q.text, TOP_K, weights=STATIC_WEIGHTS[name])
+                hits = tm.recall(q.text, TOP_K, weights=static[name])
                 recall.add(q.category, q.evidence, [h.key for h in hits])
-    return {name: r.summary() for name, r in recalls.items()}
+        if "adapted" in configs:
+            learned[conv.sample_id] = await _adapted(conv, embedder, settings, held_out, baseline)
+    out = {name: r.summary() for name, r in recalls.items()}
+    details: dict[str, Any] = {}
+    if "adapted" in configs:
+        out["adapted"] = held_out.summary()
+        base = baseline.summary()
+        details = {
+            "multiview_held_out": base,
+            "gain": {
+                k: round(out["adapted"]["cat1-4"][k] - base["cat1-4"][k], 4)
+                for k in (f"recall@{k}" for k in KS)
+            },
+            "weights": learned,
+        }
+    return out, details
 
 
 # ------------------------------------------------------------------------------ embedders
@@ -246,29 +311,41 @@ def load_embedder(name: str) -> Embedder:
 
 
 def run(
-    data: Path, embedders: Sequence[str], configs: Sequence[str], limit: int | None = None
+    data: Path,
+    embedders: Sequence[str],
+    configs: Sequence[str],
+    limit: int | None = None,
+    settings: ContextSettings | None = None,
 ) -> dict[str, Any]:
+    settings = settings or ContextSettings()
     conversations = load_conversations(data)[:limit]
     results: dict[str, Any] = {c: {} for c in configs}
+    adaptation: dict[str, Any] = {}
     skipped: dict[str, str] = {}
     timing: dict[str, float] = {}
     for name in embedders:
         try:
             embedder = load_embedder(name)
         except ImportError as exc:
-            skipped[name] = f"extra not installed: {exc}"
+            skipped[name] = f"the minilm extra is not installed ({exc})"
             continue
         started = time.perf_counter()
-        per_config = anyio.run(evaluate_embedder, conversations, embedder, configs)
+        per_config, details = anyio.run(
+            evaluate_embedder, conversations, embedder, configs, settings
+        )
         timing[name] = round(time.perf_counter() - started, 2)
         for config, summary in per_config.items():
             results.setdefault(config, {})[name] = summary
+        if details:
+            adaptation[name] = details
+            results.setdefault("adapted_gain", {})[name] = details["gain"]["recall@10"]
     stats: dict[str, int] = {}
     for conv in conversations:
         for k, v in conv.stats.items():
             stats[k] = stats.get(k, 0) + v
     return {
         "results": results,
+        "adaptation": adaptation,
         "skipped": skipped,
         "seconds": timing,
         "data": {"path": str(data), "conversations": len(conversations), **stats},
@@ -316,11 +393,30 @@ def main(argv: Sequence[str] | None = None) -> int:
                     ]
                 )
     print_table(["config", "embedder", "questions", "n", *(f"R@{k}" for k in KS)], rows)
+    for embedder, details in out["adaptation"].items():
+        base = details["multiview_held_out"]["cat1-4"]
+        gain = details["gain"]
+        print(
+            f"\nadapted vs multiview on the held-out half ({embedder}, cat1-4): "
+            + ", ".join(
+                f"R@{k} {base[f'recall@{k}']:.3f} -> "
+                f"{base[f'recall@{k}'] + gain[f'recall@{k}']:.3f} ({gain[f'recall@{k}']:+.3f})"
+                for k in KS
+            )
+        )
+        mean: dict[str, float] = {}
+        for weights in details["weights"].values():
+            for view, w in weights.items():
+                mean[view] = mean.get(view, 0.0) + w / len(details["weights"])
+        print("  learned weights (mean over tenants): "
+              + ", ".join(f"{v} {w:.3f}" for v, w in mean.items()))  # fmt: skip
     for name, reason in out["skipped"].items():
         print(f"skipped embedder {name}: {reason}")
-    print(json.dumps(out["data"]))
+    print("data:", json.dumps(out["data"]), "seconds:", json.dumps(out["seconds"]))
     if args.json is not None:
-        write_json(args.json, BENCHMARK, out["results"], {}, meta=out["data"])
+        meta = {"data": out["data"], "adaptation": out["adaptation"], "skipped": out["skipped"],
+                "seconds": out["seconds"]}  # fmt: skip
+        write_json(args.json, BENCHMARK, out["results"], {}, meta=meta)
     return 0
 
 

@@ -1,0 +1,281 @@
+"""Online adaptation of a tenant's view weights from feedback, and where the state is kept.
+
+The weights ``w`` live on the simplex (they are normalised when combined, see
+``somabrain.memory.hybrid``). A feedback names the memories the agent used among those it was
+shown; for every (used ``p``, shown-but-unused ``n``) pair the loss is the logistic ranking loss
+
+    l(w) = log(1 + exp(-(w . (v_p - v_n)) / tau))
+
+of the two memories' view-score vectors ``v`` (``tau`` is the temperature: smaller means only
+mis-ordered pairs count). ``l`` is convex in ``w``; its mean over the pairs has the gradient
+
+    g = -mean_pairs sigmoid(-(w . d) / tau) * d / tau,   d = v_p - v_n,
+
+and the update is exponentiated gradient (multiplicative weights), the mirror-descent step that
+keeps ``w`` on the simplex without a projection:
+
+    w_i <- w_i * exp(-eta_t * r * g_i) / Z,   eta_t = min(max_rate, rate / sqrt(1 + t)),
+
+with ``t`` the number of updates so far (the decaying rate of online convex optimisation's
+O(sqrt T) regret bound, capped so that no single feedback can swing the weights) and ``r`` the
+feedback's reward (``utility`` or ``reward``, clipped to [0, 1]; 1 when absent). Then every weight
+is floored at ``min_weight`` (and renormalised): a view is never switched off for good, so the
+tenant can always learn it back. Feedback with no used memory, or nothing unused to compare
+with, changes no weight (it is still counted in the history).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import anyio
+import msgspec
+import numpy as np
+
+__all__ = [
+    "AdaptationSettings",
+    "AdaptationState",
+    "AdaptationStore",
+    "HistoryEntry",
+    "Update",
+    "adapt",
+]
+
+
+class AdaptationSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Config section ``context.adaptation``."""
+
+    enabled: bool = True
+    learning_rate: float = 0.3
+    max_learning_rate: float = 1.0
+    temperature: float = 0.3
+    min_weight: float = 0.02
+    #: Salience strength added to each used memory per feedback (times the reward).
+    reinforce: float = 1.0
+    #: History entries kept in the state file (the count of all feedback is kept apart).
+    history_size: int = 256
+
+
+class HistoryEntry(msgspec.Struct, frozen=True, kw_only=True):
+    at: float
+    reward: float
+    used: int
+    shown: int
+    applied: bool
+    weights: dict[str, float]
+
+
+class AdaptationState(msgspec.Struct, kw_only=True):
+    """One tenant's adaptive state, as stored (JSON) and shown by the state endpoint."""
+
+    tenant: str
+    weights: dict[str, float]
+    updates: int = 0
+    feedback: int = 0
+    updated_at: float = 0.0
+    history: list[HistoryEntry] = []
+
+
+class Update(msgspec.Struct, frozen=True, kw_only=True):
+    applied: bool
+    weights_before: dict[str, float]
+    weights_after: dict[str, float]
+    learning_rate: float
+    pairs: int
+
+
+def _normalise(weights: Mapping[str, float], names: Sequence[str]) -> np.ndarray:
+    w = np.array([max(0.0, float(weights.get(n, 0.0))) for n in names], dtype=np.float64)
+    total = w.sum()
+    return w / total if total > 0 else np.full(len(names), 1.0 / len(names))
+
+
+def _floor(w: np.ndarray, minimum: float) -> np.ndarray:
+    """The closest point (in the multiplicative sense) of the simplex with every w_i >= min."""
+    minimum = min(minimum, 1.0 / len(w))
+    for _ in range(len(w)):
+        low = w < minimum
+        if not low.any():
+            break
+        free = ~low
+        rest = 1.0 - minimum * np.count_nonzero(low)
+        w = np.where(low, minimum, w * rest / w[free].sum())
+    return w
+
+
+def adapt(
+    weights: Mapping[str, float],
+    used: Sequence[Mapping[str, float]],
+    unused: Sequence[Mapping[str, float]],
+    *,
+    reward: float = 1.0,
+    step: int = 0,
+    settings: AdaptationSettings | None = None,
+) -> Update:
+    """One exponentiated-gradient step (module docstring). ``used``/``unused``: the view
+    scores of the used and of the shown-but-unused memories. Pure: returns the new weights."""
+    cfg = settings or AdaptationSettings()
+    names = list(weights)
+    before = {n: float(v) for n, v in weights.items()}
+    r = min(1.0, max(0.0, reward)) if math.isfinite(reward) else 0.0
+    if not used or not unused or r == 0.0 or not names:
+        return Update(applied=False, weights_before=before, weights_after=dict(before),
+                      learning_rate=0.0, pairs=0)  # fmt: skip
+    w = _normalise(weights, names)
+    pos = np.array([[float(v.get(n, 0.0)) for n in names] for v in used])
+    neg = np.array([[float(v.get(n, 0.0)) for n in names] for v in unused])
+    d = (pos[:, None, :] - neg[None, :, :]).reshape(-1, len(names))
+    tau = cfg.temperature
+    margin = (d @ w) / tau
+    slope = 0.5 * (1.0 - np.tanh(margin / 2.0))  # sigmoid(-margin), without overflow
+    grad = -(slope[:, None] * d).mean(axis=0) / tau
+    rate = min(cfg.max_learning_rate, cfg.learning_rate / math.sqrt(1.0 + step))
+    w = w * np.exp(-rate * r * grad)
+    w = _floor(w / w.sum(), cfg.min_weight)
+    after = {n: float(x) for n, x in zip(names, w, strict=True)}
+    return Update(applied=True, weights_before=before, weights_after=after,
+                  learning_rate=rate * r, pairs=int(d.shape[0]))  # fmt: skip
+
+
+_ENCODER = msgspec.json.Encoder()
+_DECODER = msgspec.json.Decoder(AdaptationState)
+
+
+def _file_name(tenant: str) -> str:
+    import hashlib
+
+    slug = re.sub(r"[^A-Za-z0-9_-]+", "_", tenant)[:48].strip("_") or "tenant"
+    return f"{slug}-{hashlib.blake2b(tenant.encode(), digest_size=8).hexdigest()}.json"
+
+
+class AdaptationStore:
+    """Every tenant's ``AdaptationState``: in memory, and one JSON file each in ``directory``
+    (written whole to a temporary file, fsynced and renamed over the old one, so a crash
+    leaves the old state or the new one, never half of each). ``directory=None`` keeps the
+    state in memory only.
+
+    Reads and updates are synchronous (no await between reading the weights and writing the
+    new ones), so concurrent feedback on one event loop never loses an update; ``save`` runs
+    the file write in a worker thread and writes the latest state.
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str] | None,
+        defaults: Mapping[str, float],
+        settings: AdaptationSettings | None = None,
+    ) -> None:
+        self.directory = Path(directory) if directory is not None else None
+        self.defaults = dict(defaults)
+        self.settings = settings or AdaptationSettings()
+        self._states: dict[str, AdaptationState] = {}
+        self._locks: dict[str, anyio.Lock] = {}
+        if self.directory is not None:
+            self.directory.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, tenant: str) -> Path | None:
+        return None if self.directory is None else self.directory / _file_name(tenant)
+
+    def get(self, tenant: str) -> AdaptationState:
+        """The tenant's state (loaded from its file on first use; defaults if none)."""
+        state = self._states.get(tenant)
+        if state is None:
+            state = self._load(tenant)
+            self._states[tenant] = state
+        return state
+
+    def _fresh(self, tenant: str) -> AdaptationState:
+        return AdaptationState(tenant=tenant, weights=dict(self.defaults))
+
+    def _load(self, tenant: str) -> AdaptationState:
+        path = self._path(tenant)
+        if path is None or not path.exists():
+            return self._fresh(tenant)
+        try:
+            state = _DECODER.decode(path.read_bytes())
+        except (OSError, msgspec.DecodeError, msgspec.ValidationError):
+            # A damaged file must not take the tenant down: start from the defaults and keep
+            # the bad file beside for inspection.
+            path.replace(path.with_suffix(f".corrupt-{int(time.time())}"))
+            return self._fresh(tenant)
+        # Views added to the defaults since the file was written start at their default.
+        weights = {n: state.weights.get(n, v) for n, v in self.defaults.items()}
+        state.weights = weights
+        return state
+
+    def weights(self, tenant: str) -> dict[str, float]:
+        return dict(self.get(tenant).weights)
+
+    def record(
+        self,
+        tenant: str,
+        used: Sequence[Mapping[str, float]],
+        unused: Sequence[Mapping[str, float]],
+        *,
+        reward: float = 1.0,
+        now: float | None = None,
+    ) -> Update:
+        """Apply one feedback to the tenant's weights (``adapt``) and append to its history."""
+        state = self.get(tenant)
+        cfg = self.settings
+        if cfg.enabled:
+            update = adapt(state.weights, used, unused, reward=reward, step=state.updates,
+                           settings=cfg)  # fmt: skip
+        else:
+            w = dict(state.weights)
+            update = Update(applied=False, weights_before=w, weights_after=dict(w),
+                            learning_rate=0.0, pairs=0)  # fmt: skip
+        state.weights = dict(update.weights_after)
+        state.updates += update.applied
+        state.feedback += 1
+        state.updated_at = time.time() if now is None else now
+        state.history.append(
+            HistoryEntry(
+                at=state.updated_at,
+                reward=reward,
+                used=len(used),
+                shown=len(used) + len(unused),
+                applied=update.applied,
+                weights=dict(update.weights_after),
+            )
+        )
+        del state.history[: -cfg.history_size]
+        return update
+
+    def reset(self, tenant: str) -> AdaptationState:
+        state = self._fresh(tenant)
+        self._states[tenant] = state
+        return state
+
+    async def save(self, tenant: str) -> None:
+        """Write the tenant's current state durably (no-op without a directory)."""
+        path = self._path(tenant)
+        if path is None:
+            return
+        lock = self._locks.setdefault(tenant, anyio.Lock())
+        async with lock:
+            data = _ENCODER.encode(self.get(tenant))  # the latest state, taken under the lock
+            await anyio.to_thread.run_sync(_write_atomic, path, data)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

@@ -1,0 +1,118 @@
+"""The ``[context]`` config section: retrieval views, embedder, working memory, bundle limits,
+the planner's utility constants and the adaptation's learning rates.
+
+Everything has a default (``somabrain/default.toml`` repeats them, documented), so a config
+file names only what it changes::
+
+    [context]
+    embedder = "minilm"                     # or "builtin" (default: no download)
+
+    [context.weights]                       # default view weights (per tenant, then adapted)
+    semantic = 0.3
+    lexical = 0.3
+    graph = 0.3
+    recency = 0.05
+    salience = 0.05
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+
+from ..memory.views import MULTIVIEW_WEIGHTS, VIEW_NAMES
+from .adaptation import AdaptationSettings
+from .planner import PlannerSettings
+
+__all__ = [
+    "ContextSettings",
+    "EmbedderSettings",
+    "LimitSettings",
+    "ViewSettings",
+    "WorkingMemorySettings",
+]
+
+PositiveInt = Annotated[int, Meta(ge=1)]
+PositiveFloat = Annotated[float, Meta(gt=0)]
+Fraction = Annotated[float, Meta(ge=0, le=1)]
+
+
+class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    pass
+
+
+class ViewSettings(_Section, frozen=True):
+    """Parameters of the graph, recency and salience views (``somabrain.memory.views``)."""
+
+    graph_seeds: PositiveInt = 8
+    graph_damping: Annotated[float, Meta(gt=0, le=1)] = 0.85
+    graph_steps: Annotated[int, Meta(ge=1, le=8)] = 2
+    recency_half_life: PositiveFloat = 30 * 86_400.0
+    salience_gain: Annotated[float, Meta(ge=0, le=10)] = 1.0
+
+
+class EmbedderSettings(_Section, frozen=True):
+    """How embeddings are computed: off the event loop, in batches (``embedding.py``)."""
+
+    #: Texts per model call; concurrent requests are gathered up to this.
+    batch_size: PositiveInt = 64
+    #: Seconds a request waits for others to join its batch (0: only those already queued).
+    batch_window: Annotated[float, Meta(ge=0, le=1)] = 0.002
+    #: Threads the model may use (torch intra-op threads); 0 leaves the library's default.
+    threads: Annotated[int, Meta(ge=0)] = 0
+
+
+class WorkingMemorySettings(_Section, frozen=True):
+    capacity: PositiveInt = 32
+    max_sessions: PositiveInt = 1024
+    recency_weight: Fraction = 0.2
+    #: Working-memory items in a bundle (the best by relevance), and their share of the
+    #: planner's weight when there are any.
+    top_k: Annotated[int, Meta(ge=0, le=100)] = 5
+    share: Fraction = 0.25
+
+
+class LimitSettings(_Section, frozen=True):
+    """Bundle size limits, enforced (a request over them is refused with 422)."""
+
+    default_top_k: PositiveInt = 10
+    max_memories: Annotated[int, Meta(ge=1, le=1000)] = 50
+    max_prompt_chars: Annotated[int, Meta(ge=64)] = 8000
+    max_query_chars: PositiveInt = 4000
+    #: Dimension of the HRR residual vector; embeddings are projected to it (see ``hrr``).
+    hrr_dim: Annotated[int, Meta(ge=16)] = 1024
+    max_vector_dim: PositiveInt = 4096
+
+    def __post_init__(self) -> None:
+        if self.hrr_dim > self.max_vector_dim:
+            raise ValueError(
+                f"hrr_dim ({self.hrr_dim}) must not exceed max_vector_dim ({self.max_vector_dim})"
+            )
+
+
+class ContextSettings(_Section, frozen=True):
+    embedder: Literal["builtin", "minilm"] = "builtin"
+    weights: dict[str, Annotated[float, Meta(ge=0)]] = msgspec.field(
+        default_factory=lambda: dict(MULTIVIEW_WEIGHTS)
+    )
+    #: Softmax temperature of the memories' weights in a bundle: w = softmax(score / t).
+    temperature: PositiveFloat = 0.1
+    #: Seconds a planner waits for the tenant's memory actor.
+    recall_timeout: PositiveFloat = 5.0
+    #: Attempts of an evaluate whose planner died (then 503).
+    attempts: Annotated[int, Meta(ge=1, le=5)] = 2
+    views: ViewSettings = msgspec.field(default_factory=ViewSettings)
+    embedding: EmbedderSettings = msgspec.field(default_factory=EmbedderSettings)
+    working_memory: WorkingMemorySettings = msgspec.field(default_factory=WorkingMemorySettings)
+    limits: LimitSettings = msgspec.field(default_factory=LimitSettings)
+    planner: PlannerSettings = msgspec.field(default_factory=PlannerSettings)
+    adaptation: AdaptationSettings = msgspec.field(default_factory=AdaptationSettings)
+
+    def __post_init__(self) -> None:
+        unknown = set(self.weights) - set(VIEW_NAMES)
+        if unknown:
+            raise ValueError(f"unknown views in weights: {sorted(unknown)} (known: {VIEW_NAMES})")
+        if sum(self.weights.values()) <= 0:
+            raise ValueError("at least one view weight must be positive")

@@ -1,0 +1,110 @@
+"""Exponentiated-gradient adaptation and its durable per-tenant store."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import anyio
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from somabrain.context.adaptation import AdaptationSettings, AdaptationStore, adapt
+from somabrain.context.feedback import reward_of, salience_amount, split_shown
+
+W = {"semantic": 0.3, "lexical": 0.3, "graph": 0.3, "recency": 0.05, "salience": 0.05}
+views = st.dictionaries(st.sampled_from(list(W)), st.floats(0, 1), min_size=5, max_size=5)
+
+
+def test_weights_move_towards_the_view_that_ranked_the_used_memory() -> None:
+    used = [{"semantic": 0.2, "lexical": 0.9, "graph": 0.1, "recency": 0.0, "salience": 0.5}]
+    unused = [{"semantic": 0.8, "lexical": 0.1, "graph": 0.1, "recency": 0.0, "salience": 0.5}]
+    u = adapt(W, used, unused)
+    assert u.applied and u.pairs == 1
+    assert u.weights_after["lexical"] > W["lexical"] and u.weights_after["semantic"] < W["semantic"]
+    assert sum(u.weights_after.values()) == pytest.approx(1.0)
+
+
+@given(st.lists(views, min_size=1, max_size=4), st.lists(views, min_size=1, max_size=4),
+       st.floats(0, 1), st.integers(0, 1000))  # fmt: skip
+def test_update_stays_on_the_floored_simplex_with_bounded_steps(pos, neg, reward, step) -> None:
+    cfg = AdaptationSettings(min_weight=0.02, max_learning_rate=1.0)
+    u = adapt(W, pos, neg, reward=reward, step=step, settings=cfg)
+    after = u.weights_after
+    assert sum(after.values()) == pytest.approx(1.0)
+    assert all(v >= 0.02 - 1e-12 and math.isfinite(v) for v in after.values())
+    assert u.learning_rate <= 1.0
+    # one step moves each weight by at most a factor exp(rate * |g|), |g| <= 1 / tau
+    for name in W:
+        assert after[name] <= 1.0
+
+
+def test_no_update_without_a_pair_or_a_reward() -> None:
+    v = {n: 0.5 for n in W}
+    assert not adapt(W, [], [v]).applied
+    assert not adapt(W, [v], []).applied
+    assert not adapt(W, [v], [v], reward=0.0).applied
+    assert not adapt(W, [v], [v], reward=float("nan")).applied
+
+
+def test_feedback_helpers() -> None:
+    assert reward_of(None, None) == 1.0
+    assert reward_of(0.3, None) == 0.3 and reward_of(0.3, -2.0) == -1.0
+    assert reward_of(float("inf"), None) == 0.0
+    assert salience_amount(-0.5, 2.0) == -1.0
+
+
+async def _roundtrip(tmp_path: Path) -> None:
+    store = AdaptationStore(tmp_path, W)
+    assert store.weights("acme") == W
+    hi = {n: 0.0 for n in W} | {"graph": 1.0}
+    lo = {n: 0.0 for n in W} | {"semantic": 1.0}
+    u = store.record("acme", [hi], [lo], reward=1.0, now=5.0)
+    assert u.applied and u.weights_after["graph"] > W["graph"]
+    await store.save("acme")
+    again = AdaptationStore(tmp_path, W | {"semantic": 0.3})
+    state = again.get("acme")
+    assert state.weights == u.weights_after and state.updates == 1 and state.feedback == 1
+    assert len(state.history) == 1 and state.history[0].at == 5.0
+    assert again.weights("other") == W  # tenants are separate
+    again.reset("acme")
+    await again.save("acme")
+    assert AdaptationStore(tmp_path, W).get("acme").updates == 0
+
+
+@pytest.mark.anyio
+async def test_state_survives_a_restart_and_reset(tmp_path: Path) -> None:
+    await _roundtrip(tmp_path)
+
+
+def test_corrupt_state_file_falls_back_to_defaults(tmp_path: Path) -> None:
+    store = AdaptationStore(tmp_path, W)
+    store.record("acme", [{"graph": 1.0}], [{"semantic": 1.0}])
+    anyio.run(store.save, "acme")
+    [path] = tmp_path.glob("*.json")
+    path.write_text("{not json")
+    fresh = AdaptationStore(tmp_path, W)
+    assert fresh.weights("acme") == W
+    assert list(tmp_path.glob("*.corrupt-*"))
+    json.loads(json.dumps(fresh.weights("acme")))
+
+
+def test_history_is_bounded_and_disabled_adaptation_changes_nothing() -> None:
+    store = AdaptationStore(None, W, AdaptationSettings(history_size=3, enabled=False))
+    for _ in range(5):
+        u = store.record("t", [{"graph": 1.0}], [{"semantic": 1.0}])
+        assert not u.applied
+    state = store.get("t")
+    assert len(state.history) == 3 and state.feedback == 5 and state.weights == W
+    anyio.run(store.save, "t")  # no directory: nothing to write
+
+
+def test_split_shown() -> None:
+    from somabrain.memory import Memory, RecallHit
+
+    hits = [RecallHit(key=k, score=1.0, views={"x": float(i)}, memory=Memory(content=k))
+            for i, k in enumerate("abc")]  # fmt: skip
+    pos, neg = split_shown(hits, ["b", "zz"])
+    assert pos == [{"x": 1.0}] and neg == [{"x": 0.0}, {"x": 2.0}]
