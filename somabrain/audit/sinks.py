@@ -27,10 +27,15 @@ from typing import Any
 
 import anyio
 
-from ..actors.kafka_bridge import KafkaSettings, bootstrap_hosts
+from ..actors.kafka_bridge import (
+    KafkaSettings,
+    bootstrap_hosts,
+    ensure_topics,
+    quiet_abandoned_kafka_futures,
+)
 from .errors import SinkUnavailableError
 
-__all__ = ["KafkaSink", "RedisSink", "node_partition", "quiet_abandoned_kafka_futures"]
+__all__ = ["KafkaSink", "RedisSink", "node_partition"]
 
 _KAFKA_MAX_BATCH_BYTES = 1 << 20
 
@@ -240,37 +245,6 @@ class RedisSink:
             raise SinkUnavailableError(self.name, repr(exc)) from exc
 
 
-def quiet_abandoned_kafka_futures() -> None:
-    """Keep aiokafka's abandoned internal futures out of the loop's error handler.
-
-    When a produce request fails after we stopped waiting for it, aiokafka sets the error on
-    an internal "drain" future that nobody awaits, and asyncio reports "Future exception was
-    never retrieved" when it is collected. The failure itself was already handled (the batch
-    went to the next tier), so these reports are noise; every other report passes through.
-    """
-    import asyncio
-
-    from aiokafka.errors import KafkaError
-
-    loop = asyncio.get_running_loop()
-    previous = loop.get_exception_handler()
-    if getattr(previous, "soma_kafka_filter", False):
-        return
-
-    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-        if context.get("message") == "Future exception was never retrieved" and isinstance(
-            context.get("exception"), KafkaError
-        ):
-            return
-        if previous is not None:
-            previous(loop, context)
-        else:
-            loop.default_exception_handler(context)
-
-    handler.soma_kafka_filter = True  # type: ignore[attr-defined]
-    loop.set_exception_handler(handler)
-
-
 def _retrieve(future: Any) -> None:
     if not future.cancelled():
         future.exception()
@@ -296,30 +270,6 @@ def _seq_of(payload: bytes | None) -> int:
     from .event import decode_event
 
     return decode_event(payload).seq
-
-
-async def ensure_topics(settings: KafkaSettings, topics: Sequence[str]) -> None:
-    """Create the topics that do not exist yet (no error when they do)."""
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=settings.bootstrap,
-        client_id=settings.client_id,
-        request_timeout_ms=int(settings.request_timeout * 1000),
-    )
-    await admin.start()
-    try:
-        existing = set(await admin.list_topics())
-        missing = [t for t in topics if t not in existing]
-        if missing:
-            new = [NewTopic(t, settings.partitions, settings.replication_factor) for t in missing]
-            try:
-                await admin.create_topics(new)
-            except Exception as exc:  # lost a race with another node: fine if it exists now
-                if not set(missing) <= set(await admin.list_topics()):
-                    raise exc
-    finally:
-        await admin.close()
 
 
 async def last_record_for_key(
