@@ -1,5 +1,7 @@
 """The Kafka bridge against a real Kafka-protocol broker (noida-db)."""
 
+# ruff: noqa: ASYNC110  (the tests poll the bridge's counters and an external broker)
+
 from __future__ import annotations
 
 import contextlib
