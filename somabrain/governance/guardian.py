@@ -101,10 +101,15 @@ class GuardianActor(Actor):
                     self._chain.append(verified)
                     source = "bootstrap"
                     _say(f"{message} (version {verified.version}, {verified.checksum[:16]}...)")
+                    await self._audit_quietly(
+                        "constitution.bootstrap", "allow", message, verified.checksum,
+                        version=verified.version,
+                    )  # fmt: skip
         except (GovernanceError, OSError) as exc:
             self._broken = f"constitution history in {self.directory} is invalid: {exc}"
             governance.fail(self._broken)
             _say(f"NOT GOVERNED, failing closed: {self._broken}")
+            await self._audit_quietly("constitution.invalid", "error", self._broken, "")
         else:
             if not self._chain:
                 governance.fail(
@@ -158,6 +163,38 @@ class GuardianActor(Actor):
             await self.context.system.bus.publish(REVISIONS_SUBJECT, revision)
         except Exception:  # the revision is active and stored; publishing is best effort
             logger.exception("could not publish constitution revision %d", verified.version)
+
+    async def _audit(
+        self, action: str, decision: str, reason: str, checksum: str, **attributes: object
+    ) -> str | None:
+        """Record a governance event when the node has an audit log; returns its id.
+
+        Raises ``AuditUnavailableError`` when the log exists but the event could not be made
+        durable: the change it describes must then be reported as failed.
+        """
+        audit = self.context.system.resources.get("audit")
+        if audit is None or not hasattr(audit, "record"):
+            return None
+        from ..audit.event import AuditDraft, request_meta
+
+        event_id: str = await audit.record(
+            AuditDraft(
+                tenant="",
+                actor="guardian",
+                action=action,
+                decision=decision,  # type: ignore[arg-type]
+                reason=reason[:1024],
+                constitution_checksum=checksum,
+                request=request_meta(attributes=attributes),
+            )
+        )
+        return event_id
+
+    async def _audit_quietly(self, *args: Any, **kwargs: Any) -> None:
+        try:
+            await self._audit(*args, **kwargs)
+        except Exception as exc:  # the refusal or failure stands whether recorded or not
+            logger.warning("could not audit a governance event: %r", exc)
 
     # ------------------------------------------------------------------ messages
 
@@ -228,11 +265,24 @@ class GuardianActor(Actor):
                         checksum=current.checksum,
                         unchanged=True,
                     )
+            await self._audit_quietly(
+                "constitution.load", "deny", str(exc), self.governance.checksum,
+                code=exc.code, source=source,
+            )  # fmt: skip
             return LoadResult(
                 accepted=False,
                 code=exc.code,
                 reason=str(exc),
                 failures=[f.to_dict() for f in exc.failures],
+            )
+        try:
+            audit_id = await self._audit(
+                "constitution.load", "allow", "", verified.checksum,
+                version=verified.version, signed_by=",".join(verified.signed_by), source=source,
+            )  # fmt: skip
+        except Exception as exc:
+            return LoadResult(
+                accepted=False, code="audit_unavailable", reason=f"cannot audit the load: {exc}"
             )
         try:
             write_version(self.directory, verified)
@@ -244,4 +294,6 @@ class GuardianActor(Actor):
             f"version {verified.version} ({verified.checksum[:16]}...) active, "
             f"signed by {', '.join(verified.signed_by)} ({source}, {time.strftime('%H:%M:%S')})"
         )
-        return LoadResult(accepted=True, version=verified.version, checksum=verified.checksum)
+        return LoadResult(
+            accepted=True, version=verified.version, checksum=verified.checksum, audit_id=audit_id
+        )

@@ -116,6 +116,7 @@ class LoadResponse(msgspec.Struct, kw_only=True):
     version: int | None = None
     checksum: str | None = None
     unchanged: bool = False
+    audit_id: str | None = None
 
 
 #: ``POST /constitution/load`` takes a signed constitution as it is stored on disk.
@@ -264,7 +265,12 @@ async def constitution_load(
         ) from None
     if not result.accepted:
         detail = f"{result.reason}" if result.reason else "refused"
-        raise GovernanceRefusal(422, result.code or "refused", detail)
+        status = 503 if result.code in ("audit_unavailable", "storage_failed") else 422
+        raise GovernanceRefusal(status, result.code or "refused", detail)
     return LoadResponse(
-        accepted=True, version=result.version, checksum=result.checksum, unchanged=result.unchanged
+        accepted=True,
+        version=result.version,
+        checksum=result.checksum,
+        unchanged=result.unchanged,
+        audit_id=result.audit_id,
     )

@@ -70,6 +70,8 @@ class LoadResult(msgspec.Struct, frozen=True, kw_only=True, tag="gov.load_result
     failures: list[dict[str, Any]] = []
     #: True when the document was already the active version (nothing changed).
     unchanged: bool = False
+    #: The audit event of the load (when the node has an audit log).
+    audit_id: str | None = None
 
 
 class VersionInfo(msgspec.Struct, frozen=True, kw_only=True, tag="gov.version_info"):

@@ -68,17 +68,18 @@ class Node:
 
 
 @asynccontextmanager
-async def node(data_dir: Path, **governance: Any) -> AsyncIterator[Node]:
+async def node(
+    data_dir: Path, tree: dict[str, Any] = TREE, **governance: Any
+) -> AsyncIterator[Node]:
     cfg = soma_config.load(environ={})
     cfg = msgspec.structs.replace(
         cfg,
-        tree=msgspec.convert(TREE, SupervisorNode),
+        tree=msgspec.convert(tree, SupervisorNode),
         governance=GovernanceSettings(**governance),
     )
     async with ActorSystem() as system:
         system.resources.update(config=cfg, data_dir=data_dir)
-        tree = SupervisionTree(system, cfg.tree, cfg.node)
-        running = Node(system, tree)
+        running = Node(system, SupervisionTree(system, cfg.tree, cfg.node))
         subscription = await system.bus.subscribe(REVISIONS_SUBJECT)
 
         async def collect() -> None:
@@ -86,11 +87,11 @@ async def node(data_dir: Path, **governance: Any) -> AsyncIterator[Node]:
                 running.revisions.append(msg.data)
 
         system.start_soon(collect)
-        await tree.start()
+        await running.tree.start()
         try:
             yield running
         finally:
-            await tree.stop()
+            await running.tree.stop()
             await subscription.unsubscribe()
 
 
@@ -229,3 +230,22 @@ async def test_guardian_answers_asks_and_bus_requests(tmp_path: Path) -> None:
             "soma.gov.check", Check(PolicyInput(action="remember", tenant="acme")), timeout=5
         )
         assert isinstance(reply.data, Decision) and reply.data.allowed
+
+
+async def test_loads_and_refusals_are_audited(tmp_path: Path) -> None:
+    audit = {"kind": "actor", "actor": "somabrain.audit.writer:AuditWriter"}
+    tree = {"children": {"audit": audit, **TREE["children"]}}
+    async with node(tmp_path, tree, bootstrap="none") as n:
+        v1 = genesis()
+        accepted = await n.load(v1.signed())
+        assert accepted.accepted and accepted.audit_id
+        refused = await n.load(make("def", 2, sign_with="def", previous=v1))
+        assert not refused.accepted
+    spooled = "".join(
+        path.read_text(errors="replace")
+        for path in (tmp_path / "audit").rglob("*")
+        if path.is_file()
+    )
+    assert accepted.audit_id in spooled
+    assert '"action":"constitution.load"' in spooled
+    assert '"decision":"deny"' in spooled and "rotation_not_approved" in spooled
