@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from ..actors import ActorStoppedError, ActorSystem, MailboxFullError
-from ..governance.http import readiness, remember_input
+from ..governance.http import governance_health, readiness, remember_input
 from ..governance.policy import Decision, PolicyInput
 from ..memory.errors import (
     InvalidVectorError,
@@ -379,8 +379,10 @@ class Handlers:
             components[name] = entry
         components["dead_letters"] = {"total": self.system.dead_letters.total}
         components["tree"] = {"ready": tree.ready, "state": info["state"]}
+        components["governance"] = governance_health(self.system.resources)
+        healthy = tree.ready and components["governance"]["ready"]
         return self.json(
-            s.HealthResponse(status="ok" if tree.ready else "degraded", components=components)
+            s.HealthResponse(status="ok" if healthy else "degraded", components=components)
         )
 
     async def _h_metrics(self, request: Request) -> Response:

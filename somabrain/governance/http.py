@@ -45,6 +45,7 @@ __all__ = [
     "constitution_version",
     "evaluate_input",
     "govern",
+    "governance_health",
     "governance_of",
     "penalize",
     "readiness",
@@ -159,6 +160,24 @@ def readiness(resources: Mapping[str, Any]) -> str:
     if not isinstance(governance, Governance):
         return "no constitution guardian runs on this node"
     return "" if governance.ready else f"no valid constitution: {governance.reason}"
+
+
+def governance_health(resources: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``governance`` component of ``GET /health``."""
+    governance = resources.get("governance")
+    if not isinstance(governance, Governance):
+        return {"ready": False, "reason": "no constitution guardian runs on this node"}
+    active = governance.active
+    if active is None:
+        return {"ready": False, "reason": governance.reason}
+    stats = active.engine.statistics()
+    return {
+        "ready": True,
+        "version": active.constitution.version,
+        "checksum": active.constitution.checksum,
+        "decisions": stats.evaluations + stats.cache_hits,
+        "cache_hits": stats.cache_hits,
+    }
 
 
 def remember_input(

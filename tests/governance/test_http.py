@@ -88,6 +88,9 @@ async def test_ungoverned_node_fails_closed_until_a_constitution_is_loaded(
         assert version["ready"] is False and "no constitution" in version["reason"]
         validate = await client.post("/constitution/validate", json={"input": {}})
         assert validate.status_code == 503
+        health = (await client.get("/health")).json()
+        assert health["status"] == "degraded"
+        assert health["components"]["governance"]["ready"] is False
 
         loaded = await client.post(
             "/constitution/load", content=msgspec.json.encode(genesis().signed())
@@ -97,6 +100,8 @@ async def test_ungoverned_node_fails_closed_until_a_constitution_is_loaded(
         assert (await client.get("/readyz")).status_code == 200
         ok = await client.post("/memory/remember", json={"content": "x"})
         assert ok.status_code == 200
+        governance = (await client.get("/health")).json()["components"]["governance"]
+        assert governance["ready"] and governance["version"] == 1 and governance["decisions"] == 1
 
 
 async def test_load_needs_admin_and_refusals_say_why(tmp_path: Path) -> None:
