@@ -8,6 +8,8 @@ from typing import Any
 
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from somabrain.governance import (
     ConstitutionError,
@@ -285,3 +287,22 @@ def test_signed_constitution_round_trips_through_json() -> None:
     signed = make()
     text = json.dumps(msgspec.to_builtins(signed))
     assert verify(parse_signed(text)).checksum == verify(signed).checksum
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    threshold=st.integers(min_value=1, max_value=4),
+    signing=st.lists(st.sampled_from("abcdh"), max_size=8),
+)
+def test_valid_iff_k_distinct_members_signed(threshold: int, signing: list[str]) -> None:
+    signed = make("abcd", threshold, sign_with="")
+    signed = sign(signed, [key(n) for n in signing])
+    members = {n for n in signing if n in "abcd"}
+    if len(members) >= threshold:
+        assert set(verify(signed).signed_by) == members
+    else:
+        with pytest.raises(ConstitutionError) as exc:
+            verify(signed)
+        assert exc.value.code == "insufficient_signatures"
+        expected = len(signing) - len(members)  # duplicates and unknown signers
+        assert len(exc.value.failures) == expected
