@@ -15,6 +15,12 @@ Routes:
 And the gate of ``/memory/remember`` and ``/context/evaluate``: :func:`govern` answers 503
 (``not_governed``, with the reason) when no valid constitution is active and 403
 (``policy_denied``, with the policy's explanation) when the policies refuse.
+
+``/context/evaluate`` in two steps: before any work,
+``govern(resources, evaluate_input(tenant, namespace=..., query=..., scopes=...))``; then,
+with the candidate memories' tags and weights, :func:`govern_bundle` drops memories whose tags
+the policies now refuse, penalizes sensitive ones, and gives the bundle's ``policy`` field
+and ``constitution_checksum``.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from .service import Governance
 
 __all__ = [
     "GUARDIAN_PATH",
+    "BundleGovernance",
     "GovernanceRefusal",
     "LoadResponse",
     "PolicyField",
@@ -45,6 +52,7 @@ __all__ = [
     "constitution_version",
     "evaluate_input",
     "govern",
+    "govern_bundle",
     "governance_health",
     "governance_of",
     "penalize",
@@ -231,6 +239,71 @@ def penalize(
     if new_total <= 0.0:
         return scaled
     return [w * total / new_total for w in scaled]
+
+
+class BundleGovernance(msgspec.Struct, frozen=True, kw_only=True):
+    """What governance does to a context bundle (:func:`govern_bundle`)."""
+
+    #: Per candidate memory: False when its tags are refused (e.g. blocked since it was
+    #: remembered); such memories are left out of the bundle.
+    keep: list[bool]
+    #: The weights of the kept memories after penalties, rescaled to the original total.
+    weights: list[float]
+    #: The bundle's ``policy`` field: ``{allowed, penalties, tags, directives}``.
+    policy: dict[str, Any]
+    constitution_checksum: str
+
+
+def govern_bundle(
+    resources: Mapping[str, Any],
+    request: PolicyInput,
+    memory_tags: Sequence[Iterable[str]],
+    weights: Sequence[float],
+) -> BundleGovernance:
+    """Govern a bundle: ``request`` is the evaluate's input (already allowed by
+    :func:`govern`); each candidate memory is decided with its own tags (cached: tags
+    repeat), refused ones are dropped, and the kept ones' weights are penalized
+    (:func:`penalize`). The policy field merges the decisions of the kept memories."""
+    governance = governance_of(resources)
+    try:
+        base = governance.decide(request)
+        decisions = [
+            governance.decide(msgspec.structs.replace(request, tags=tuple(sorted(set(tags)))))
+            for tags in memory_tags
+        ]
+    except GovernanceUnavailableError as exc:
+        raise GovernanceRefusal(503, "not_governed", str(exc), retry_after=5) from None
+    except PolicyError as exc:
+        raise GovernanceRefusal(503, "policy_error", str(exc), retry_after=5) from None
+    keep = [d.allowed for d in decisions]
+    penalties: dict[str, float] = dict(base.penalties)
+    labels: set[str] = set(base.tags)
+    directives: list[str] = list(base.directives)
+    kept_tags: list[tuple[str, ...]] = []
+    kept_weights: list[float] = []
+    for decision, tags, weight in zip(decisions, memory_tags, weights, strict=True):
+        if not decision.allowed:
+            continue
+        kept_tags.append(tuple(tags))
+        kept_weights.append(weight)
+        for tag, penalty in decision.penalties.items():
+            penalties[tag] = max(penalty, penalties.get(tag, 0.0))
+        labels.update(decision.tags)
+        directives.extend(d for d in decision.directives if d not in directives)
+    total = sum(kept_weights)
+    if kept_weights and total > 0:  # the dropped memories' share goes to the kept ones
+        kept_weights = [w * sum(weights) / total for w in kept_weights]
+    return BundleGovernance(
+        keep=keep,
+        weights=penalize(kept_weights, kept_tags, penalties),
+        policy={
+            "allowed": True,
+            "penalties": penalties,
+            "tags": sorted(labels),
+            "directives": directives,
+        },
+        constitution_checksum=base.constitution_checksum,
+    )
 
 
 def govern(resources: Mapping[str, Any], request: PolicyInput) -> Decision:
