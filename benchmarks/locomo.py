@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import msgspec
 
 if __package__ in (None, ""):  # run as a script: make ``benchmarks`` and ``somabrain`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -55,6 +56,7 @@ from somabrain.context.feedback import reward_of, salience_amount, split_shown
 from somabrain.context.settings import ContextSettings
 from somabrain.memory import Embedder, HashingEmbedder, Link, Memory, TenantMemory, multiview
 from somabrain.memory.recall import context_recall
+from somabrain.memory.views import default_weights
 
 __all__ = [
     "BENCHMARK",
@@ -229,12 +231,13 @@ async def _adapted(
     conv: Conversation,
     embedder: Embedder,
     settings: ContextSettings,
+    defaults: Mapping[str, float],
     held_out: Recalls,
     baseline: Recalls,
 ) -> dict[str, float]:
     """Feedback on the even questions, recall measured on the odd ones (module docstring)."""
     tm = await _tenant(conv, embedder, settings)
-    store = AdaptationStore(None, settings.weights, settings.adaptation)
+    store = AdaptationStore(None, defaults, settings.adaptation)
     tenant = conv.sample_id
     train, test = conv.questions[0::2], conv.questions[1::2]
     for q in train:
@@ -255,7 +258,7 @@ async def _adapted(
         held_out.add(q.category, q.evidence, [h.key for h in hits])
     base = await _tenant(conv, embedder, settings)
     for q in test:
-        hits = base.recall(q.text, TOP_K, weights=settings.weights)
+        hits = base.recall(q.text, TOP_K, weights=defaults)
         baseline.add(q.category, q.evidence, [h.key for h in hits])
     return weights
 
@@ -265,11 +268,13 @@ async def evaluate_embedder(
     embedder: Embedder,
     configs: Sequence[str],
     settings: ContextSettings,
+    weights: Mapping[str, float] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """recall summaries per config for one embedder, and the adaptation's details."""
+    defaults = weights or default_weights(settings.embedder)
     static = {c: dict(STATIC_WEIGHTS[c]) for c in configs if c in STATIC_WEIGHTS}
     if "multiview" in static:
-        static["multiview"] = dict(settings.weights)
+        static["multiview"] = dict(defaults)
     recalls = {c: Recalls() for c in static}
     held_out, baseline = Recalls(), Recalls()
     learned: dict[str, dict[str, float]] = {}
@@ -280,7 +285,9 @@ async def evaluate_embedder(
                 hits = tm.recall(q.text, TOP_K, weights=static[name])
                 recall.add(q.category, q.evidence, [h.key for h in hits])
         if "adapted" in configs:
-            learned[conv.sample_id] = await _adapted(conv, embedder, settings, held_out, baseline)
+            learned[conv.sample_id] = await _adapted(
+                conv, embedder, settings, defaults, held_out, baseline
+            )
     out = {name: r.summary() for name, r in recalls.items()}
     details: dict[str, Any] = {}
     if "adapted" in configs:
@@ -300,13 +307,38 @@ async def evaluate_embedder(
 # ------------------------------------------------------------------------------ embedders
 
 
+class CachedEmbedder:
+    """Memoises an embedder by text: every configuration embeds the same turns and questions,
+    and a real model costs seconds per pass. Results are identical (embedding is
+    deterministic), only faster."""
+
+    def __init__(self, inner: Embedder) -> None:
+        self.inner = inner
+        self._cache: dict[str, Any] = {}
+
+    @property
+    def dim(self) -> int:
+        return self.inner.dim
+
+    def embed(self, texts: Sequence[str]) -> Any:
+        import numpy as np
+
+        todo = list(dict.fromkeys(t for t in texts if t not in self._cache))
+        if todo:
+            for text, vec in zip(todo, self.inner.embed(todo), strict=True):
+                self._cache[text] = vec
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.stack([self._cache[t] for t in texts])
+
+
 def load_embedder(name: str) -> Embedder:
     if name == "builtin":
-        return HashingEmbedder()
+        return HashingEmbedder()  # already caches its features; fast enough as it is
     if name == "minilm":
         from somabrain.memory.minilm import MiniLMEmbedder
 
-        return MiniLMEmbedder()
+        return CachedEmbedder(MiniLMEmbedder())
     raise ValueError(f"unknown embedder {name!r} (builtin, minilm)")
 
 
@@ -330,8 +362,15 @@ def run(
             skipped[name] = f"the minilm extra is not installed ({exc})"
             continue
         started = time.perf_counter()
+        if isinstance(embedder, CachedEmbedder):  # one batched pass over every text
+            embedder.embed([m.content for c in conversations for m in c.memories])
+            embedder.embed([q.text for c in conversations for q in c.questions])
         per_config, details = anyio.run(
-            evaluate_embedder, conversations, embedder, configs, settings
+            evaluate_embedder,
+            conversations,
+            embedder,
+            configs,
+            msgspec.structs.replace(settings, embedder=name),
         )
         timing[name] = round(time.perf_counter() - started, 2)
         for config, summary in per_config.items():

@@ -7,12 +7,11 @@ file names only what it changes::
     [context]
     embedder = "minilm"                     # or "builtin" (default: no download)
 
-    [context.weights]                       # default view weights (per tenant, then adapted)
-    semantic = 0.3
-    lexical = 0.3
-    graph = 0.3
-    recency = 0.05
-    salience = 0.05
+    [context.views]
+    graph_steps = 2
+
+The default view weights of every tenant (before adaptation) are ``memory.weights`` when set,
+else ``somabrain.memory.views.default_weights(embedder)``.
 """
 
 from __future__ import annotations
@@ -22,7 +21,6 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
-from ..memory.views import MULTIVIEW_WEIGHTS, VIEW_NAMES
 from .adaptation import AdaptationSettings
 from .planner import PlannerSettings
 
@@ -94,9 +92,6 @@ class LimitSettings(_Section, frozen=True):
 
 class ContextSettings(_Section, frozen=True):
     embedder: Literal["builtin", "minilm"] = "builtin"
-    weights: dict[str, Annotated[float, Meta(ge=0)]] = msgspec.field(
-        default_factory=lambda: dict(MULTIVIEW_WEIGHTS)
-    )
     #: Softmax temperature of the memories' weights in a bundle: w = softmax(score / t).
     temperature: PositiveFloat = 0.1
     #: Seconds a planner waits for the tenant's memory actor.
@@ -109,10 +104,3 @@ class ContextSettings(_Section, frozen=True):
     limits: LimitSettings = msgspec.field(default_factory=LimitSettings)
     planner: PlannerSettings = msgspec.field(default_factory=PlannerSettings)
     adaptation: AdaptationSettings = msgspec.field(default_factory=AdaptationSettings)
-
-    def __post_init__(self) -> None:
-        unknown = set(self.weights) - set(VIEW_NAMES)
-        if unknown:
-            raise ValueError(f"unknown views in weights: {sorted(unknown)} (known: {VIEW_NAMES})")
-        if sum(self.weights.values()) <= 0:
-            raise ValueError("at least one view weight must be positive")

@@ -35,11 +35,13 @@ from .hybrid import F32, HybridIndex, Mask, RecallQuery, ScoreView
 from .vector_index import top_k
 
 __all__ = [
+    "MINILM_WEIGHTS",
     "MULTIVIEW_WEIGHTS",
     "VIEW_NAMES",
     "GraphView",
     "RecencyView",
     "SalienceView",
+    "default_weights",
     "multiview",
 ]
 
@@ -56,7 +58,23 @@ MULTIVIEW_WEIGHTS: Mapping[str, float] = {
     "salience": 0.05,
 }
 
+#: The semantic view deserves more weight when the embedder is a real sentence model: with
+#: all-MiniLM-L6-v2 these weights gave LoCoMo recall@10 0.717 against 0.698 with the ones above
+#: (the built-in hashing embedder is best served by the equal split: 0.649 against 0.644).
+MINILM_WEIGHTS: Mapping[str, float] = {
+    "semantic": 0.4,
+    "lexical": 0.2,
+    "graph": 0.4,
+    "recency": 0.05,
+    "salience": 0.05,
+}
+
 _DAY = 86_400.0
+
+
+def default_weights(embedder: str = "builtin") -> dict[str, float]:
+    """The default view weights for an embedder (``"builtin"`` or ``"minilm"``)."""
+    return dict(MINILM_WEIGHTS if embedder == "minilm" else MULTIVIEW_WEIGHTS)
 
 
 class GraphView:
