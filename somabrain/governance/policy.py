@@ -22,6 +22,7 @@ whose ``allow`` is not a boolean, refuses the request with an explanation saying
 from __future__ import annotations
 
 import re
+import threading
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
@@ -135,8 +136,29 @@ def _strings(value: Any) -> tuple[str, ...]:
     return ()
 
 
+# regorus engines are bound to the thread that created them: dropping one on another thread
+# panics in its destructor. The cyclic garbage collector may free an engine's owner on any
+# thread (an actor system is one big cycle), so an engine collected on a foreign thread is
+# parked here instead and dropped by its own thread the next time that thread builds one.
+_ORPHANS: dict[int, list[Any]] = {}
+_ORPHANS_LOCK = threading.RLock()
+
+
+def _drain_orphans() -> None:
+    with _ORPHANS_LOCK:
+        orphans = _ORPHANS.pop(threading.get_ident(), None)
+    del orphans  # dropped here, on the thread that created them
+
+
 class PolicyEngine:
-    """Compiled Rego modules plus the constitution's data; evaluates decisions."""
+    """Compiled Rego modules plus the constitution's data; evaluates decisions.
+
+    Use an engine from the thread that built it (the node's event loop): regorus engines
+    cannot move between threads.
+    """
+
+    _engine: Any = None
+    _owner = 0
 
     def __init__(
         self,
@@ -149,6 +171,8 @@ class PolicyEngine:
     ) -> None:
         if not modules:
             raise PolicyError("no Rego modules: a constitution needs its policies")
+        _drain_orphans()
+        self._owner = threading.get_ident()
         engine = regorus.Engine()
         for name, source in sorted(modules.items()):
             try:
@@ -181,6 +205,17 @@ class PolicyEngine:
         self._cache: OrderedDict[PolicyInput, Decision] = OrderedDict()
         self._evaluations = 0
         self._hits = 0
+
+    def __del__(self) -> None:
+        engine = self._engine
+        if engine is None:
+            return
+        try:
+            if threading.get_ident() != self._owner:
+                with _ORPHANS_LOCK:
+                    _ORPHANS.setdefault(self._owner, []).append(engine)
+        except Exception:  # interpreter shutdown: nothing left to protect
+            pass
 
     def statistics(self) -> PolicyStatistics:
         return PolicyStatistics(self._evaluations, self._hits, len(self._cache), self._capacity)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import gc
+import sys
+import threading
 from typing import Any
 
 import pytest
 
 from somabrain.governance import Governance, GovernanceUnavailableError, PolicyError, verify
+from somabrain.governance import policy as policy_module
 from somabrain.governance.http import evaluate_input, penalize
 from somabrain.governance.policy import PolicyEngine, PolicyInput
 from somabrain.governance.service import ActiveConstitution
@@ -154,3 +158,28 @@ def test_penalties_scale_memory_weights_and_keep_the_total() -> None:
 def test_evaluate_input_measures_the_query_in_bytes() -> None:
     request = evaluate_input("acme", namespace="default", query="été", scopes={"b", "a"})
     assert (request.action, request.content_size, request.scopes) == ("evaluate", 5, ("a", "b"))
+
+
+def test_an_engine_collected_on_another_thread_is_dropped_on_its_own() -> None:
+    # regorus engines panic when dropped on a foreign thread; the cyclic GC may run anywhere
+    class Holder:
+        pass
+
+    unraisable: list[BaseException | None] = []
+    hook, sys.unraisablehook = sys.unraisablehook, lambda u: unraisable.append(u.exc_value)
+    try:
+        gc.collect()  # earlier tests' garbage, collected here (on its own thread)
+        holder = Holder()
+        holder.cycle = holder  # type: ignore[attr-defined]
+        holder.engine = engine()  # type: ignore[attr-defined]
+        del holder
+        collector = threading.Thread(target=gc.collect)
+        collector.start()
+        collector.join()
+        assert len(policy_module._ORPHANS.get(threading.get_ident(), [])) >= 1
+        engine()  # building an engine drops this thread's orphans, here
+        assert threading.get_ident() not in policy_module._ORPHANS
+        gc.collect()
+    finally:
+        sys.unraisablehook = hook
+    assert unraisable == []
