@@ -130,10 +130,13 @@ def _clean_error(exc: BaseException) -> str:
     return _BACKTRACE.sub("", str(exc)).strip()
 
 
+_COLLECTIONS = (set, frozenset, list, tuple)
+
+
 def _strings(value: Any) -> tuple[str, ...]:
-    if isinstance(value, set | frozenset | list | tuple):
-        return tuple(sorted(str(v) for v in value))
-    return ()
+    if not value or not isinstance(value, _COLLECTIONS):
+        return ()
+    return tuple(sorted(str(v) for v in value))
 
 
 # regorus engines are bound to the thread that created them: dropping one on another thread
@@ -267,7 +270,7 @@ class PolicyEngine:
             allow = False  # a policy that lists reasons to deny does not allow
         penalties: dict[str, float] = {}
         raw_penalties = raw.get("penalties")
-        if isinstance(raw_penalties, dict):
+        if raw_penalties and isinstance(raw_penalties, dict):
             for tag, weight in raw_penalties.items():
                 if isinstance(weight, int | float) and not isinstance(weight, bool):
                     penalties[str(tag)] = min(1.0, max(0.0, float(weight)))
