@@ -17,6 +17,8 @@ Sections:
 ``kafka``   the Kafka cluster, when there is one (``somabrain.actors.kafka_bridge``)
 ``bridge``  subject <-> topic routes of the Kafka bridge
 ``workers`` the integrity and reward workers (``somabrain.workers.settings``)
+``context`` the context engine: embedder, views, working memory, bundle limits, planner
+            utility, adaptation (``somabrain.context.settings``)
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from msgspec import Meta
 
 from .actors.kafka_bridge import BridgeSettings, KafkaSettings
 from .audit.settings import AuditSettings
+from .context.settings import ContextSettings
 from .governance.settings import GovernanceSettings
 from .supervision.config import NodeSettings, SupervisorNode, load_config
 from .workers.settings import WorkersSettings
@@ -139,6 +142,7 @@ class SomaConfig(_Section):
     kafka: KafkaSettings = msgspec.field(default_factory=KafkaSettings)
     bridge: BridgeSettings = msgspec.field(default_factory=BridgeSettings)
     workers: WorkersSettings = msgspec.field(default_factory=WorkersSettings)
+    context: ContextSettings = msgspec.field(default_factory=ContextSettings)
 
 
 def default_config_data() -> dict[str, Any]:

@@ -124,8 +124,13 @@ def adapt(
     before = {n: float(v) for n, v in weights.items()}
     r = min(1.0, max(0.0, reward)) if math.isfinite(reward) else 0.0
     if not used or not unused or r == 0.0 or not names:
-        return Update(applied=False, weights_before=before, weights_after=dict(before),
-                      learning_rate=0.0, pairs=0)  # fmt: skip
+        return Update(
+            applied=False,
+            weights_before=before,
+            weights_after=dict(before),
+            learning_rate=0.0,
+            pairs=0,
+        )
     w = _normalise(weights, names)
     pos = np.array([[float(v.get(n, 0.0)) for n in names] for v in used])
     neg = np.array([[float(v.get(n, 0.0)) for n in names] for v in unused])
@@ -138,8 +143,13 @@ def adapt(
     w = w * np.exp(-rate * r * grad)
     w = _floor(w / w.sum(), cfg.min_weight)
     after = {n: float(x) for n, x in zip(names, w, strict=True)}
-    return Update(applied=True, weights_before=before, weights_after=after,
-                  learning_rate=rate * r, pairs=int(d.shape[0]))  # fmt: skip
+    return Update(
+        applied=True,
+        weights_before=before,
+        weights_after=after,
+        learning_rate=rate * r,
+        pairs=int(d.shape[0]),
+    )
 
 
 _ENCODER = msgspec.json.Encoder()
@@ -224,12 +234,14 @@ class AdaptationStore:
         state = self.get(tenant)
         cfg = self.settings
         if cfg.enabled:
-            update = adapt(state.weights, used, unused, reward=reward, step=state.updates,
-                           settings=cfg)  # fmt: skip
+            update = adapt(
+                state.weights, used, unused, reward=reward, step=state.updates, settings=cfg
+            )
         else:
             w = dict(state.weights)
-            update = Update(applied=False, weights_before=w, weights_after=dict(w),
-                            learning_rate=0.0, pairs=0)  # fmt: skip
+            update = Update(
+                applied=False, weights_before=w, weights_after=dict(w), learning_rate=0.0, pairs=0
+            )
         state.weights = dict(update.weights_after)
         state.updates += update.applied
         state.feedback += 1

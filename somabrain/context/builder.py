@@ -65,6 +65,7 @@ def build_bundle(
             views=h.views,
             occurred_at=h.memory.occurred_at,
             session_id=h.memory.session_id,
+            tags=list(h.memory.tags),
         )
         for h, w in zip(hits, mw, strict=True)
     ]
@@ -91,9 +92,11 @@ def build_bundle(
         settings=settings.planner,
     )
     dim = min(limits.hrr_dim, limits.max_vector_dim)
-    residual = superpose(
-        [h.key for h in hits], projection(recall.dim, dim)(recall.vectors)
-    ) if hits else np.zeros(dim)  # fmt: skip
+    residual = (
+        superpose([h.key for h in hits], projection(recall.dim, dim)(recall.vectors))
+        if hits
+        else np.zeros(dim)
+    )
     return ContextBundle(
         query=query,
         prompt=chosen.prompt,

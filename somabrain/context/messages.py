@@ -99,6 +99,7 @@ class BundleMemory(msgspec.Struct, frozen=True, kw_only=True):
     views: dict[str, float]
     occurred_at: float | None = None
     session_id: str | None = None
+    tags: list[str] = []
 
 
 class BundleWorkingMemory(msgspec.Struct, frozen=True, kw_only=True):

@@ -121,8 +121,14 @@ def plan(
     base = render_prompt(query, [])
     if n == 0 or len(base) > max_prompt_chars:
         empty = -cfg.length_penalty * len(base) / max_prompt_chars
-        return Plan(prompt=base[:max_prompt_chars], selected=[], utility=empty, coverage=0.0,
-                    iterations=0, variants=0)  # fmt: skip
+        return Plan(
+            prompt=base[:max_prompt_chars],
+            selected=[],
+            utility=empty,
+            coverage=0.0,
+            iterations=0,
+            variants=0,
+        )
     w = np.array([max(0.0, c.weight) for c in candidates], dtype=np.float64)
     w = w / w.sum() if w.sum() > 0 else np.full(n, 1.0 / n)
     sim = np.eye(n) if similarity is None else np.clip(np.asarray(similarity, np.float64), 0, 1)

@@ -16,11 +16,12 @@ else ``somabrain.memory.views.default_weights(embedder)``.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta
 
+from ..memory.views import VIEW_NAMES, resolve_weights
 from .adaptation import AdaptationSettings
 from .planner import PlannerSettings
 
@@ -30,6 +31,7 @@ __all__ = [
     "LimitSettings",
     "ViewSettings",
     "WorkingMemorySettings",
+    "tenant_default_weights",
 ]
 
 PositiveInt = Annotated[int, Meta(ge=1)]
@@ -104,3 +106,14 @@ class ContextSettings(_Section, frozen=True):
     limits: LimitSettings = msgspec.field(default_factory=LimitSettings)
     planner: PlannerSettings = msgspec.field(default_factory=PlannerSettings)
     adaptation: AdaptationSettings = msgspec.field(default_factory=AdaptationSettings)
+
+
+def tenant_default_weights(config: Any) -> dict[str, float]:
+    """Every tenant's weights before adaptation, from a ``SomaConfig`` (or None: defaults):
+    ``memory.weights`` when set, else the embedder's defaults over the enabled views."""
+    context = getattr(config, "context", None)
+    embedder = context.embedder if isinstance(context, ContextSettings) else "builtin"
+    memory = getattr(config, "memory", None)
+    configured = getattr(memory, "weights", None) or {}
+    enabled = getattr(memory, "extra_views", None)
+    return resolve_weights(configured, VIEW_NAMES if enabled is None else enabled, embedder)

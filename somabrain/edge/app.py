@@ -29,6 +29,7 @@ import msgspec
 from ..actors import ActorSystem
 from ..config import SomaConfig
 from .auth import Authenticator, Principal
+from .context import ContextHandlers
 from .errors import HTTPError, encode_error, from_decode_error, from_validation
 from .governance import GovernanceHandlers
 from .handlers import Handlers
@@ -77,7 +78,7 @@ class Response:
     headers: tuple[tuple[bytes, bytes], ...] = ()
 
 
-class EdgeApp(Handlers, GovernanceHandlers):
+class EdgeApp(Handlers, GovernanceHandlers, ContextHandlers):
     def __init__(
         self,
         system: ActorSystem,

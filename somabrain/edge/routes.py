@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..context import messages as ctx
 from ..governance import http as gov
+from . import context as c
 from . import schemas as s
 from .errors import ErrorResponse
 
@@ -59,6 +61,18 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/admin/reload", "admin_reload",
           "Re-read the config file and apply what changed",
           s.ReloadRequest, s.ReloadResponse, scope="admin", tenant=False, errors=_ADMIN_ERRORS),
+    Route("POST", "/context/evaluate", "context_evaluate",
+          "A context bundle: weighted memories, residual vector, working memory, prompt",
+          c.EvaluateRequest, ctx.ContextBundle, errors=(*_MEMORY_ERRORS, 403)),
+    Route("POST", "/context/feedback", "context_feedback",
+          "Feedback on a bundle: reinforces used memories, adapts the tenant's view weights",
+          c.FeedbackRequest, ctx.FeedbackResult, errors=_MEMORY_ERRORS),
+    Route("GET", "/context/adaptation/state", "context_adaptation_state",
+          "The tenant's view weights and adaptation history length",
+          response=ctx.AdaptationView, errors=_MEMORY_ERRORS),
+    Route("POST", "/context/adaptation/reset", "context_adaptation_reset",
+          "Restore the tenant's default view weights (admin scope)",
+          response=ctx.AdaptationView, scope="admin", errors=_MEMORY_ERRORS),
     Route("GET", "/constitution/version", "constitution_version",
           "The active constitution (version, checksum, signers) or why there is none",
           response=gov.VersionResponse, tenant=False, errors=(401, 503)),

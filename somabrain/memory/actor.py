@@ -7,8 +7,14 @@ in-flight writes are durable. So a restart, a passivation and a crash of the who
 come back to the same state: every acknowledged write, nothing else.
 
 Shared services come from ``system.resources``: ``data_dir`` (the tenant logs live in
-``<data_dir>/memory``) and ``config`` (``SomaConfig.memory``: fsync policy, drain timeout,
-which views recall scores and their default weights).
+``<data_dir>/memory``), ``config`` (``SomaConfig.memory``: fsync policy, drain timeout,
+which views recall scores and their default weights; ``SomaConfig.context``: the embedder, the
+views' parameters, working memory) and the node's shared embedder (``embedding``).
+
+Working memory (``working.WorkingMemory``, per session) is filled with the memories remembered
+with a ``session_id`` and those reinforced by feedback in a session; it lives in the actor and
+is not durable (a restarted actor starts with empty working memory; the memories themselves
+are in the log).
 
 Writes run in tasks of the actor system and answer with a ``WriteTicket`` (see ``messages``).
 If an incarnation is killed while writes are in flight they still complete (and are
@@ -28,18 +34,25 @@ import anyio
 
 from ..actors import Actor, ActorStoppedError, ActorSystem
 from ..tenancy import valid_tenant
+from .embedding import BatchingEmbedder, shared_embedder
 from .messages import (
+    ContextRecall,
     Forget,
     GetMemory,
     LinkMemories,
     MemoryStats,
     Recall,
+    Reinforce,
     Remember,
     Unlink,
     WriteTicket,
 )
+from .recall import ContextRecallResult, context_recall
 from .tenant import TenantMemory
-from .views import MULTIVIEW_WEIGHTS, multiview
+from .text import tokenize
+from .types import Memory, Remembered
+from .views import multiview, resolve_weights
+from .working import WMItem, WorkingMemory
 
 __all__ = ["STORES_RESOURCE", "MemoryActor", "tenant_data_dir"]
 
@@ -122,19 +135,36 @@ class MemoryActor(Actor):
         previous = stores.pop(tenant, None)
         if previous is not None:  # the last incarnation was killed: hand its log over
             await previous.close(settings.drain_timeout)
-        views = [v for v in multiview() if v.name in settings.extra_views]
+        ctx = _context_settings(system)
+        v = ctx.views
+        views = [
+            view
+            for view in multiview(
+                graph_seeds=v.graph_seeds,
+                graph_damping=v.graph_damping,
+                graph_steps=v.graph_steps,
+                recency_half_life=v.recency_half_life,
+                salience_gain=v.salience_gain,
+            )
+            if view.name in settings.extra_views
+        ]
+        embedder = await shared_embedder(system.resources, ctx.embedder, ctx.embedding)
+        self.batcher = embedder if isinstance(embedder, BatchingEmbedder) else None
         memory = await TenantMemory.open(
             tenant_data_dir(system),
             tenant,
             fsync=settings.fsync,
             group_window=settings.group_window,
             views=views,
+            embedder=embedder.embedder if self.batcher is not None else embedder,
+            embed_async=self.batcher.embed if self.batcher is not None else None,
         )
         self.memory = memory
-        names = {"semantic", "lexical", *(v.name for v in views)}
-        self.weights = dict(settings.weights) or {
-            name: w for name, w in MULTIVIEW_WEIGHTS.items() if name in names
-        }
+        self.weights = resolve_weights(settings.weights, settings.extra_views, ctx.embedder)
+        wm = ctx.working_memory
+        self.working = WorkingMemory(
+            wm.capacity, max_sessions=wm.max_sessions, recency_weight=wm.recency_weight
+        )
         self.store = stores[tenant] = _OpenStore(system, memory)
 
     async def on_stop(self) -> None:
@@ -147,20 +177,95 @@ class MemoryActor(Actor):
         memory = self.memory
         match message:
             case Recall(query=query, top_k=top_k, namespace=ns, filters=flt, weights=w):
+                if self.batcher is not None:  # embed the query off the event loop
+                    return self.store.write(self._recall, message)
                 return memory.recall(query, top_k, ns, flt, weights=w or self.weights)
+            case ContextRecall():
+                if self.batcher is not None:
+                    return self.store.write(self._context_recall, message)
+                return self._context_recall_now(message, None)
             case GetMemory(key=key):
                 return memory.get(key)
             case Remember(memories=memories):
-                return self.store.write(memory.remember_batch, memories)
+                return self.store.write(self._remember, memories)
+            case Reinforce(keys=keys, amount=amount, session_id=session):
+                return self.store.write(self._reinforce, keys, amount, session)
             case LinkMemories(from_key=f, to_key=t, rel=rel, weight=weight):
                 return self.store.write(memory.link, f, t, rel, weight)
             case Forget(key=key):
+                self.working.discard(key)
                 return self.store.write(memory.forget, key)
             case Unlink(from_key=f, to_key=t, rel=rel):
                 return self.store.write(memory.unlink, f, t, rel)
             case MemoryStats():
                 return memory.statistics()
         raise TypeError(f"memory actor cannot handle {type(message).__name__}")
+
+    # --- context and working memory --------------------------------------------------------
+
+    async def _recall(self, message: Recall) -> Any:
+        assert self.batcher is not None
+        [vector] = await self.batcher.embed([message.query])
+        return self.memory.recall(message.query, message.top_k, message.namespace,
+                                  message.filters, weights=message.weights or self.weights,
+                                  vector=vector)  # fmt: skip
+
+    async def _context_recall(self, message: ContextRecall) -> ContextRecallResult:
+        assert self.batcher is not None
+        [vector] = await self.batcher.embed([message.query])
+        return self._context_recall_now(message, vector)
+
+    def _context_recall_now(self, message: ContextRecall, vector: Any) -> ContextRecallResult:
+        return context_recall(
+            self.memory,
+            self.working,
+            message.query,
+            message.top_k,
+            namespace=message.namespace,
+            filters=message.filters,
+            weights=message.weights or self.weights,
+            at=message.at,
+            session_id=message.session_id,
+            wm_top_k=message.wm_top_k,
+            query_vector=vector,
+        )
+
+    def _track(self, session: str, keys: Any) -> None:
+        """Put ``keys`` (known memories) into the session's working memory, newest last."""
+        items = []
+        for key in keys:
+            m = self.memory.get(key)
+            if m is not None:
+                vector = self.memory.index.vector_of(key)
+                items.append(WMItem(key, m.content, vector, frozenset(tokenize(m.content)),
+                                    m.occurred_at or m.created_at))  # fmt: skip
+        if items:
+            self.working.add(session, items)
+
+    async def _remember(self, memories: tuple[Memory, ...]) -> list[Remembered]:
+        result = await self.memory.remember_batch(memories)
+        sessions: dict[str, list[str]] = {}
+        for m, (key, _) in zip(memories, result, strict=True):
+            if m.session_id is not None:
+                sessions.setdefault(m.session_id, []).append(key)
+        for session, keys in sessions.items():
+            self._track(session, keys)
+        return result
+
+    async def _reinforce(
+        self, keys: tuple[str, ...], amount: float, session: str | None
+    ) -> dict[str, float]:
+        result = await self.memory.reinforce(keys, amount)
+        if session is not None and amount > 0:
+            self._track(session, [k for k in keys if k in result])
+        return result
+
+
+def _context_settings(system: ActorSystem) -> Any:
+    from ..context.settings import ContextSettings  # the [context] section: embedder, views
+
+    settings = getattr(system.resources.get("config"), "context", None)
+    return settings if isinstance(settings, ContextSettings) else ContextSettings()
 
 
 def _memory_settings(system: ActorSystem) -> Any:

@@ -22,12 +22,14 @@ from ..actors import ActorRef, AskTimeoutError
 from .types import Memory, RecallFilter
 
 __all__ = [
+    "ContextRecall",
     "Forget",
     "GetMemory",
     "LinkMemories",
     "MemoryRequest",
     "MemoryStats",
     "Recall",
+    "Reinforce",
     "Remember",
     "Unlink",
     "WriteTicket",
@@ -85,7 +87,41 @@ class MemoryStats(msgspec.Struct, frozen=True, tag=True):
     """Answered with ``TenantMemoryStatistics``."""
 
 
-MemoryRequest = Remember | Recall | GetMemory | Forget | LinkMemories | Unlink | MemoryStats
+class ContextRecall(msgspec.Struct, frozen=True, tag=True, kw_only=True):
+    """Recall for a context bundle: answered with a ``recall.ContextRecallResult`` (the hits
+    with their embeddings, plus the session's best working-memory items). ``at``: the time
+    the query is about (recency)."""
+
+    query: str
+    top_k: int = 10
+    namespace: str | None = None
+    filters: RecallFilter | None = None
+    weights: dict[str, float] | None = None
+    at: float | None = None
+    session_id: str | None = None
+    wm_top_k: int = 5
+
+
+class Reinforce(msgspec.Struct, frozen=True, tag=True, kw_only=True):
+    """Feedback: add ``amount`` to the salience of ``keys`` (durable; the ticket's result is
+    ``{key: new strength}``) and put them in the session's working memory."""
+
+    keys: tuple[str, ...]
+    amount: float
+    session_id: str | None = None
+
+
+MemoryRequest = (
+    Remember
+    | Recall
+    | GetMemory
+    | Forget
+    | LinkMemories
+    | Unlink
+    | MemoryStats
+    | ContextRecall
+    | Reinforce
+)
 
 
 class WriteTicket:

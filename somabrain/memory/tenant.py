@@ -31,7 +31,7 @@ import math
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import anyio
@@ -92,14 +92,19 @@ class TenantMemory:
         views: Sequence[ScoreView] = (),
         compact_ratio: float = 0.5,
         compact_min_records: int = 4096,
+        embed_async: Callable[[Sequence[str]], Awaitable[npt.NDArray[Any]]] | None = None,
     ) -> None:
-        """Prefer ``open`` (durable) or ``in_memory``; this does not replay ``log``."""
+        """Prefer ``open`` (durable) or ``in_memory``; this does not replay ``log``.
+
+        ``embed_async``: embeds for writes off the event loop (``embedding.BatchingEmbedder``);
+        without it ``embedder`` runs inline (right for the fast built-in one)."""
         if not tenant:
             raise ValueError("tenant must not be empty")
         if not 0.0 < compact_ratio < 1.0:
             raise ValueError(f"compact_ratio must be in (0, 1), got {compact_ratio}")
         self.tenant = tenant
         self.embedder: Embedder = embedder if embedder is not None else HashingEmbedder()
+        self.embed_async = embed_async
         self.index = HybridIndex(self.embedder.dim, views=views)
         self.log = log
         self._clock = clock
@@ -383,7 +388,17 @@ class TenantMemory:
         items = list(batch.values())
         mems = [p.memory for p in items]
         tokens = [tokenize(m.content) for m in mems]
-        vectors = self._vectors_for(mems, [p.vector for p in items], tokens)
+        given = [p.vector for p in items]
+        if self.embed_async is None:
+            vectors = self._vectors_for(mems, given, tokens)
+        else:
+            vectors = np.zeros((len(mems), self.embedder.dim), dtype=np.float32)
+            todo = [i for i, v in enumerate(given) if v is None]
+            if todo:
+                vectors[todo] = await self.embed_async([mems[i].content for i in todo])
+            for i, v in enumerate(given):
+                if v is not None:
+                    vectors[i] = v
 
         def change() -> None:
             for p in items:

@@ -43,6 +43,7 @@ __all__ = [
     "SalienceView",
     "default_weights",
     "multiview",
+    "resolve_weights",
 ]
 
 VIEW_NAMES = ("semantic", "lexical", "graph", "recency", "salience")
@@ -75,6 +76,17 @@ _DAY = 86_400.0
 def default_weights(embedder: str = "builtin") -> dict[str, float]:
     """The default view weights for an embedder (``"builtin"`` or ``"minilm"``)."""
     return dict(MINILM_WEIGHTS if embedder == "minilm" else MULTIVIEW_WEIGHTS)
+
+
+def resolve_weights(
+    configured: Mapping[str, float], enabled: Sequence[str], embedder: str = "builtin"
+) -> dict[str, float]:
+    """A tenant's starting weights: ``configured`` when given, else the embedder's defaults
+    restricted to the enabled views (semantic and lexical are always enabled)."""
+    if configured:
+        return dict(configured)
+    names = {"semantic", "lexical", *enabled}
+    return {v: w for v, w in default_weights(embedder).items() if v in names}
 
 
 class GraphView:

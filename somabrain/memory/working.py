@@ -130,8 +130,13 @@ class WorkingMemory:
             rec = (i + 1) / n
             score = (1.0 - rw) * (sem + lex) / 2.0 + rw * rec
             views = {"semantic": sem, "lexical": lex, "recency": rec}
-            hits.append((score, i, WMHit(key=item.key, content=item.content, score=score,
-                                         views=views, at=item.at)))  # fmt: skip
+            hits.append(
+                (
+                    score,
+                    i,
+                    WMHit(key=item.key, content=item.content, score=score, views=views, at=item.at),
+                )
+            )
         hits.sort(key=lambda h: (-h[0], -h[1]))
         return [h[2] for h in hits[:top_k]]
 

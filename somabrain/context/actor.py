@@ -1,0 +1,315 @@
+"""``PlannerActor``: a member of the planner pool behind the ``planners`` queue group.
+
+The pool (``[tree.children.planners]``, ``kind = "pool"``, ``size`` from config) runs N copies.
+Each subscribes its ref to ``soma.ctx.evaluate``, ``soma.ctx.feedback`` and
+``soma.ctx.adaptation`` in the queue group ``planners``, so the bus hands each request to one
+member (round robin in process; NATS picks at random). A ref outlives its incarnations, so the
+subscription is made once per member and kept across restarts: requests that arrive while a
+member restarts wait in its mailbox for the next incarnation. A member stopped for good (the
+pool shrank) unsubscribes.
+
+Never lost silently: a request being handled when its planner is killed is answered at once
+with ``ContextFailure(503, "planner_restarted")`` from the dying incarnation (a shielded reply
+on the way out), so the asker can retry on another member (``client.request`` does, for
+evaluate and adaptation queries) instead of waiting for its timeout. If even that reply cannot
+be sent, the asker's timeout still ends the wait with a 503.
+
+Shared services from ``system.resources``: ``config`` (``SomaConfig``: ``context`` and
+``memory`` sections), ``data_dir`` (adaptation state in ``<data_dir>/context``), ``tree`` (to
+reach the tenants' memory actors). The ``AdaptationStore`` is one per node
+(``resources["context.adaptation"]``), shared by the members: its updates are synchronous, so
+concurrent feedback for one tenant never loses an update.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import msgspec
+
+from ..actors import Actor, ActorStoppedError, Msg
+from ..memory.messages import ContextRecall, Reinforce, ask_memory
+from ..memory.recall import ContextRecallResult
+from ..memory.types import RecallFilter
+from ..tenancy import valid_tenant
+from .adaptation import AdaptationStore
+from .builder import build_bundle
+from .feedback import reward_of, salience_amount, split_shown
+from .messages import (
+    ADAPTATION_SUBJECT,
+    EVALUATE_SUBJECT,
+    FEEDBACK_EVENTS_SUBJECT,
+    FEEDBACK_SUBJECT,
+    PLANNER_QUEUE,
+    AdaptationQuery,
+    AdaptationView,
+    ContextFailure,
+    Evaluate,
+    Feedback,
+    FeedbackResult,
+)
+from .settings import ContextSettings, tenant_default_weights
+
+__all__ = ["ADAPTATION_RESOURCE", "MEMORY_SUPERVISOR", "PlannerActor"]
+
+logger = logging.getLogger("somabrain.context")
+
+ADAPTATION_RESOURCE = "context.adaptation"
+#: Where the tenants' memory actors live in the SomaBrain tree (``[tree.children.memory]``).
+MEMORY_SUPERVISOR = "/root/memory"
+_SUBSCRIPTIONS = "context.subscriptions"
+_MAX_USED_KEYS = 1000
+
+
+class _Refused(Exception):
+    def __init__(self, failure: ContextFailure) -> None:
+        super().__init__(failure.message)
+        self.failure = failure
+
+
+def _refuse(status: int, code: str, message: str, field: str | None = None) -> _Refused:
+    retry = 1.0 if status == 503 else None
+    return _Refused(
+        ContextFailure(status=status, code=code, message=message, field=field, retry_after=retry)
+    )
+
+
+def context_settings(system: Any) -> ContextSettings:
+    config = system.resources.get("config")
+    settings = getattr(config, "context", None)
+    return settings if isinstance(settings, ContextSettings) else ContextSettings()
+
+
+def adaptation_store(system: Any) -> AdaptationStore:
+    """The node's shared store (created on first use)."""
+    store: AdaptationStore | None = system.resources.get(ADAPTATION_RESOURCE)
+    if store is None:
+        settings = context_settings(system)
+        data_dir = system.resources.get("data_dir")
+        directory = Path(data_dir) / "context" if data_dir is not None else None
+        defaults = tenant_default_weights(system.resources.get("config"))
+        store = AdaptationStore(directory, defaults, settings.adaptation)
+        system.resources[ADAPTATION_RESOURCE] = store
+    return store
+
+
+class PlannerActor(Actor):
+    """Builds bundles, applies feedback, shows and resets adaptation state (module doc)."""
+
+    async def on_start(self) -> None:
+        system = self.context.system
+        self.settings = context_settings(system)
+        self.store = adaptation_store(system)
+        subscribed: dict[str, Any] = system.resources.setdefault(_SUBSCRIPTIONS, {})
+        if self.context.path not in subscribed:
+            ref = self.context.ref
+            subscribed[self.context.path] = [
+                await system.bus.subscribe_actor(subject, ref, queue=PLANNER_QUEUE)
+                for subject in (EVALUATE_SUBJECT, FEEDBACK_SUBJECT, ADAPTATION_SUBJECT)
+            ]
+
+    async def on_stop(self) -> None:
+        subscribed = self.context.system.resources.get(_SUBSCRIPTIONS, {})
+        for sub in subscribed.pop(self.context.path, []):
+            await sub.unsubscribe()
+
+    async def receive(self, message: Any) -> Any:
+        if not isinstance(message, Msg):
+            return await self.handle(message)
+        reply: Any
+        try:
+            reply = await self.handle(message.data)
+        except BaseException:
+            if message.reply:  # killed (or a bug): tell the asker now rather than at its timeout
+                with anyio.CancelScope(shield=True), anyio.move_on_after(1.0):
+                    await message.respond(
+                        ContextFailure(
+                            status=503,
+                            code="planner_restarted",
+                            message=f"{self.context.path} stopped while handling the request",
+                            retry_after=0.0,
+                        )
+                    )
+            raise
+        if message.reply:
+            await message.respond(reply)
+        return None
+
+    async def handle(self, request: Any) -> Any:
+        """The reply to one request (a ``ContextFailure`` for refusals)."""
+        try:
+            match request:
+                case Evaluate():
+                    return await self.evaluate(request)
+                case Feedback():
+                    return await self.feedback(request)
+                case AdaptationQuery():
+                    return await self.adaptation(request)
+            raise _refuse(400, "bad_request", f"unknown request {type(request).__name__}")
+        except _Refused as exc:
+            return exc.failure
+
+    # ------------------------------------------------------------------ memory
+
+    async def _memory(self, tenant: str, message: Any) -> Any:
+        if not valid_tenant(tenant):
+            raise _refuse(400, "invalid_tenant", f"invalid tenant id {tenant!r}")
+        tree = self.context.system.resources.get("tree")
+        runner = tree.find(MEMORY_SUPERVISOR) if tree is not None else None
+        if runner is None or not hasattr(runner, "ref"):
+            raise _refuse(503, "unavailable", "no memory supervisor")
+        try:
+            ref = runner.ref(tenant)
+            return await ask_memory(ref, message, self.settings.recall_timeout)
+        except ActorStoppedError as exc:
+            raise _refuse(503, "unavailable", f"memory actor unavailable: {exc}") from None
+        except TimeoutError as exc:
+            raise _refuse(503, "timeout", f"memory actor did not answer: {exc}") from None
+        except RuntimeError as exc:  # max_children reached
+            raise _refuse(503, "overloaded", str(exc)) from None
+        except msgspec.ValidationError as exc:
+            raise _refuse(422, "invalid_field", str(exc), "filters") from None
+        except ValueError as exc:
+            raise _refuse(422, "invalid_field", str(exc)) from None
+
+    # ------------------------------------------------------------------ evaluate
+
+    async def evaluate(self, request: Evaluate) -> Any:
+        started = time.perf_counter()
+        limits = self.settings.limits
+        top_k = limits.default_top_k if request.top_k is None else request.top_k
+        if not 1 <= top_k <= limits.max_memories:
+            raise _refuse(
+                422, "invalid_field", f"top_k must be between 1 and {limits.max_memories}", "top_k"
+            )
+        if not request.query.strip():
+            raise _refuse(422, "invalid_field", "query must not be blank", "query")
+        if len(request.query) > limits.max_query_chars:
+            raise _refuse(
+                413, "too_large", f"query longer than {limits.max_query_chars} characters", "query"
+            )
+        filters = None
+        if request.filters:
+            try:
+                filters = RecallFilter.from_mapping(request.filters)
+            except msgspec.ValidationError as exc:
+                raise _refuse(422, "invalid_field", str(exc), "filters") from None
+        weights = self.store.weights(request.tenant)
+        recall: ContextRecallResult = await self._memory(
+            request.tenant,
+            ContextRecall(
+                query=request.query,
+                top_k=top_k,
+                namespace=request.namespace,
+                filters=filters,
+                weights=weights,
+                at=request.at,
+                session_id=request.session_id,
+                wm_top_k=self.settings.working_memory.top_k,
+            ),
+        )
+        bundle = build_bundle(
+            request.query,
+            recall,
+            weights,
+            self.settings,
+            session_id=request.session_id,
+            trace_id=request.trace_id,
+            planner_name=self.context.name,
+        )
+        elapsed = (time.perf_counter() - started) * 1e3
+        return msgspec.structs.replace(bundle, duration_ms=round(elapsed, 3))
+
+    # ------------------------------------------------------------------ feedback
+
+    async def feedback(self, request: Feedback) -> Any:
+        if len(request.used_keys) > _MAX_USED_KEYS:
+            raise _refuse(413, "too_large", f"more than {_MAX_USED_KEYS} used_keys", "used_keys")
+        for name in ("utility", "reward", "latency_ms"):
+            value = getattr(request, name)
+            if value is not None and value != value:  # NaN
+                raise _refuse(422, "invalid_field", f"{name} must be a number", name)
+        tenant = request.tenant
+        weights = self.store.weights(tenant)
+        shown_k = max(self.settings.limits.default_top_k, min(len(request.used_keys), 100))
+        recall: ContextRecallResult = await self._memory(
+            tenant,
+            ContextRecall(
+                query=request.query,
+                top_k=shown_k,
+                namespace=request.namespace,
+                weights=weights,
+                at=request.at,
+                wm_top_k=0,
+            ),
+        )
+        reward = reward_of(request.utility, request.reward)
+        used, unused = split_shown(recall.hits, request.used_keys)
+        update = self.store.record(tenant, used, unused, reward=reward)
+        reinforced: dict[str, float] = {}
+        amount = salience_amount(reward, self.settings.adaptation.reinforce)
+        if request.used_keys and amount:
+            reinforced = await self._memory(
+                tenant,
+                Reinforce(
+                    keys=tuple(request.used_keys), amount=amount, session_id=request.session_id
+                ),
+            )
+        await self.store.save(tenant)
+        await self._publish_event(request)
+        return FeedbackResult(
+            accepted=True,
+            adaptation_applied=update.applied,
+            weights_before=update.weights_before,
+            weights_after=update.weights_after,
+            reinforced=len(reinforced),
+            learning_rate=update.learning_rate,
+        )
+
+    async def _publish_event(self, request: Feedback) -> None:
+        """The feedback on ``soma.feedback`` (reward worker, Kafka bridge); best effort: the
+        feedback is already applied and durable."""
+        event: dict[str, Any] = {
+            "tenant": request.tenant,
+            "session_id": request.session_id,
+            "time": time.time(),
+        }
+        for name in ("reward", "utility"):
+            if getattr(request, name) is not None:
+                event[name] = getattr(request, name)
+        if request.metadata and isinstance(request.metadata.get("audit_id"), str):
+            event["audit_id"] = request.metadata["audit_id"]
+        if request.tokens is not None:
+            tokens = {
+                k: v for k, v in msgspec.structs.asdict(request.tokens).items() if v is not None
+            }
+            event["tokens"] = tokens
+        try:
+            with anyio.fail_after(1.0):
+                await self.context.system.bus.publish(FEEDBACK_EVENTS_SUBJECT, event)
+        except Exception as exc:  # a full or closed bus must not fail an applied feedback
+            logger.warning("feedback event not published: %r", exc)
+
+    # ------------------------------------------------------------------ adaptation
+
+    async def adaptation(self, request: AdaptationQuery) -> AdaptationView:
+        if not valid_tenant(request.tenant):
+            raise _refuse(400, "invalid_tenant", f"invalid tenant id {request.tenant!r}")
+        if request.reset:
+            self.store.reset(request.tenant)
+            await self.store.save(request.tenant)
+        state = self.store.get(request.tenant)
+        return AdaptationView(
+            tenant=state.tenant,
+            weights=dict(state.weights),
+            defaults=dict(self.store.defaults),
+            history_length=len(state.history),
+            feedback=state.feedback,
+            updates=state.updates,
+            updated_at=state.updated_at,
+            history=[msgspec.structs.asdict(h) for h in state.history[-10:]],
+        )

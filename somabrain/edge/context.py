@@ -1,0 +1,209 @@
+"""The edge's ``/context/*`` routes, as a mixin of ``EdgeApp``.
+
+The work happens in the planner pool (``somabrain.context.actor``), reached over the bus
+(``somabrain.context.client``: one retry when a planner dies; every failure becomes a status);
+this module validates the HTTP bodies, applies the governance gate to evaluate (the decision's
+checksum and policy go into the bundle, its penalties into the memories' weights) and encodes
+the replies.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import TYPE_CHECKING, Annotated, Any
+
+import msgspec
+from msgspec import Meta
+
+from ..context import client
+from ..context.messages import (
+    AdaptationQuery,
+    AdaptationView,
+    ContextBundle,
+    ContextFailure,
+    Evaluate,
+    Feedback,
+    FeedbackResult,
+    Tokens,
+)
+from ..governance.http import evaluate_input, penalize
+from ..memory.types import DEFAULT_NAMESPACE
+from .errors import HTTPError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from ..actors import ActorSystem
+    from ..config import SomaConfig
+    from ..governance.policy import Decision, PolicyInput
+    from .app import Request, Response
+
+__all__ = [
+    "ContextHandlers",
+    "EvaluateRequest",
+    "FeedbackRequest",
+    "ResetRequest",
+    "TokensIn",
+    "failure_error",
+]
+
+Session = Annotated[str, Meta(min_length=1, max_length=256)]
+TenantId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")]
+Key = Annotated[str, Meta(min_length=1, max_length=512)]
+
+
+class EvaluateRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """``at``: the time the query is about (recency view), epoch seconds or RFC 3339."""
+
+    query: Annotated[str, Meta(min_length=1, max_length=100_000)]
+    session_id: Session | None = None
+    top_k: Annotated[int, Meta(ge=1, le=1000)] | None = None
+    namespace: Annotated[str, Meta(min_length=1, max_length=128)] | None = None
+    at: float | dt.datetime | None = None
+    filters: dict[str, Any] | None = None
+    tenant: TenantId | None = None
+
+
+class TokensIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    model: Annotated[str, Meta(max_length=256)] | None = None
+    prompt_tokens: Annotated[int, Meta(ge=0)] | None = None
+    completion_tokens: Annotated[int, Meta(ge=0)] | None = None
+
+
+class FeedbackRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    session_id: Session
+    query: Annotated[str, Meta(min_length=1, max_length=100_000)]
+    prompt: Annotated[str, Meta(max_length=1_000_000)] = ""
+    response_text: Annotated[str, Meta(max_length=1_000_000)] | None = None
+    utility: Annotated[float, Meta(ge=-1e6, le=1e6)] | None = None
+    reward: Annotated[float, Meta(ge=-1e6, le=1e6)] | None = None
+    used_keys: Annotated[list[Key], Meta(max_length=1000)] | None = None
+    tokens: TokensIn | None = None
+    latency_ms: Annotated[float, Meta(ge=0)] | None = None
+    metadata: dict[str, Any] | None = None
+    namespace: Annotated[str, Meta(min_length=1, max_length=128)] | None = None
+    tenant: TenantId | None = None
+
+
+class ResetRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    tenant: TenantId | None = None
+
+
+def failure_error(failure: ContextFailure) -> HTTPError:
+    if failure.retry_after is not None:
+        return HTTPError.retry_later(
+            failure.status, failure.code, failure.message, failure.retry_after
+        )
+    return HTTPError(failure.status, failure.code, failure.message, field=failure.field)
+
+
+def _timestamp(value: float | dt.datetime | None) -> float | None:
+    if value is None or isinstance(value, float | int):
+        return value
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.UTC)
+    return value.timestamp()
+
+
+class ContextHandlers:
+    """``/context/evaluate``, ``/context/feedback``, ``/context/adaptation/*``."""
+
+    system: ActorSystem
+    config: SomaConfig
+    _govern: Callable[[PolicyInput], Decision]
+
+    def json(self, value: Any, status: int = 200) -> Response:
+        raise NotImplementedError
+
+    def _tenant(self, request: Request, body_tenant: str | None) -> str:
+        raise NotImplementedError
+
+    async def _context(self, message: Any) -> Any:
+        settings = self.config.context
+        reply = await client.request(
+            self.system.bus,
+            message,
+            timeout=self.config.edge.request_timeout / max(1, settings.attempts),
+            attempts=settings.attempts,
+        )
+        if isinstance(reply, ContextFailure):
+            raise failure_error(reply)
+        return reply
+
+    async def _h_context_evaluate(self, request: Request) -> Response:
+        body: EvaluateRequest = request.body
+        tenant = self._tenant(request, body.tenant)
+        assert request.principal is not None
+        namespace = body.namespace or DEFAULT_NAMESPACE
+        decision = self._govern(
+            evaluate_input(
+                tenant, namespace=namespace, query=body.query, scopes=request.principal.scopes
+            )
+        )
+        bundle: ContextBundle = await self._context(
+            Evaluate(
+                tenant=tenant,
+                query=body.query,
+                session_id=body.session_id,
+                top_k=body.top_k,
+                namespace=body.namespace,
+                at=_timestamp(body.at),
+                filters=body.filters,
+                trace_id=request.trace_id,
+            )
+        )
+        memories = bundle.memories
+        if decision.penalties and memories:
+            weights = penalize(
+                [m.weight for m in memories], [m.tags for m in memories], decision.penalties
+            )
+            memories = [
+                msgspec.structs.replace(m, weight=w) for m, w in zip(memories, weights, strict=True)
+            ]
+        bundle = msgspec.structs.replace(
+            bundle,
+            memories=memories,
+            constitution_checksum=decision.constitution_checksum or None,
+            policy=decision.policy_field(),
+        )
+        return self.json(bundle)
+
+    async def _h_context_feedback(self, request: Request) -> Response:
+        body: FeedbackRequest = request.body
+        tenant = self._tenant(request, body.tenant)
+        tokens = None
+        if body.tokens is not None:
+            tokens = Tokens(
+                model=body.tokens.model,
+                prompt_tokens=body.tokens.prompt_tokens,
+                completion_tokens=body.tokens.completion_tokens,
+            )
+        result: FeedbackResult = await self._context(
+            Feedback(
+                tenant=tenant,
+                session_id=body.session_id,
+                query=body.query,
+                prompt=body.prompt,
+                response_text=body.response_text,
+                utility=body.utility,
+                reward=body.reward,
+                used_keys=tuple(body.used_keys or ()),
+                tokens=tokens,
+                latency_ms=body.latency_ms,
+                metadata=body.metadata,
+                namespace=body.namespace,
+                trace_id=request.trace_id,
+            )
+        )
+        return self.json(result)
+
+    async def _h_context_adaptation_state(self, request: Request) -> Response:
+        tenant = self._tenant(request, None)
+        view: AdaptationView = await self._context(AdaptationQuery(tenant=tenant))
+        return self.json(view)
+
+    async def _h_context_adaptation_reset(self, request: Request) -> Response:
+        body: ResetRequest | None = request.body
+        tenant = self._tenant(request, body.tenant if body is not None else None)
+        view: AdaptationView = await self._context(AdaptationQuery(tenant=tenant, reset=True))
+        return self.json(view)
