@@ -66,7 +66,7 @@ class BatchingEmbedder:
         request = _Request(list(texts))
         self._queue.append(request)
         if not self._leading:
-            await self._lead()
+            await self._lead(request)
         while request.result is None and request.error is None:
             try:
                 await request.event.wait()
@@ -77,13 +77,13 @@ class BatchingEmbedder:
             if request.lead:
                 request.lead = False
                 request.event = anyio.Event()
-                await self._lead()
+                await self._lead(request)
         if request.error is not None:
             raise request.error
         assert request.result is not None
         return request.result
 
-    async def _lead(self) -> None:
+    async def _lead(self, own: _Request) -> None:
         self._leading = True
         try:
             if self.window:
@@ -100,6 +100,8 @@ class BatchingEmbedder:
                 await self._run(batch)
         finally:
             self._leading = False
+            if own in self._queue:  # cancelled before our own batch ran: withdraw it
+                self._queue.remove(own)
             if self._queue:  # cancelled with others waiting: hand the lead over
                 nxt = self._queue[0]
                 nxt.lead = True

@@ -1,0 +1,129 @@
+"""``/context/*`` through the ASGI app (httpx's ASGI transport), against a real tree: guardian
+(governance gate), memory actors and the planner pool, on both anyio backends."""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgspec
+import pytest
+
+from somabrain import config as soma_config
+from somabrain.actors import ActorSystem
+from somabrain.edge.app import EdgeApp
+from somabrain.edge.auth import Authenticator
+from somabrain.supervision import SupervisionTree, SupervisorNode
+
+pytestmark = pytest.mark.anyio
+
+TREE = {
+    "intensity": 10,
+    "children": {
+        "guardian": {"kind": "actor", "actor": "somabrain.governance.guardian:GuardianActor"},
+        "memory": {"kind": "dynamic", "actor": "somabrain.memory.actor:MemoryActor",
+                   "idle_timeout": 0, "backoff": {"initial": 0.0}},
+        "planners": {"kind": "pool", "actor": "somabrain.context.actor:PlannerActor", "size": 2},
+    },
+}  # fmt: skip
+
+
+@asynccontextmanager
+async def edge(tmp_path: Path) -> AsyncIterator[tuple[EdgeApp, Authenticator]]:
+    cfg = soma_config.load(environ={})
+    cfg = msgspec.structs.replace(cfg, tree=msgspec.convert(TREE, SupervisorNode))
+    auth = Authenticator(cfg.auth, tmp_path)
+    async with ActorSystem() as system:
+        system.resources.update(config=cfg, data_dir=tmp_path, auth=auth, config_path=None)
+        tree = SupervisionTree(system, cfg.tree, cfg.node)
+        system.resources["tree"] = tree
+        await tree.start()
+        try:
+            yield EdgeApp(system, config=cfg, auth=auth), auth
+        finally:
+            await tree.stop()
+    gc.collect()  # drop the guardian's policy engines on this thread (see tests/edge)
+
+
+def client(app: EdgeApp, auth: Authenticator, *scopes: str) -> httpx.AsyncClient:
+    token = auth.issuer().issue(["acme"], scopes=list(scopes))
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app),  # type: ignore[arg-type]
+        base_url="http://edge",
+        headers={"Authorization": f"Bearer {token}"},
+    )
+
+
+async def remember(c: httpx.AsyncClient, items: list[dict[str, Any]]) -> None:
+    r = await c.post("/memory/remember/batch", json={"items": items})
+    assert r.status_code == 200, r.text
+
+
+async def test_evaluate_feedback_state_reset(tmp_path: Path) -> None:
+    async with edge(tmp_path) as (app, auth), client(app, auth) as c:
+        await remember(c, [
+            {"key": "a", "content": "Caroline joined a support group in May", "session_id": "s"},
+            {"key": "b", "content": "It made her feel accepted", "session_id": "s",
+             "links": [{"to_key": "a", "rel": "next"}]},
+            {"key": "c", "content": "Melanie likes pottery"},
+        ])  # fmt: skip
+        body = {"query": "support group", "session_id": "s", "top_k": 3}
+        r = await c.post("/context/evaluate", json=body)
+        assert r.status_code == 200, r.text
+        bundle = r.json()
+        for name in ("query", "prompt", "memories", "weights", "residual_vector",
+                     "working_memory", "constitution_checksum", "policy", "trace_id",
+                     "audit_id"):  # fmt: skip
+            assert name in bundle
+        assert bundle["memories"][0]["key"] == "a"
+        assert {"key", "content", "weight", "views"} <= set(bundle["memories"][0])
+        assert set(bundle["memories"][0]["views"]) == {
+            "semantic", "lexical", "graph", "recency", "salience"
+        }  # fmt: skip
+        assert bundle["memories"][1]["key"] == "b"  # lifted by the graph view
+        assert len(bundle["residual_vector"]) == 1024
+        assert bundle["policy"]["allowed"] is True and bundle["constitution_checksum"]
+        assert bundle["trace_id"] == r.headers["x-trace-id"]
+
+        r = await c.post("/context/feedback", json={
+            "session_id": "s", "query": "support group", "used_keys": ["b"], "utility": 0.9,
+            "tokens": {"model": "m", "prompt_tokens": 10, "completion_tokens": 5},
+        })  # fmt: skip
+        assert r.status_code == 200, r.text
+        fb = r.json()
+        assert fb["accepted"] and fb["adaptation_applied"]
+        assert fb["weights_before"] != fb["weights_after"]
+        state = (await c.get("/context/adaptation/state")).json()
+        assert state["history_length"] == 1 and state["weights"] == fb["weights_after"]
+
+        r = await c.post("/context/adaptation/reset")
+        assert r.status_code == 403  # admin scope
+        async with client(app, auth, "admin") as admin:
+            r = await admin.post("/context/adaptation/reset")
+            assert r.status_code == 200, r.text
+            assert r.json()["weights"] == r.json()["defaults"]
+        state = (await c.get("/context/adaptation/state")).json()
+        assert state["history_length"] == 0
+
+
+async def test_bad_input_is_refused_with_the_right_status(tmp_path: Path) -> None:
+    async with edge(tmp_path) as (app, auth), client(app, auth) as c:
+        r = await c.post("/context/evaluate", json={"query": "x", "top_k": 500})
+        assert r.status_code == 422 and r.json()["error"]["field"] == "top_k"
+        r = await c.post("/context/evaluate", json={"query": ""})
+        assert r.status_code == 422
+        r = await c.post("/context/evaluate", json={"query": "x", "bogus": 1})
+        assert r.status_code == 422
+        r = await c.post("/context/evaluate", content=b"{nope")
+        assert r.status_code == 400
+        r = await c.post("/context/feedback", json={"query": "x"})
+        assert r.status_code == 422  # session_id is required
+        r = await c.post("/context/evaluate", json={"query": "x"}, headers={"X-Tenant-ID": "evil"})
+        assert r.status_code == 403
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),  # type: ignore[arg-type]
+                                     base_url="http://edge") as anon:  # fmt: skip
+            assert (await anon.post("/context/evaluate", json={"query": "x"})).status_code == 401
