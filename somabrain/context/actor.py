@@ -23,6 +23,7 @@ concurrent feedback for one tenant never loses an update.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -32,6 +33,7 @@ import anyio
 import msgspec
 
 from ..actors import Actor, ActorStoppedError, Msg
+from ..governance.http import evaluate_input, keep_memories
 from ..memory.messages import ContextRecall, Reinforce, ask_memory
 from ..memory.recall import ContextRecallResult
 from ..memory.types import RecallFilter
@@ -212,6 +214,7 @@ class PlannerActor(Actor):
                 wm_top_k=self.settings.working_memory.top_k,
             ),
         )
+        recall = self._governed(request, recall)
         bundle = build_bundle(
             request.query,
             recall,
@@ -223,6 +226,23 @@ class PlannerActor(Actor):
         )
         elapsed = (time.perf_counter() - started) * 1e3
         return msgspec.structs.replace(bundle, duration_ms=round(elapsed, 3))
+
+    def _governed(self, request: Evaluate, recall: ContextRecallResult) -> ContextRecallResult:
+        """Leave out memories whose tags the constitution's policies refuse (e.g. blocked
+        since they were remembered) before they reach the prompt."""
+        keep = keep_memories(
+            self.context.system.resources,
+            evaluate_input(
+                request.tenant, namespace=request.namespace or "default", query=request.query
+            ),
+            [hit.memory.tags for hit in recall.hits],
+        )
+        if all(keep):
+            return recall
+        kept = [i for i, ok in enumerate(keep) if ok]
+        return dataclasses.replace(
+            recall, hits=[recall.hits[i] for i in kept], vectors=recall.vectors[kept]
+        )
 
     # ------------------------------------------------------------------ feedback
 

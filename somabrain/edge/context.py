@@ -26,7 +26,7 @@ from ..context.messages import (
     FeedbackResult,
     Tokens,
 )
-from ..governance.http import evaluate_input, penalize
+from ..governance.http import BundleGovernance, evaluate_input
 from ..memory.types import DEFAULT_NAMESPACE
 from .errors import HTTPError
 
@@ -111,6 +111,7 @@ class ContextHandlers:
     system: ActorSystem
     config: SomaConfig
     _govern: Callable[[PolicyInput], Decision]
+    _govern_bundle: Callable[[PolicyInput, list[list[str]], list[float]], BundleGovernance]
 
     def json(self, value: Any, status: int = 200) -> Response:
         raise NotImplementedError
@@ -135,11 +136,10 @@ class ContextHandlers:
         tenant = self._tenant(request, body.tenant)
         assert request.principal is not None
         namespace = body.namespace or DEFAULT_NAMESPACE
-        decision = self._govern(
-            evaluate_input(
-                tenant, namespace=namespace, query=body.query, scopes=request.principal.scopes
-            )
+        request_input = evaluate_input(
+            tenant, namespace=namespace, query=body.query, scopes=request.principal.scopes
         )
+        decision = self._govern(request_input)
         bundle: ContextBundle = await self._context(
             Evaluate(
                 tenant=tenant,
@@ -152,19 +152,19 @@ class ContextHandlers:
                 trace_id=request.trace_id,
             )
         )
-        memories = bundle.memories
-        if decision.penalties and memories:
-            weights = penalize(
-                [m.weight for m in memories], [m.tags for m in memories], decision.penalties
-            )
-            memories = [
-                msgspec.structs.replace(m, weight=w) for m, w in zip(memories, weights, strict=True)
-            ]
+        # Each memory decided with its own tags: refused ones leave, sensitive ones weigh less.
+        governed = self._govern_bundle(
+            request_input, [m.tags for m in bundle.memories], [m.weight for m in bundle.memories]
+        )
+        kept = [m for m, keep in zip(bundle.memories, governed.keep, strict=True) if keep]
         bundle = msgspec.structs.replace(
             bundle,
-            memories=memories,
-            constitution_checksum=decision.constitution_checksum or None,
-            policy=decision.policy_field(),
+            memories=[
+                msgspec.structs.replace(m, weight=w)
+                for m, w in zip(kept, governed.weights, strict=True)
+            ],
+            constitution_checksum=governed.constitution_checksum or decision.constitution_checksum,
+            policy=governed.policy,
         )
         return self.json(bundle)
 

@@ -45,6 +45,15 @@ class GovernanceHandlers:
         except gov.GovernanceRefusal as refusal:
             raise http_error(refusal) from None
 
+    def _govern_bundle(
+        self, request: PolicyInput, memory_tags: list[list[str]], weights: list[float]
+    ) -> gov.BundleGovernance:
+        """Each memory of a bundle decided with its own tags (see ``govern_bundle``)."""
+        try:
+            return gov.govern_bundle(self.system.resources, request, memory_tags, weights)
+        except gov.GovernanceRefusal as refusal:
+            raise http_error(refusal) from None
+
     async def _h_constitution_version(self, request: Request) -> Response:
         try:
             return self.json(gov.constitution_version(self.system.resources))

@@ -55,6 +55,7 @@ __all__ = [
     "govern_bundle",
     "governance_health",
     "governance_of",
+    "keep_memories",
     "penalize",
     "readiness",
     "remember_input",
@@ -241,6 +242,32 @@ def penalize(
     return [w * total / new_total for w in scaled]
 
 
+def _memory_decisions(
+    governance: Governance, request: PolicyInput, memory_tags: Sequence[Iterable[str]]
+) -> tuple[Decision, list[Decision], list[bool]]:
+    base = governance.decide(request)
+    decisions = [
+        governance.decide(msgspec.structs.replace(request, tags=tuple(sorted(set(tags)))))
+        for tags in memory_tags
+    ]
+    # A memory is refused for its tags only: when the request itself is refused without them
+    # (e.g. the scopes are not known here), its verdict belongs to the request's gate.
+    keep = [d.allowed or not base.allowed for d in decisions]
+    return base, decisions, keep
+
+
+def keep_memories(
+    resources: Mapping[str, Any], request: PolicyInput, memory_tags: Sequence[Iterable[str]]
+) -> list[bool]:
+    """Which candidate memories a bundle may carry: False for a memory whose tags the
+    policies refuse (e.g. blocked since it was remembered). For the planner, before it builds
+    the prompt; all True when the node has no Governance (the edge's gate answers 503)."""
+    governance = resources.get("governance")
+    if not isinstance(governance, Governance) or not governance.ready:
+        return [True] * len(memory_tags)
+    return _memory_decisions(governance, request, memory_tags)[2]
+
+
 class BundleGovernance(msgspec.Struct, frozen=True, kw_only=True):
     """What governance does to a context bundle (:func:`govern_bundle`)."""
 
@@ -266,23 +293,18 @@ def govern_bundle(
     (:func:`penalize`). The policy field merges the decisions of the kept memories."""
     governance = governance_of(resources)
     try:
-        base = governance.decide(request)
-        decisions = [
-            governance.decide(msgspec.structs.replace(request, tags=tuple(sorted(set(tags)))))
-            for tags in memory_tags
-        ]
+        base, decisions, keep = _memory_decisions(governance, request, memory_tags)
     except GovernanceUnavailableError as exc:
         raise GovernanceRefusal(503, "not_governed", str(exc), retry_after=5) from None
     except PolicyError as exc:
         raise GovernanceRefusal(503, "policy_error", str(exc), retry_after=5) from None
-    keep = [d.allowed for d in decisions]
     penalties: dict[str, float] = dict(base.penalties)
     labels: set[str] = set(base.tags)
     directives: list[str] = list(base.directives)
     kept_tags: list[tuple[str, ...]] = []
     kept_weights: list[float] = []
-    for decision, tags, weight in zip(decisions, memory_tags, weights, strict=True):
-        if not decision.allowed:
+    for decision, kept, tags, weight in zip(decisions, keep, memory_tags, weights, strict=True):
+        if not kept:
             continue
         kept_tags.append(tuple(tags))
         kept_weights.append(weight)

@@ -3,6 +3,7 @@ real tree (guardian + memory actors), on both anyio backends."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -16,7 +17,14 @@ from somabrain import config as soma_config
 from somabrain.actors import ActorSystem
 from somabrain.edge.app import EdgeApp
 from somabrain.edge.auth import Authenticator
-from somabrain.governance import GovernanceSettings
+from somabrain.governance import (
+    GovernanceSettings,
+    SignerKey,
+    checksum,
+    draft,
+    parse_signed,
+    verify,
+)
 from somabrain.supervision import SupervisionTree, SupervisorNode
 from tests.governance.helpers import genesis, make
 
@@ -30,6 +38,7 @@ TREE = {
             "actor": "somabrain.memory.actor:MemoryActor",
             "idle_timeout": 0,
         },
+        "planners": {"kind": "pool", "actor": "somabrain.context.actor:PlannerActor", "size": 1},
     }
 }
 
@@ -183,3 +192,49 @@ async def test_the_openapi_document_lists_the_governance_routes(tmp_path: Path) 
         assert {"/constitution/version", "/constitution/validate", "/constitution/load"} <= set(
             paths
         )
+
+
+async def test_bundles_are_governed_memory_by_memory(tmp_path: Path) -> None:
+    async with edge(tmp_path) as e, e.client("admin") as client:
+        items = [
+            {"key": "plain", "content": "The launch review is on Friday", "tags": ["project"]},
+            {"key": "private", "content": "The launch lead's phone is 555-0100", "tags": ["pii"]},
+            {"key": "legacy", "content": "The launch checklist lives in the wiki", "tags": ["x"]},
+        ]
+        r = await client.post("/memory/remember/batch", json={"items": items})
+        assert r.status_code == 200, r.text
+        query = {"query": "launch", "top_k": 3}
+        bundle = (await client.post("/context/evaluate", json=query)).json()
+        assert bundle["policy"]["penalties"] == {"pii": 0.35}
+        assert bundle["policy"]["tags"] == ["sensitive", "sensitive:pii"]
+        assert len(bundle["policy"]["directives"]) == 1
+        weights = {m["key"]: m["weight"] for m in bundle["memories"]}
+        assert set(weights) == {"plain", "private", "legacy"}
+        assert sum(weights.values()) == pytest.approx(1.0)
+        version = (await client.get("/constitution/version")).json()
+        assert bundle["constitution_checksum"] == version["checksum"]
+
+        # the quorum (here the dev signer) blocks the tag "x": such memories leave bundles
+        # and prompts, although they were remembered before
+        signer = SignerKey.read(tmp_path / "constitution" / "dev-signer.key")
+        active = verify(
+            parse_signed((tmp_path / "constitution").glob("v000001-*.json").__next__().read_bytes())
+        )
+        policy = json.loads(json.dumps(active.doc.policy))
+        policy["tags"]["blocked"].append("x")
+        successor = draft(
+            signers=[signer.public_entry()],
+            threshold=1,
+            policy=policy,
+            policies=active.doc.policies,
+            previous=active,
+        )
+        successor.signatures.append(signer.sign(checksum(successor.document)))
+        loaded = await client.post("/constitution/load", content=msgspec.json.encode(successor))
+        assert loaded.status_code == 200, loaded.text
+        bundle = (await client.post("/context/evaluate", json=query)).json()
+        assert {m["key"] for m in bundle["memories"]} == {"plain", "private"}
+        assert "wiki" not in bundle["prompt"]
+        assert bundle["constitution_checksum"] == loaded.json()["checksum"]
+        refused = await client.post("/memory/remember", json={"content": "another", "tags": ["x"]})
+        assert refused.status_code == 403
