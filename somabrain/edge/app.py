@@ -32,8 +32,8 @@ from .auth import Authenticator, Principal
 from .context import ContextHandlers
 from .errors import HTTPError, encode_error, from_decode_error, from_validation
 from .governance import GovernanceHandlers
-from .handlers import Handlers
 from .metrics import Metrics
+from .ops import OpsHandlers
 from .ratelimit import RateLimiter
 from .routes import ROUTES, Route
 
@@ -78,7 +78,7 @@ class Response:
     headers: tuple[tuple[bytes, bytes], ...] = ()
 
 
-class EdgeApp(Handlers, GovernanceHandlers, ContextHandlers):
+class EdgeApp(OpsHandlers, GovernanceHandlers, ContextHandlers):
     def __init__(
         self,
         system: ActorSystem,

@@ -1,4 +1,4 @@
-"""The edge's route handlers: memory operations, health, metrics and admin.
+"""The edge's memory route handlers (health, metrics and admin are in ``ops.py``).
 
 Each handler gets the decoded request and returns a ``Response``; refusals are raised as
 ``HTTPError``. Memory handlers resolve the tenant (``X-Tenant-ID`` or the body's ``tenant``,
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from ..actors import ActorStoppedError, ActorSystem, MailboxFullError
-from ..governance.http import governance_health, readiness, remember_input
+from ..governance.http import remember_input
 from ..governance.policy import Decision, PolicyInput
 from ..memory.errors import (
     InvalidVectorError,
@@ -36,8 +36,6 @@ from ..memory.messages import (
 from ..memory.types import DEFAULT_NAMESPACE, Link, Memory, RecallFilter
 from . import schemas as s
 from .errors import HTTPError, from_validation
-from .metrics import render_tree_metrics
-from .openapi import openapi_json
 
 if TYPE_CHECKING:
     from ..config import SomaConfig
@@ -50,7 +48,6 @@ if TYPE_CHECKING:
 __all__ = ["MEMORY_PATH", "Handlers", "memory_error"]
 
 MEMORY_PATH = "/root/memory"
-_TEXT = b"text/plain; version=0.0.4; charset=utf-8"
 _CONTENT_FIELDS = ("text", "content", "task")
 
 
@@ -351,117 +348,3 @@ class Handlers:
         if not await self._ask(tenant, Forget(request.key)):
             raise HTTPError(404, "memory_not_found", f"no memory with key {request.key!r}")
         return self.json(s.ForgetResponse(key=request.key, deleted=True, trace_id=request.trace_id))
-
-    # ------------------------------------------------------------------ health and metrics
-
-    async def _h_healthz(self, request: Request) -> Response:
-        return self.json(s.StatusResponse(status="ok"))
-
-    async def _h_readyz(self, request: Request) -> Response:
-        tree = self.system.resources.get("tree")
-        if tree is None or not tree.ready or self.closing:
-            raise HTTPError.retry_later(503, "not_ready", "the supervision tree is not up", 1)
-        ungoverned = readiness(self.system.resources)
-        if ungoverned:
-            raise HTTPError.retry_later(503, "not_governed", ungoverned, 5)
-        return self.json(s.StatusResponse(status="ready"))
-
-    async def _h_health(self, request: Request) -> Response:
-        tree = self.tree
-        info = tree.inspect()
-        components: dict[str, dict[str, Any]] = {}
-        for child in info.get("children", ()):
-            name = child["path"].rsplit("/", 1)[-1]
-            entry = {"state": child["state"], "restarts": child["restarts"]}
-            if child["kind"] == "dynamic":
-                entry["active"] = len(child.get("children", ()))
-                entry["passivations"] = child.get("passivations", 0)
-            components[name] = entry
-        components["dead_letters"] = {"total": self.system.dead_letters.total}
-        components["tree"] = {"ready": tree.ready, "state": info["state"]}
-        components["governance"] = governance_health(self.system.resources)
-        healthy = tree.ready and components["governance"]["ready"]
-        return self.json(
-            s.HealthResponse(status="ok" if healthy else "degraded", components=components)
-        )
-
-    async def _h_metrics(self, request: Request) -> Response:
-        from .app import Response
-
-        extra: list[str] = []
-        tree = self.system.resources.get("tree")
-        if tree is not None:
-            extra = render_tree_metrics(
-                tree.inspect(), self.system.dead_letters.statistics(), tree.ready
-            )
-        return Response(200, self.metrics.render(extra).encode(), _TEXT)
-
-    async def _h_openapi(self, request: Request) -> Response:
-        from .app import Response
-
-        return Response(200, _openapi_bytes())
-
-    # ------------------------------------------------------------------ admin
-
-    async def _h_admin_tree(self, request: Request) -> Response:
-        return self.json(self.tree.inspect())
-
-    async def _h_admin_kill(self, request: Request) -> Response:
-        body: s.KillRequest = request.body
-        tree = self.tree
-        path = body.path.rstrip("/") or "/"
-        if path == tree.root.path:
-            raise HTTPError(409, "refused", "killing the root would stop the node; send SIGTERM")
-        runner = tree.find(path)
-        if runner is None or runner.path != path:
-            raise HTTPError(
-                404, "actor_not_found", f"no actor or supervisor at {path}", field="path"
-            )
-        if not runner.running:
-            raise HTTPError(409, "not_running", f"{path} is not running", field="path")
-        if self.edge_path == path or self.edge_path.startswith(path + "/"):
-            # Killing the edge (or its parent) would cut this very response: answer first.
-            async def kill_after_response() -> None:
-                tree.kill(path)
-
-            request.after = kill_after_response
-            return self.json(s.KillResponse(path=path, killed=True))
-        killed = tree.kill(path)
-        return self.json(s.KillResponse(path=path, killed=killed))
-
-    async def _h_admin_reload(self, request: Request) -> Response:
-        from .. import config as soma_config
-        from ..supervision import ConfigError
-
-        resources = self.system.resources
-        try:
-            new = soma_config.load(resources.get("config_path"))
-        except ConfigError as exc:
-            raise HTTPError(422, "invalid_config", str(exc), field=exc.key or None) from None
-        old = self.config
-        # Where the edge listens is fixed for the life of the node (the CLI may override it).
-        new = msgspec.structs.replace(
-            new, edge=msgspec.structs.replace(new.edge, host=old.edge.host, port=old.edge.port)
-        )
-        changes = await self.tree.reload(new.tree, new.node)
-        if new.edge != old.edge:
-            rate = new.edge.rate_limit
-            self.limiter.configure(rate.rate, rate.burst, enabled=rate.enabled)
-            changes.append("edge: settings changed")
-        if new.memory != old.memory:
-            changes.append("memory: settings apply to memory actors started from now on")
-        if new.auth != old.auth:
-            changes.append("auth: settings apply after a node restart")
-            new = msgspec.structs.replace(new, auth=old.auth)
-        resources["config"] = new
-        self.config = new
-        return self.json(s.ReloadResponse(changes=changes))
-
-
-_OPENAPI: list[bytes] = []
-
-
-def _openapi_bytes() -> bytes:
-    if not _OPENAPI:
-        _OPENAPI.append(openapi_json())
-    return _OPENAPI[0]

@@ -1,0 +1,140 @@
+"""The edge's operational routes: health, readiness, metrics, OpenAPI, and the admin API
+(the supervision tree, killing actors, reloading the config)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from ..governance.http import governance_health, readiness
+from . import schemas as s
+from .errors import HTTPError
+from .handlers import Handlers
+from .metrics import render_tree_metrics
+from .openapi import openapi_json
+
+if TYPE_CHECKING:
+    from .app import Request, Response
+
+__all__ = ["OpsHandlers"]
+
+_TEXT = b"text/plain; version=0.0.4; charset=utf-8"
+
+
+class OpsHandlers(Handlers):
+    """Health, metrics, OpenAPI and admin handlers, mixed into ``EdgeApp``."""
+
+    # ------------------------------------------------------------------ health and metrics
+
+    async def _h_healthz(self, request: Request) -> Response:
+        return self.json(s.StatusResponse(status="ok"))
+
+    async def _h_readyz(self, request: Request) -> Response:
+        tree = self.system.resources.get("tree")
+        if tree is None or not tree.ready or self.closing:
+            raise HTTPError.retry_later(503, "not_ready", "the supervision tree is not up", 1)
+        ungoverned = readiness(self.system.resources)
+        if ungoverned:
+            raise HTTPError.retry_later(503, "not_governed", ungoverned, 5)
+        return self.json(s.StatusResponse(status="ready"))
+
+    async def _h_health(self, request: Request) -> Response:
+        tree = self.tree
+        info = tree.inspect()
+        components: dict[str, dict[str, Any]] = {}
+        for child in info.get("children", ()):
+            name = child["path"].rsplit("/", 1)[-1]
+            entry = {"state": child["state"], "restarts": child["restarts"]}
+            if child["kind"] == "dynamic":
+                entry["active"] = len(child.get("children", ()))
+                entry["passivations"] = child.get("passivations", 0)
+            components[name] = entry
+        components["dead_letters"] = {"total": self.system.dead_letters.total}
+        components["tree"] = {"ready": tree.ready, "state": info["state"]}
+        components["governance"] = governance_health(self.system.resources)
+        healthy = tree.ready and components["governance"]["ready"]
+        return self.json(
+            s.HealthResponse(status="ok" if healthy else "degraded", components=components)
+        )
+
+    async def _h_metrics(self, request: Request) -> Response:
+        from .app import Response
+
+        extra: list[str] = []
+        tree = self.system.resources.get("tree")
+        if tree is not None:
+            extra = render_tree_metrics(
+                tree.inspect(), self.system.dead_letters.statistics(), tree.ready
+            )
+        return Response(200, self.metrics.render(extra).encode(), _TEXT)
+
+    async def _h_openapi(self, request: Request) -> Response:
+        from .app import Response
+
+        return Response(200, _openapi_bytes())
+
+    # ------------------------------------------------------------------ admin
+
+    async def _h_admin_tree(self, request: Request) -> Response:
+        return self.json(self.tree.inspect())
+
+    async def _h_admin_kill(self, request: Request) -> Response:
+        body: s.KillRequest = request.body
+        tree = self.tree
+        path = body.path.rstrip("/") or "/"
+        if path == tree.root.path:
+            raise HTTPError(409, "refused", "killing the root would stop the node; send SIGTERM")
+        runner = tree.find(path)
+        if runner is None or runner.path != path:
+            raise HTTPError(
+                404, "actor_not_found", f"no actor or supervisor at {path}", field="path"
+            )
+        if not runner.running:
+            raise HTTPError(409, "not_running", f"{path} is not running", field="path")
+        if self.edge_path == path or self.edge_path.startswith(path + "/"):
+            # Killing the edge (or its parent) would cut this very response: answer first.
+            async def kill_after_response() -> None:
+                tree.kill(path)
+
+            request.after = kill_after_response
+            return self.json(s.KillResponse(path=path, killed=True))
+        killed = tree.kill(path)
+        return self.json(s.KillResponse(path=path, killed=killed))
+
+    async def _h_admin_reload(self, request: Request) -> Response:
+        from .. import config as soma_config
+        from ..supervision import ConfigError
+
+        resources = self.system.resources
+        try:
+            new = soma_config.load(resources.get("config_path"))
+        except ConfigError as exc:
+            raise HTTPError(422, "invalid_config", str(exc), field=exc.key or None) from None
+        old = self.config
+        # Where the edge listens is fixed for the life of the node (the CLI may override it).
+        new = msgspec.structs.replace(
+            new, edge=msgspec.structs.replace(new.edge, host=old.edge.host, port=old.edge.port)
+        )
+        changes = await self.tree.reload(new.tree, new.node)
+        if new.edge != old.edge:
+            rate = new.edge.rate_limit
+            self.limiter.configure(rate.rate, rate.burst, enabled=rate.enabled)
+            changes.append("edge: settings changed")
+        if new.memory != old.memory:
+            changes.append("memory: settings apply to memory actors started from now on")
+        if new.auth != old.auth:
+            changes.append("auth: settings apply after a node restart")
+            new = msgspec.structs.replace(new, auth=old.auth)
+        resources["config"] = new
+        self.config = new
+        return self.json(s.ReloadResponse(changes=changes))
+
+
+_OPENAPI: list[bytes] = []
+
+
+def _openapi_bytes() -> bytes:
+    if not _OPENAPI:
+        _OPENAPI.append(openapi_json())
+    return _OPENAPI[0]
