@@ -11,6 +11,10 @@ What it measures, in one run (rates in requests per second, latencies in millise
   over every memory), encode.
 * ``remember``: ``POST /memory/remember`` (a new memory each time, so no deduplication) into
   another tenant, acknowledged only once durable (group-commit fsync, the default).
+* ``evaluate``: ``POST /context/evaluate`` (top_k 10, a different query each time) on the same
+  10,000 memories, at ``--evaluate-connections`` (16 by default): the governance gate, a
+  planner of the pool (bus request, queue group), the tenant's memory actor (five views and
+  the working memory), the planner's hill-climb, the HRR residual vector (1024 floats), encode.
 
 The load generator is a raw asyncio HTTP/1.1 client in this process (keep-alive, one request
 in flight per connection, ``--connections`` of them, 32 by default): cheap enough to stay far
@@ -18,7 +22,8 @@ from being the bottleneck. Each round runs the three scenarios in turn for ``--d
 seconds after a warm-up; each figure is the best round, with the latencies of that round.
 Rate limits are disabled on the node for the run (``SOMA_EDGE__RATE_LIMIT__ENABLED=false``).
 
-Targets: ``recall_vs_bare_hypercorn >= 0.6`` and recall p99 <= 30 ms at 32 connections.
+Targets: ``recall_vs_bare_hypercorn >= 0.6``, recall p99 <= 30 ms at 32 connections and
+evaluate p99 <= 50 ms at 16 connections.
 
     python benchmarks/edge.py --quick --json /tmp/edge.json
 """
@@ -64,6 +69,7 @@ __all__ = ["BENCHMARK", "TARGETS", "LoadResult", "main", "run_load"]
 BENCHMARK = "edge"
 TARGETS = (Target("recall_vs_bare_hypercorn", 0.6),)
 P99_TARGET_MS = 30.0
+EVALUATE_P99_TARGET_MS = 50.0
 RATIO_EXPLANATIONS = {
     "recall_vs_bare_hypercorn": "recall req/s over the bare Hypercorn ceiling",
     "remember_vs_bare_hypercorn": "durable remember req/s over the bare Hypercorn ceiling",
@@ -100,6 +106,20 @@ def recall_requests(token: str, seed: int = 1) -> Callable[[], bytes]:
         index += 1
         body = json.dumps({"query": queries[index % len(queries)], "top_k": 10}).encode()
         return post_request("/memory/recall", body, token)
+
+    return next_request
+
+
+def evaluate_requests(token: str, seed: int = 1) -> Callable[[], bytes]:
+    rng = random.Random(seed)
+    queries = [_sentence(rng, rng.randint(2, 5)) for _ in range(20_000)]
+    index = 0
+
+    def next_request() -> bytes:
+        nonlocal index
+        index += 1
+        body = {"query": queries[index % len(queries)], "top_k": 10, "session_id": "bench"}
+        return post_request("/context/evaluate", json.dumps(body).encode(), token)
 
     return next_request
 
@@ -253,6 +273,7 @@ def preload(url: str, token: str, count: int, seed: int = 7) -> float:
 class Settings:
     connections: int = 32
     memories: int = 10_000
+    evaluate_connections: int = 16
     repeats: int = 5
     warmup: float = 1.0
     duration: float = 5.0
@@ -261,6 +282,9 @@ class Settings:
 def _configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--connections", type=int, default=32, help="concurrent connections")
     parser.add_argument("--memories", type=int, default=10_000, help="memories preloaded")
+    parser.add_argument(
+        "--evaluate-connections", type=int, default=16, help="connections for /context/evaluate"
+    )
     parser.add_argument("--repeats", type=int, default=None, help="rounds (default 5, quick 2)")
     parser.add_argument("--duration", type=float, default=None, help="seconds per measurement")
     parser.add_argument("--serve-bare", action="store_true", help=argparse.SUPPRESS)
@@ -302,6 +326,7 @@ def run_benchmark(settings: Settings) -> dict[str, Any]:
                 ("bare_hypercorn", bare_port, recall_requests(recall_token, seed=3)),
                 ("recall", node_port, recall_requests(recall_token, seed=3)),
                 ("remember", node_port, remember_requests(write_token, "bench")),
+                ("evaluate", node_port, evaluate_requests(recall_token, seed=5)),
             ]
             rounds: dict[str, list[LoadResult]] = {name: [] for name, _, _ in scenarios}
             background: list[float] = []
@@ -313,7 +338,9 @@ def run_benchmark(settings: Settings) -> dict[str, Any]:
                                 name,
                                 port,
                                 requests,
-                                connections=settings.connections,
+                                connections=settings.evaluate_connections
+                                if name == "evaluate"
+                                else settings.connections,
                                 warmup=settings.warmup,
                                 duration=settings.duration,
                             )
@@ -354,6 +381,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = Settings(
         connections=args.connections,
         memories=args.memories,
+        evaluate_connections=args.evaluate_connections,
         repeats=args.repeats or (2 if args.quick else 5),
         warmup=0.5 if args.quick else 1.0,
         duration=args.duration or (2.0 if args.quick else 5.0),
@@ -392,6 +420,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     verdict = "ok" if p99 <= P99_TARGET_MS else "MISSED"
     print(f"\nrecall p99 {p99:.1f} ms at {settings.connections} connections: target <= "
           f"{P99_TARGET_MS:g} ms {verdict}")  # fmt: skip
+    if "evaluate" in best:
+        ev99 = best["evaluate"].latency_ms(99)
+        verdict = "ok" if ev99 <= EVALUATE_P99_TARGET_MS else "MISSED"
+        print(f"evaluate p99 {ev99:.1f} ms at {settings.evaluate_connections} connections: "
+              f"target <= {EVALUATE_P99_TARGET_MS:g} ms {verdict}")  # fmt: skip
     if report["background_cores"] is not None:
         print(f"other processes kept up to {report['background_cores']:.2f} cores busy")
     print(f"total time: {report['seconds']:.1f} s")
@@ -411,6 +444,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "median_rates": report["medians"],
                 "recall_p99_ms": p99,
                 "recall_p99_target_ms": P99_TARGET_MS,
+                "evaluate_p99_ms": best["evaluate"].latency_ms(99),
+                "evaluate_p99_target_ms": EVALUATE_P99_TARGET_MS,
+                "evaluate_connections": settings.evaluate_connections,
                 "targets": {target.key: target.minimum for target in TARGETS},
                 "background_cores": report["background_cores"],
                 "seconds": report["seconds"],

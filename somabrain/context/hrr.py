@@ -26,9 +26,13 @@ Why a higher HRR dimension than the embeddings': crosstalk falls with the dimens
 on the 2,760 LoCoMo turns embedded by the built-in embedder (256 dims), cleanup found the right
 turn for 46% of 20 superposed memories at d = 256, 86% at 512 and 100% at 1024 (10 memories:
 91%, 100%, 100%). So embeddings are mapped to the HRR dimension (1024 by default) by
-``Projection``, a seeded Gaussian random projection (inner products preserved in expectation,
-Johnson-Lindenstrauss); cleanup maps the unbound vector back with the transpose and compares
-in the embedding space, which costs one (n, d_emb) product instead of projecting every memory.
+``Projection``: zero-padding, an exact isometry that costs nothing. Binding with a unitary key
+spreads each term's energy over all ``d`` dimensions, so the crosstalk that lands in the
+embedding's own coordinates is only ``d_emb / d`` of it: the same gain as a Gaussian random
+projection (measured alike: 100% for 20 memories), without a 256 x 1024 matrix product per
+bundle. Cleanup keeps the first ``d_emb`` coordinates of the unbound vector (the transpose) and
+compares in the embedding space. Only an embedding larger than the HRR dimension takes a seeded
+Gaussian projection (Johnson-Lindenstrauss).
 """
 
 from __future__ import annotations
@@ -132,8 +136,9 @@ def cleanup(noisy: npt.ArrayLike, candidates: npt.ArrayLike) -> tuple[int, float
 
 
 class Projection:
-    """A fixed random projection from ``src`` to ``dst`` dimensions (seeded, so identical in
-    every process); the identity when they are equal. Rows are re-normalised after mapping."""
+    """From ``src`` to ``dst`` dimensions: the identity when equal, zero-padding when ``src`` is
+    smaller, else a fixed Gaussian projection (seeded: identical in every process). Rows are
+    re-normalised after mapping."""
 
     def __init__(self, src: int, dst: int, seed: str = "soma-hrr-projection") -> None:
         if src < 1 or dst < 2:
@@ -141,20 +146,22 @@ class Projection:
         self.src = src
         self.dst = dst
         self._matrix: F64 | None = None
-        if src != dst:
+        if src > dst:
             rng = np.random.default_rng(_seed(f"{src}x{dst}", seed))
             self._matrix = rng.standard_normal((src, dst)) / np.sqrt(dst)
 
     @property
     def identity(self) -> bool:
-        return self._matrix is None
+        return self.src == self.dst
 
     def back(self, vectors: npt.ArrayLike) -> F64:
         """Map HRR-space vectors back to the source space (the transpose, not an inverse: it
         keeps the component that lies in the projection's range, which is what cosine
         against source vectors measures)."""
         arr = np.asarray(vectors, dtype=np.float64)
-        return arr if self._matrix is None else arr @ self._matrix.T
+        if self._matrix is not None:
+            return arr @ self._matrix.T
+        return arr[..., : self.src]
 
     def __call__(self, vectors: npt.ArrayLike) -> F64:
         arr = np.asarray(vectors, dtype=np.float64)
@@ -162,6 +169,10 @@ class Projection:
             raise ValueError(f"expected vectors of dimension {self.src}, got {arr.shape}")
         if self._matrix is not None:
             arr = arr @ self._matrix
+        elif self.dst > self.src:
+            padded = np.zeros((*arr.shape[:-1], self.dst))
+            padded[..., : self.src] = arr
+            arr = padded
         norms = np.linalg.norm(arr, axis=-1, keepdims=True)
         out: F64 = np.divide(arr, norms, out=np.zeros_like(arr), where=norms > 0)
         return out

@@ -22,7 +22,7 @@ def test_edge_benchmark_runs_and_writes_json(
     assert edge.main(args) == 0
     document = json.loads(out.read_text())
     assert document["benchmark"] == "edge"
-    assert set(document["results"]) == {"bare_hypercorn", "recall", "remember"}
+    assert set(document["results"]) == {"bare_hypercorn", "recall", "remember", "evaluate"}
     for result in document["results"].values():
         assert result["completed"] > 0 and result["errors"] == 0
         assert result["p99_ms"] >= result["p50_ms"] > 0
@@ -30,3 +30,4 @@ def test_edge_benchmark_runs_and_writes_json(
     assert all(value > 0 for value in document["ratios"].values())
     printed = capsys.readouterr().out
     assert "recall_vs_bare_hypercorn" in printed and "p99" in printed
+    assert document["meta"]["evaluate_p99_ms"] > 0 and "evaluate p99" in printed
