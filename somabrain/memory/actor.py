@@ -35,6 +35,7 @@ import anyio
 from ..actors import Actor, ActorStoppedError, ActorSystem
 from ..tenancy import valid_tenant
 from .embedding import BatchingEmbedder, shared_embedder
+from .errors import MemoryStoreError
 from .messages import (
     ContextRecall,
     Forget,
@@ -54,7 +55,7 @@ from .types import Memory, Remembered
 from .views import multiview, resolve_weights
 from .working import WMItem, WorkingMemory
 
-__all__ = ["STORES_RESOURCE", "MemoryActor", "tenant_data_dir"]
+__all__ = ["STORES_RESOURCE", "MemoryActor", "TenantUnavailableError", "tenant_data_dir"]
 
 logger = logging.getLogger("somabrain.memory")
 
@@ -66,6 +67,15 @@ def tenant_data_dir(system: ActorSystem) -> Path:
     if data_dir is None:
         raise RuntimeError("system.resources['data_dir'] is not set: the node sets it")
     return Path(data_dir) / "memory"
+
+
+class TenantUnavailableError(MemoryStoreError):
+    """The tenant's log could not be opened; its memory actor refuses every message."""
+
+    def __init__(self, tenant: str, cause: BaseException) -> None:
+        self.tenant = tenant
+        self.cause = cause
+        super().__init__(f"the memory of tenant {tenant!r} is unavailable: {cause}")
 
 
 class _OpenStore:
@@ -150,15 +160,26 @@ class MemoryActor(Actor):
         ]
         embedder = await shared_embedder(system.resources, ctx.embedder, ctx.embedding)
         self.batcher = embedder if isinstance(embedder, BatchingEmbedder) else None
-        memory = await TenantMemory.open(
-            tenant_data_dir(system),
-            tenant,
-            fsync=settings.fsync,
-            group_window=settings.group_window,
-            views=views,
-            embedder=embedder.embedder if self.batcher is not None else embedder,
-            embed_async=self.batcher.embed if self.batcher is not None else None,
-        )
+        self.broken: BaseException | None = None
+        try:
+            memory = await TenantMemory.open(
+                tenant_data_dir(system),
+                tenant,
+                fsync=settings.fsync,
+                group_window=settings.group_window,
+                views=views,
+                embedder=embedder.embedder if self.batcher is not None else embedder,
+                embed_async=self.batcher.embed if self.batcher is not None else None,
+            )
+        except (MemoryStoreError, OSError) as exc:
+            # One tenant's unreadable log (corrupt, locked by another process, disk error)
+            # must not take the other tenants down: failing to start would make the dynamic
+            # supervisor retry until it gives up, with every tenant under it. Start anyway
+            # and refuse this tenant's messages; the next incarnation (after passivation or
+            # a kill) tries the log again.
+            logger.error("memory of tenant %r is unavailable: %r", tenant, exc)
+            self.broken = exc
+            return
         self.memory = memory
         self.weights = resolve_weights(settings.weights, settings.extra_views, ctx.embedder)
         wm = ctx.working_memory
@@ -168,12 +189,16 @@ class MemoryActor(Actor):
         self.store = stores[tenant] = _OpenStore(system, memory)
 
     async def on_stop(self) -> None:
+        if self.broken is not None:
+            return
         stores = self.context.system.resources.get(STORES_RESOURCE, {})
         if stores.get(self.context.name) is self.store:
             del stores[self.context.name]
         await self.store.close(_memory_settings(self.context.system).drain_timeout)
 
     async def receive(self, message: Any) -> Any:
+        if self.broken is not None:
+            raise TenantUnavailableError(self.context.name, self.broken)
         memory = self.memory
         match message:
             case Recall(query=query, top_k=top_k, namespace=ns, filters=flt, weights=w):

@@ -335,3 +335,17 @@ async def test_admin_endpoints(tmp_path: Path) -> None:
         assert "soma_dead_letters_total" in metrics
         doc = (await admin.get("/openapi.json")).json()
         assert doc["openapi"] == "3.1.0"
+
+
+async def test_a_tenant_with_an_unreadable_log_gets_503(tmp_path: Path) -> None:
+    from somabrain.memory import tenant_log_path
+
+    bad = tenant_log_path(tmp_path / "memory", "broken")
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(b"garbage")
+    async with harness(tmp_path) as h, h.client("broken") as broken, h.client() as fine:
+        r = await broken.post("/memory/recall", json={"query": "x"})
+        assert r.status_code == 503 and error_of(r)["code"] == "storage_unavailable"
+        assert r.headers["retry-after"] == "1"
+        assert (await fine.post("/memory/recall", json={"query": "x"})).status_code == 200
+        assert (await fine.get("/readyz")).status_code == 200

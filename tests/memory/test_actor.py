@@ -201,3 +201,22 @@ async def test_ask_memory_times_out_on_a_full_mailbox_too() -> None:
         with pytest.raises(AskTimeoutError):
             await ask_memory(ref, GetMemory("k"), timeout=0.05)
         Stuck.gate.set()
+
+
+async def test_an_unreadable_log_refuses_that_tenant_only(tmp_path: Path) -> None:
+    from somabrain.memory import tenant_log_path
+    from somabrain.memory.actor import TenantUnavailableError
+
+    bad = tenant_log_path(tmp_path / "memory", "bad")
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(b"this is not a memory log")
+    async with memory_tree(tmp_path) as (tree, sup):
+        for _ in range(3):  # refused every time, without restarts piling up
+            with pytest.raises(TenantUnavailableError, match="bad magic"):
+                await ask(sup, "bad", GetMemory("k"))
+        await ask(sup, "good", Remember((Memory(key="k", content="fine"),)))
+        assert (await ask(sup, "good", GetMemory("k"))).content == "fine"  # type: ignore[attr-defined]
+        assert tree.ready and sup.restarts == 0
+        bad.unlink()  # repaired: the next incarnation opens it
+        assert tree.kill("/root/memory/bad")
+        assert await ask(sup, "bad", GetMemory("k")) is None
