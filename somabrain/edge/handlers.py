@@ -26,6 +26,7 @@ from ..memory.errors import (
     UnknownMemoryError,
 )
 from ..memory.messages import (
+    ContextRecall,
     Forget,
     GetMemory,
     LinkMemories,
@@ -263,7 +264,7 @@ class Handlers:
                 raise HTTPError(
                     422, "missing_field", "layer 'wm' needs a session_id", field="session_id"
                 )
-            flt = msgspec.structs.replace(flt or RecallFilter(), session_id=session)
+            return await self._recall_wm(request, tenant, body, session)
         started = time.perf_counter()
         hits = await self._ask(
             tenant,
@@ -294,6 +295,42 @@ class Handlers:
                 results=results,
                 wm_hits=wm,
                 ltm_hits=len(results) - wm,
+                duration_ms=round(duration_ms, 3),
+                trace_id=request.trace_id,
+            )
+        )
+
+    async def _recall_wm(
+        self, request: Request, tenant: str, body: s.RecallRequest, session: str
+    ) -> Response:
+        """``layer = "wm"``: the session's working memory (the bounded ring buffer of what was
+        remembered or used in the session), ranked by relevance to the query."""
+        started = time.perf_counter()
+        found = await self._ask(
+            tenant,
+            ContextRecall(query=body.query, top_k=0, session_id=session, wm_top_k=body.top_k),
+        )
+        duration_ms = (time.perf_counter() - started) * 1000.0
+        results = [
+            s.RecallResult(
+                key=hit.key,
+                content=hit.content,
+                score=hit.score,
+                layer="wm",
+                views=hit.views,
+                occurred_at=m.occurred_at if m is not None else None,
+                meta=m.meta if m is not None else {},
+                namespace=m.namespace if m is not None else DEFAULT_NAMESPACE,
+                tags=list(m.tags) if m is not None else [],
+            )
+            for hit, m in zip(found.working_memory, found.wm_memories, strict=True)
+            if m is not None and (body.namespace is None or m.namespace == body.namespace)
+        ]
+        return self.json(
+            s.RecallResponse(
+                results=results,
+                wm_hits=len(results),
+                ltm_hits=0,
                 duration_ms=round(duration_ms, 3),
                 trace_id=request.trace_id,
             )

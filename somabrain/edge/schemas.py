@@ -128,9 +128,9 @@ class RememberBatchResponse(_Response, kw_only=True):
 
 
 class RecallRequest(_Request, kw_only=True):
-    """``layer``: ``ltm`` searches every memory; ``wm`` only the memories remembered in
-    ``session_id`` (the session's working set); ``both`` searches every memory and labels the
-    session's own hits ``wm``."""
+    """``layer``: ``ltm`` searches every memory; ``wm`` the session's working memory (a
+    bounded ring buffer of what was remembered or used in ``session_id``, ranked by relevance);
+    ``both`` searches every memory and labels the session's own hits ``wm``."""
 
     query: Annotated[str, Meta(min_length=1, max_length=10_000)]
     top_k: Annotated[int, Meta(ge=1, le=MAX_TOP_K)] = 10

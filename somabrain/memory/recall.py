@@ -9,7 +9,7 @@ the planner, on the same node, reads it.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -17,7 +17,7 @@ import numpy.typing as npt
 
 from .tenant import TenantMemory
 from .text import tokenize
-from .types import RecallFilter, RecallHit
+from .types import Memory, RecallFilter, RecallHit
 from .working import WMHit, WorkingMemory
 
 __all__ = ["ContextRecallResult", "context_recall"]
@@ -35,6 +35,8 @@ class ContextRecallResult:
     wm_vectors: F32
     query_vector: F32
     dim: int
+    #: The stored memory of each working-memory hit (None if it was forgotten meanwhile).
+    wm_memories: list[Memory | None] = field(default_factory=list)
 
 
 def context_recall(
@@ -71,4 +73,5 @@ def context_recall(
         by_key = {it.key: it.vector for it in working.items(session_id)}
         if wm_hits:
             wm_vectors = np.stack([by_key[h.key] for h in wm_hits]).astype(np.float32)
-    return ContextRecallResult(hits, vectors, wm_hits, wm_vectors, qvec, dim)
+    wm_memories = [memory.get(h.key) for h in wm_hits]
+    return ContextRecallResult(hits, vectors, wm_hits, wm_vectors, qvec, dim, wm_memories)

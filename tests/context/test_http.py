@@ -127,3 +127,18 @@ async def test_bad_input_is_refused_with_the_right_status(tmp_path: Path) -> Non
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),  # type: ignore[arg-type]
                                      base_url="http://edge") as anon:  # fmt: skip
             assert (await anon.post("/context/evaluate", json={"query": "x"})).status_code == 401
+
+
+async def test_working_memory_is_searchable_with_layer_wm(tmp_path: Path) -> None:
+    async with edge(tmp_path) as (app, auth), client(app, auth) as c:
+        await remember(c, [
+            {"key": f"w{i}", "content": f"note {i} about {topic}", "session_id": "s"}
+            for i, topic in enumerate(["cats", "taxes", "cats and dogs", "gardening"])
+        ] + [{"key": "other", "content": "cats elsewhere", "session_id": "t"}])  # fmt: skip
+        query = {"query": "cats", "layer": "wm", "session_id": "s", "top_k": 2}
+        r = await c.post("/memory/recall", json=query)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert [x["key"] for x in body["results"]] == ["w2", "w0"]
+        assert all(x["layer"] == "wm" for x in body["results"]) and body["wm_hits"] == 2
+        assert set(body["results"][0]["views"]) == {"semantic", "lexical", "recency"}
