@@ -93,6 +93,8 @@ async def test_ungoverned_node_fails_closed_until_a_constitution_is_loaded(
         assert remember.status_code == 503
         assert error(remember)["code"] == "not_governed"
         assert "no constitution" in error(remember)["message"]
+        evaluate = await client.post("/context/evaluate", json={"query": "anything"})
+        assert evaluate.status_code == 503 and error(evaluate)["code"] == "not_governed"
         version = (await client.get("/constitution/version")).json()
         assert version["ready"] is False and "no constitution" in version["reason"]
         validate = await client.post("/constitution/validate", json={"input": {}})
