@@ -66,6 +66,8 @@ class EdgeState:
         self.limiter = RateLimiter(rate.rate, rate.burst, enabled=rate.enabled)
         #: Set when the last incarnation's server has released its socket.
         self.released: anyio.Event | None = None
+        #: The app of the running (or last) incarnation.
+        self.app: EdgeApp | None = None
 
 
 def _listen(host: str, port: int, backlog: int) -> socket.socket:
@@ -116,6 +118,7 @@ class EdgeActor(Actor):
             limiter=state.limiter,
             edge_path=self.context.path,
         )
+        state.app = self.app
         self._shutdown = anyio.Event()
         self._served = anyio.Event()
         self._ended = False

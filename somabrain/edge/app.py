@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 import msgspec
 
 from ..actors import ActorSystem
@@ -211,13 +212,20 @@ class EdgeApp(OpsHandlers, GovernanceHandlers, ContextHandlers):
         ]
         if close or self.closing:
             headers.append((b"connection", b"close"))
-        await send({"type": "http.response.start", "status": response.status, "headers": headers})
-        await send({"type": "http.response.body", "body": response.body})
-        self.metrics.observe(
-            route_name, scope["method"], response.status, time.perf_counter() - start
-        )
-        if request is not None and request.after is not None:
-            await request.after()
+        try:
+            await send(
+                {"type": "http.response.start", "status": response.status, "headers": headers}
+            )
+            await send({"type": "http.response.body", "body": response.body})
+        finally:
+            # Also when the send was cancelled (the connection went away, the edge was killed
+            # meanwhile): the request was handled, and a kill-after-response must still happen.
+            self.metrics.observe(
+                route_name, scope["method"], response.status, time.perf_counter() - start
+            )
+            if request is not None and request.after is not None:
+                with anyio.CancelScope(shield=True):
+                    await request.after()
 
     async def _read_body(self, receive: Receive, content_length: int | None) -> bytes:
         limit = self.config.edge.max_body_bytes
