@@ -119,6 +119,31 @@ class ContextHandlers:
     def _tenant(self, request: Request, body_tenant: str | None) -> str:
         raise NotImplementedError
 
+    async def _audit(
+        self,
+        request: Request,
+        tenant: str,
+        action: str,
+        *,
+        decision: Decision | None = None,
+        status: int = 200,
+        content: str | bytes | None = None,
+        attributes: dict[str, object] | None = None,
+    ) -> str | None:
+        raise NotImplementedError
+
+    async def _govern_audited(
+        self,
+        request: Request,
+        tenant: str,
+        action: str,
+        policy_input: PolicyInput,
+        *,
+        content: str | bytes | None = None,
+        attributes: dict[str, object] | None = None,
+    ) -> Decision:
+        raise NotImplementedError
+
     async def _context(self, message: Any) -> Any:
         settings = self.config.context
         reply = await client.request(
@@ -139,7 +164,17 @@ class ContextHandlers:
         request_input = evaluate_input(
             tenant, namespace=namespace, query=body.query, scopes=request.principal.scopes
         )
-        decision = self._govern(request_input)
+        # Audited as ``context.evaluate`` with the session: the reward worker matches feedback
+        # to the bundle by its audit_id, or by (tenant, session_id). The query is hashed.
+        attributes: dict[str, object] = {"session_id": body.session_id, "namespace": namespace}
+        decision = await self._govern_audited(
+            request,
+            tenant,
+            "context.evaluate",
+            request_input,
+            content=body.query,
+            attributes=attributes,
+        )
         bundle: ContextBundle = await self._context(
             Evaluate(
                 tenant=tenant,
@@ -166,7 +201,15 @@ class ContextHandlers:
             constitution_checksum=governed.constitution_checksum or decision.constitution_checksum,
             policy=governed.policy,
         )
-        return self.json(bundle)
+        audit_id = await self._audit(
+            request,
+            tenant,
+            "context.evaluate",
+            decision=decision,
+            content=body.query,
+            attributes={**attributes, "memories": len(bundle.memories)},
+        )
+        return self.json(msgspec.structs.replace(bundle, audit_id=audit_id))
 
     async def _h_context_feedback(self, request: Request) -> Response:
         body: FeedbackRequest = request.body

@@ -4,6 +4,15 @@ Each handler gets the decoded request and returns a ``Response``; refusals are r
 ``HTTPError``. Memory handlers resolve the tenant (``X-Tenant-ID`` or the body's ``tenant``,
 checked against the token), take a rate-limit token, and ask the tenant's memory actor under
 the ``memory`` dynamic supervisor, which starts it on first use.
+
+Audit: a state change is recorded in the node's audit chain (``resources["audit"]``) after the
+memory actor acknowledged it, and its event id is the response's ``audit_id``: one event per
+request (``memory.remember``, ``memory.remember_batch`` with the item count and keys,
+``memory.link``, ``memory.forget``), and a ``deny`` event when the policies refuse a request.
+Content is never copied into the audit, only its SHA-256 and size (``request_meta``). When the
+event cannot be made durable the request answers 503 ``audit_unavailable``: the change may
+have happened but is not acknowledged. Without an audit log (some test trees) nothing is
+recorded and ``audit_id`` is null.
 """
 
 from __future__ import annotations
@@ -16,7 +25,9 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from ..actors import ActorStoppedError, ActorSystem, MailboxFullError
-from ..governance.http import remember_input
+from ..audit.errors import AuditUnavailableError
+from ..audit.event import AuditDraft, request_meta
+from ..governance.http import governance_of, remember_input
 from ..governance.policy import Decision, PolicyInput
 from ..memory.actor import TenantUnavailableError
 from ..memory.errors import (
@@ -182,18 +193,106 @@ class Handlers:
             vector=item.vector,
         )
 
-    def _govern_memory(self, request: Request, memory: Memory, where: str = "") -> Decision:
-        """The constitution's policies decide each memory (403 / 503 when refused)."""
-        assert request.principal is not None
+    async def _audit(
+        self,
+        request: Request,
+        tenant: str,
+        action: str,
+        *,
+        decision: Decision | None = None,
+        status: int = 200,
+        content: str | bytes | None = None,
+        attributes: dict[str, object] | None = None,
+    ) -> str | None:
+        """Record one audit event and wait until it is durable; its id, or None when the node
+        has no audit log. 503 ``audit_unavailable`` when it cannot be made durable.
+
+        ``decision``: the policy decision (its ``audit_fields()``); without one the event's
+        decision is ``none`` (an action no policy gates)."""
+        audit = self.system.resources.get("audit")
+        if audit is None or not hasattr(audit, "record"):
+            return None
+        fields: dict[str, Any] = (
+            decision.audit_fields()
+            if decision is not None
+            else {"decision": "none", "reason": "", "constitution_checksum": "", "attributes": {}}
+        )
+        attrs = {**fields["attributes"], **(attributes or {})}
+        principal = request.principal
+        draft = AuditDraft(
+            tenant=tenant,
+            actor=principal.subject if principal is not None else "",
+            action=action,
+            decision=fields["decision"],
+            reason=str(fields["reason"])[:1024],
+            trace_id=request.trace_id,
+            constitution_checksum=fields["constitution_checksum"],
+            request=request_meta(
+                method=request.route.method,
+                path=request.route.path,
+                status=status,
+                content=content,
+                attributes=attrs,
+            ),
+        )
         try:
-            return self._govern(
-                remember_input(
-                    memory.tenant,
-                    namespace=memory.namespace,
-                    tags=memory.tags,
-                    scopes=request.principal.scopes,
-                    content=memory.content,
+            event_id: str = await audit.record(draft)
+        except AuditUnavailableError as exc:
+            raise HTTPError.retry_later(
+                503, "audit_unavailable", f"the audit trail cannot record this request: {exc}", 1
+            ) from None
+        return event_id
+
+    async def _govern_audited(
+        self,
+        request: Request,
+        tenant: str,
+        action: str,
+        policy_input: PolicyInput,
+        *,
+        content: str | bytes | None = None,
+        attributes: dict[str, object] | None = None,
+    ) -> Decision:
+        """``_govern``, and when the policies deny (403 ``policy_denied``) a ``deny`` event
+        with the decision's audit fields before the refusal is answered."""
+        try:
+            return self._govern(policy_input)
+        except HTTPError as exc:
+            if exc.code == "policy_denied":
+                try:  # the decision is cached: deciding again only fetches it
+                    denied = governance_of(self.system.resources).decide(policy_input)
+                except Exception:
+                    denied = None
+                await self._audit(
+                    request,
+                    tenant,
+                    action,
+                    decision=denied,
+                    status=exc.status,
+                    content=content,
+                    attributes=attributes,
                 )
+            raise
+
+    async def _govern_memory(self, request: Request, memory: Memory, where: str = "") -> Decision:
+        """The constitution's policies decide each memory (403 / 503 when refused; a denial
+        is audited as ``memory.remember`` with decision ``deny``)."""
+        assert request.principal is not None
+        policy_input = remember_input(
+            memory.tenant,
+            namespace=memory.namespace,
+            tags=memory.tags,
+            scopes=request.principal.scopes,
+            content=memory.content,
+        )
+        try:
+            return await self._govern_audited(
+                request,
+                memory.tenant,
+                "memory.remember",
+                policy_input,
+                content=memory.content,
+                attributes={"namespace": memory.namespace, "key": memory.key, "item": where},
             )
         except HTTPError as exc:
             if where:
@@ -206,14 +305,23 @@ class Handlers:
         body: s.RememberRequest = request.body
         tenant = self._tenant(request, body.tenant)
         memory = self._memory(body, tenant, time.time())
-        self._govern_memory(request, memory)
+        decision = await self._govern_memory(request, memory)
         [(key, deduplicated)] = await self._ask(tenant, Remember((memory,)))
+        audit_id = await self._audit(
+            request,
+            tenant,
+            "memory.remember",
+            decision=decision,
+            content=memory.content,
+            attributes={"key": key, "namespace": memory.namespace, "deduplicated": deduplicated},
+        )
         return self.json(
             s.RememberResponse(
                 key=key,
                 namespace=memory.namespace,
                 deduplicated=deduplicated,
                 trace_id=request.trace_id,
+                audit_id=audit_id,
             )
         )
 
@@ -230,6 +338,7 @@ class Handlers:
         tenant = self._tenant(request, body.tenant)
         now = time.time()
         memories = []
+        decision: Decision | None = None
         for i, item in enumerate(body.items):
             if item.tenant is not None and item.tenant != tenant:
                 raise HTTPError(
@@ -239,14 +348,30 @@ class Handlers:
                     field=f"items[{i}].tenant",
                 )
             memories.append(self._memory(item, tenant, now, f"items[{i}]."))
-            self._govern_memory(request, memories[-1], f"items[{i}]")
+            decision = await self._govern_memory(request, memories[-1], f"items[{i}]")
         remembered = await self._ask(tenant, Remember(tuple(memories)))
         results = [
             s.BatchItemResult(key=key, namespace=m.namespace, deduplicated=dedup)
             for (key, dedup), m in zip(remembered, memories, strict=True)
         ]
+        # One event for the batch (it is one write of the memory actor): the digest covers the
+        # items' contents as a JSON list, the keys are listed (as a digest when long).
+        audit_id = await self._audit(
+            request,
+            tenant,
+            "memory.remember_batch",
+            decision=decision,
+            content=msgspec.json.encode([m.content for m in memories]),
+            attributes={
+                "count": len(results),
+                "keys": ",".join(r.key for r in results),
+                "deduplicated": sum(r.deduplicated for r in results),
+            },
+        )
         return self.json(
-            s.RememberBatchResponse(count=len(results), results=results, trace_id=request.trace_id)
+            s.RememberBatchResponse(
+                count=len(results), results=results, trace_id=request.trace_id, audit_id=audit_id
+            )
         )
 
     async def _h_recall(self, request: Request) -> Response:
@@ -345,6 +470,12 @@ class Handlers:
                 from_key=body.from_key, to_key=body.to_key, rel=body.rel, weight=body.weight
             ),
         )
+        await self._audit(
+            request,
+            tenant,
+            "memory.link",
+            attributes={"from_key": link.from_key, "to_key": link.to_key, "rel": link.rel},
+        )
         return self.json(
             s.LinkResponse(
                 from_key=link.from_key,
@@ -385,4 +516,5 @@ class Handlers:
         tenant = self._tenant(request, None)
         if not await self._ask(tenant, Forget(request.key)):
             raise HTTPError(404, "memory_not_found", f"no memory with key {request.key!r}")
+        await self._audit(request, tenant, "memory.forget", attributes={"key": request.key})
         return self.json(s.ForgetResponse(key=request.key, deleted=True, trace_id=request.trace_id))

@@ -56,9 +56,11 @@ class Harness:
 
 
 @asynccontextmanager
-async def harness(tmp_path: Path, **edge: Any) -> AsyncIterator[Harness]:
+async def harness(
+    tmp_path: Path, tree: dict[str, Any] | None = None, **edge: Any
+) -> AsyncIterator[Harness]:
     cfg = soma_config.load(environ={})
-    tree_node = msgspec.convert(TREE, SupervisorNode)
+    tree_node = msgspec.convert(tree or TREE, SupervisorNode)
     cfg = msgspec.structs.replace(
         cfg, tree=tree_node, edge=msgspec.structs.replace(cfg.edge, **edge)
     )
@@ -93,6 +95,7 @@ async def test_memory_round_trip(tmp_path: Path) -> None:
         assert r.status_code == 200, r.text
         first = r.json()
         assert first["ok"] and first["namespace"] == "default" and not first["deduplicated"]
+        assert first["audit_id"] is None  # this tree runs no audit writer: nothing recorded
         again = (
             await client.post("/memory/remember", json={"content": "Paris is in France"})
         ).json()
@@ -349,3 +352,24 @@ async def test_a_tenant_with_an_unreadable_log_gets_503(tmp_path: Path) -> None:
         assert r.headers["retry-after"] == "1"
         assert (await fine.post("/memory/recall", json={"query": "x"})).status_code == 200
         assert (await fine.get("/readyz")).status_code == 200
+
+
+async def test_remember_and_forget_are_audited(tmp_path: Path) -> None:
+    from somabrain.audit.cli import run_verify
+    from somabrain.audit.sources import read_spool_dir
+
+    audit = {"kind": "actor", "actor": "somabrain.audit.writer:AuditWriter"}
+    tree = {**TREE, "children": {"audit": audit, **TREE["children"]}}  # type: ignore[dict-item]
+    async with harness(tmp_path, tree) as h, h.client() as client:
+        r = await client.post("/memory/remember", json={"content": "Paris is in France"})
+        assert r.status_code == 200, r.text
+        audit_id = r.json()["audit_id"]
+        assert audit_id
+        assert (await client.delete(f"/memory/{r.json()['key']}")).status_code == 200
+    events = [msgspec.json.decode(p) for _, p in read_spool_dir(tmp_path / "audit" / "spool")]
+    mine = [e for e in events if e["tenant"] == "acme"]
+    assert [e["action"] for e in mine] == ["memory.remember", "memory.forget"]
+    assert mine[0]["event_id"] == audit_id and mine[0]["actor"]
+    assert "Paris" not in msgspec.json.encode(mine).decode()
+    reports = await run_verify(soma_config.load(environ={}), "spool", str(tmp_path))
+    assert reports and all(report.ok for report in reports.values())

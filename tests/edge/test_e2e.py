@@ -278,3 +278,63 @@ def test_observability_endpoints(node: DevNode) -> None:
         assert health["status"] == "ok"
         assert {"memory", "edge", "tree", "dead_letters"} <= set(health["components"])
         assert client.get("/readyz").json() == {"status": "ready"}
+
+
+def test_audit_trail_of_the_edge(node: DevNode) -> None:
+    """remember, link, batch, forget and evaluate each leave one durable audit event (content
+    hashed, never copied), in request order, and the spool's chain verifies."""
+    import json
+    import subprocess
+    import sys
+
+    from somabrain.audit.sources import read_spool_dir
+
+    secret = "the audited secret is 4711"
+    with node.client(node.token_for("audited")) as client:
+        node.wait_ready(client)
+        r = client.post("/memory/remember", json={"content": secret, "session_id": "s1"})
+        assert r.status_code == 200, r.text
+        remembered = r.json()
+        assert remembered["audit_id"]
+        other = client.post("/memory/remember", json={"content": "a second audited memory"})
+        link = {"from_key": remembered["key"], "to_key": other.json()["key"], "rel": "see"}
+        assert client.post("/memory/link", json=link).status_code == 200
+        batch = client.post("/memory/remember/batch", json={"items": [{"content": "b1"}]})
+        assert batch.json()["audit_id"]
+        r = client.post("/context/evaluate", json={"query": "audited secret", "session_id": "s1"})
+        assert r.status_code == 200, r.text
+        evaluated = r.json()["audit_id"]
+        assert evaluated
+        assert client.delete(f"/memory/{other.json()['key']}").status_code == 200
+        blocked = client.post("/memory/remember", json={"content": "x", "tags": ["malware"]})
+        assert blocked.status_code == 403
+
+    spool = node.data_dir / "audit" / "spool"
+    events = [json.loads(payload) for _, payload in read_spool_dir(spool)]
+    mine = [e for e in events if e["tenant"] == "audited"]
+    assert [e["action"] for e in mine] == [
+        "memory.remember",
+        "memory.remember",
+        "memory.link",
+        "memory.remember_batch",
+        "context.evaluate",
+        "memory.forget",
+        "memory.remember",
+    ]
+    assert mine[0]["event_id"] == remembered["audit_id"] and mine[0]["decision"] == "allow"
+    assert mine[0]["request"]["content_sha256"] and secret not in json.dumps(mine)
+    assert mine[4]["event_id"] == evaluated
+    assert mine[4]["request"]["attributes"]["session_id"] == "s1"
+    assert mine[5]["request"]["attributes"]["key"] == other.json()["key"]
+    assert mine[6]["decision"] == "deny" and "malware" in mine[6]["reason"]
+    assert mine[6]["request"]["status"] == 403
+    seqs = [e["seq"] for e in mine]
+    assert seqs == sorted(seqs)
+
+    done = subprocess.run(
+        [sys.executable, "-m", "somabrain.cli", "audit", "verify", "--from", "spool",
+         "--data-dir", str(node.data_dir)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert ": ok," in done.stdout
