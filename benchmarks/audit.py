@@ -19,6 +19,7 @@ comparison (``edge_recall_with_audit_vs_without``) needs the edge to record audi
 
 from __future__ import annotations
 
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,6 +27,9 @@ from typing import Any
 
 import anyio
 import msgspec
+
+if __package__ in (None, ""):  # run as a script: make ``benchmarks`` and ``somabrain`` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._common import parse_args, percentile, ratio, write_json
 from somabrain.actors import Actor, ActorSystem
