@@ -51,7 +51,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import msgspec
@@ -231,31 +231,47 @@ class Counter(Actor):
         return self.count
 
 
-async def soma_tell(ref: ActorRef, n: int) -> float:
+class _Countable(Protocol):
+    """What the tell/ask timings need: our ActorRef and the bare baseline both fit."""
+
+    async def tell(self, message: Any) -> None: ...
+
+    async def ask(self, message: Any) -> Any: ...
+
+
+async def timed_tells(target: _Countable, n: int, label: str) -> float:
     """``n`` tells and one ask (which waits for all of them); returns the seconds taken."""
-    tell = ref.tell
+    tell = target.tell
     message = MESSAGE
-    before = await ref.ask(message)
+    before = await target.ask(message)
     start = time.perf_counter()
     for _ in range(n):
         await tell(message)
-    after = await ref.ask(message)
+    after = await target.ask(message)
     elapsed = time.perf_counter() - start
-    _check(after - before, n + 1, "soma tell")
+    _check(after - before, n + 1, label)
     return elapsed
 
 
-async def soma_ask(ref: ActorRef, n: int) -> float:
+async def timed_asks(target: _Countable, n: int, label: str) -> float:
     """``n`` sequential asks from one task."""
-    ask = ref.ask
+    ask = target.ask
     message = MESSAGE
     before = await ask(message)
     start = time.perf_counter()
     for _ in range(n):
         await ask(message)
     elapsed = time.perf_counter() - start
-    _check(await ask(message) - before, n + 1, "soma ask")
+    _check(await ask(message) - before, n + 1, label)
     return elapsed
+
+
+async def soma_tell(ref: ActorRef, n: int) -> float:
+    return await timed_tells(ref, n, "soma tell")
+
+
+async def soma_ask(ref: ActorRef, n: int) -> float:
+    return await timed_asks(ref, n, "soma ask")
 
 
 async def soma_ask_concurrent(ref: ActorRef, n: int, askers: int = CONCURRENT_ASKERS) -> float:
@@ -446,28 +462,11 @@ class BareActor:
 
 
 async def bare_tell(actor: BareActor, n: int) -> float:
-    tell = actor.tell
-    message = MESSAGE
-    before = await actor.ask(message)
-    start = time.perf_counter()
-    for _ in range(n):
-        await tell(message)
-    after = await actor.ask(message)
-    elapsed = time.perf_counter() - start
-    _check(after - before, n + 1, "bare deque tell")
-    return elapsed
+    return await timed_tells(actor, n, "bare deque tell")
 
 
 async def bare_ask(actor: BareActor, n: int) -> float:
-    ask = actor.ask
-    message = MESSAGE
-    before = await ask(message)
-    start = time.perf_counter()
-    for _ in range(n):
-        await ask(message)
-    elapsed = time.perf_counter() - start
-    _check(await ask(message) - before, n + 1, "bare deque ask")
-    return elapsed
+    return await timed_asks(actor, n, "bare deque ask")
 
 
 def _pykka_counter() -> Any:
