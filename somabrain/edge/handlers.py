@@ -393,7 +393,13 @@ class Handlers:
         started = time.perf_counter()
         hits = await self._ask(
             tenant,
-            Recall(query=body.query, top_k=body.top_k, namespace=body.namespace, filters=flt),
+            Recall(
+                query=body.query,
+                top_k=body.top_k,
+                namespace=body.namespace,
+                filters=flt,
+                at=_timestamp(body.at),
+            ),
         )
         duration_ms = (time.perf_counter() - started) * 1000.0
         results = []

@@ -130,7 +130,10 @@ class RememberBatchResponse(_Response, kw_only=True):
 class RecallRequest(_Request, kw_only=True):
     """``layer``: ``ltm`` searches every memory; ``wm`` the session's working memory (a
     bounded ring buffer of what was remembered or used in ``session_id``, ranked by relevance);
-    ``both`` searches every memory and labels the session's own hits ``wm``."""
+    ``both`` searches every memory and labels the session's own hits ``wm``. ``at``: the time
+    the query is about, the reference of the recency view (default now), as in
+    ``/context/evaluate``; working memory ranks by its own order, so ``layer = "wm"``
+    ignores it."""
 
     query: Annotated[str, Meta(min_length=1, max_length=10_000)]
     top_k: Annotated[int, Meta(ge=1, le=MAX_TOP_K)] = 10
@@ -138,6 +141,13 @@ class RecallRequest(_Request, kw_only=True):
     layer: Literal["wm", "ltm", "both"] = "both"
     session_id: Annotated[str, Meta(min_length=1, max_length=256)] | None = None
     filters: dict[str, Any] | None = None
+    at: (
+        Annotated[
+            Timestamp,
+            Meta(description="the time the query is about (recency): epoch seconds or RFC 3339"),
+        ]
+        | None
+    ) = None
     tenant: TenantId | None = None
 
 

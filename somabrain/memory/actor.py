@@ -201,10 +201,10 @@ class MemoryActor(Actor):
             raise TenantUnavailableError(self.context.name, self.broken)
         memory = self.memory
         match message:
-            case Recall(query=query, top_k=top_k, namespace=ns, filters=flt, weights=w):
+            case Recall(query=query, top_k=top_k, namespace=ns, filters=flt, weights=w, at=at):
                 if self.batcher is not None:  # embed the query off the event loop
                     return self.store.write(self._recall, message)
-                return memory.recall(query, top_k, ns, flt, weights=w or self.weights)
+                return memory.recall(query, top_k, ns, flt, weights=w or self.weights, at=at)
             case ContextRecall():
                 if self.batcher is not None:
                     return self.store.write(self._context_recall, message)
@@ -233,7 +233,7 @@ class MemoryActor(Actor):
         [vector] = await self.batcher.embed([message.query])
         return self.memory.recall(message.query, message.top_k, message.namespace,
                                   message.filters, weights=message.weights or self.weights,
-                                  vector=vector)  # fmt: skip
+                                  vector=vector, at=message.at)  # fmt: skip
 
     async def _context_recall(self, message: ContextRecall) -> ContextRecallResult:
         assert self.batcher is not None

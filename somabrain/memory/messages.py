@@ -45,13 +45,15 @@ class Remember(msgspec.Struct, frozen=True, tag=True):
 
 
 class Recall(msgspec.Struct, frozen=True, tag=True, kw_only=True):
-    """Answered with ``list[RecallHit]``, best first."""
+    """Answered with ``list[RecallHit]``, best first. ``at``: the time the query is about
+    (the recency view's reference; default now)."""
 
     query: str
     top_k: int = 10
     namespace: str | None = None
     filters: RecallFilter | None = None
     weights: dict[str, float] | None = None
+    at: float | None = None
 
 
 class GetMemory(msgspec.Struct, frozen=True, tag=True):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -57,9 +58,14 @@ class Harness:
 
 @asynccontextmanager
 async def harness(
-    tmp_path: Path, tree: dict[str, Any] | None = None, **edge: Any
+    tmp_path: Path,
+    tree: dict[str, Any] | None = None,
+    *,
+    environ: dict[str, str] | None = None,
+    **edge: Any,
 ) -> AsyncIterator[Harness]:
-    cfg = soma_config.load(environ={})
+    """``environ``: ``SOMA_*`` overrides, read as the node reads them."""
+    cfg = soma_config.load(environ=environ or {})
     tree_node = msgspec.convert(tree or TREE, SupervisorNode)
     cfg = msgspec.structs.replace(
         cfg, tree=tree_node, edge=msgspec.structs.replace(cfg.edge, **edge)
@@ -162,6 +168,34 @@ async def test_batch_and_working_memory_layer(tmp_path: Path) -> None:
         }
 
 
+async def test_recall_ranks_recency_from_at(tmp_path: Path) -> None:
+    """Two memories equal on every view but recency: ``at`` decides which one is recent."""
+    yesterday = float(int(time.time()) - 86400)
+    async with harness(tmp_path) as h, h.client() as client:
+        for namespace, when in (("old", "2020-01-01T00:00:00Z"), ("new", yesterday)):
+            r = await client.post(
+                "/memory/remember",
+                json={"content": "quarterly planning meeting", "namespace": namespace,
+                      "occurred_at": when},
+            )  # fmt: skip
+            assert r.status_code == 200, r.text
+
+        async def ranking(at: object) -> list[tuple[str, float]]:
+            r = await client.post(
+                "/memory/recall", json={"query": "planning meeting", "top_k": 2, "at": at}
+            )
+            assert r.status_code == 200, r.text
+            return [(x["namespace"], x["views"]["recency"]) for x in r.json()["results"]]
+
+        near_old = await ranking("2020-01-02T00:00:00+00:00")
+        assert [ns for ns, _ in near_old] == ["old", "new"]
+        assert near_old[0][1] > 0.9 > near_old[1][1]
+        near_new = await ranking(int(yesterday))  # epoch seconds, an int is fine
+        assert [ns for ns, _ in near_new] == ["new", "old"] and near_new[0][1] == 1.0
+        assert [ns for ns, _ in await ranking("2020-01-01T12:00:00")] == ["old", "new"]  # UTC
+        assert [ns for ns, _ in await ranking(None)] == ["new", "old"]  # default: now
+
+
 @pytest.mark.parametrize(
     ("path", "body", "status", "code", "field"),
     [
@@ -171,6 +205,8 @@ async def test_batch_and_working_memory_layer(tmp_path: Path) -> None:
         ("/memory/recall", {"query": "x", "nope": 1}, 422, "unknown_field", "nope"),
         ("/memory/recall", {"top_k": 3}, 422, "missing_field", "query"),
         ("/memory/recall", {"query": "x", "layer": "wm"}, 422, "missing_field", "session_id"),
+        ("/memory/recall", {"query": "x", "at": "last week"}, 422, "invalid_field", "at"),
+        ("/memory/recall", {"query": "x", "at": [2024]}, 422, "invalid_field", "at"),
         (
             "/memory/recall",
             {"query": "x", "filters": {"tags": 3}},
