@@ -48,3 +48,8 @@ class AuditSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     publish_subject: str = "soma.audit"
     #: File holding the key of a keyed chain (HMAC-SHA256); empty: plain SHA-256.
     chain_key_file: str = ""
+    #: Also record read access: ``POST /memory/recall`` and ``GET /memory/{key}`` leave a
+    #: ``memory.recall`` / ``memory.get`` event (who read, the query's SHA-256 never the
+    #: query, how many results and their keys) and answer its ``audit_id``. Off by default: an
+    #: audited read waits for a durable write (see ``benchmarks/audit.py`` for the cost).
+    reads: bool = False

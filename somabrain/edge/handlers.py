@@ -5,14 +5,8 @@ Each handler gets the decoded request and returns a ``Response``; refusals are r
 checked against the token), take a rate-limit token, and ask the tenant's memory actor under
 the ``memory`` dynamic supervisor, which starts it on first use.
 
-Audit: a state change is recorded in the node's audit chain (``resources["audit"]``) after the
-memory actor acknowledged it, and its event id is the response's ``audit_id``: one event per
-request (``memory.remember``, ``memory.remember_batch`` with the item count and keys,
-``memory.link``, ``memory.forget``), and a ``deny`` event when the policies refuse a request.
-Content is never copied into the audit, only its SHA-256 and size (``request_meta``). When the
-event cannot be made durable the request answers 503 ``audit_unavailable``: the change may
-have happened but is not acknowledged. Without an audit log (some test trees) nothing is
-recorded and ``audit_id`` is null.
+Audit (see ``audited.py``): a state change is recorded after the memory actor acknowledged
+it and its event id is the response's ``audit_id``; reads only when ``audit.reads`` is on.
 """
 
 from __future__ import annotations
@@ -25,9 +19,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from ..actors import ActorStoppedError, ActorSystem, MailboxFullError
-from ..audit.errors import AuditUnavailableError
-from ..audit.event import AuditDraft, request_meta
-from ..governance.http import governance_of, remember_input
+from ..governance.http import remember_input
 from ..governance.policy import Decision, PolicyInput
 from ..memory.actor import TenantUnavailableError
 from ..memory.errors import (
@@ -48,6 +40,7 @@ from ..memory.messages import (
 )
 from ..memory.types import DEFAULT_NAMESPACE, Link, Memory, RecallFilter
 from . import schemas as s
+from .audited import AuditHandlers
 from .errors import HTTPError, from_validation
 
 if TYPE_CHECKING:
@@ -97,7 +90,18 @@ def _timestamp(value: float | dt.datetime | None) -> float | None:
     return value.timestamp()
 
 
-class Handlers:
+def _recall_attributes(body: s.RecallRequest) -> dict[str, object]:
+    """What a recall asked for, besides its query (which is only hashed)."""
+    return {
+        "top_k": body.top_k,
+        "layer": body.layer,
+        "namespace": body.namespace,
+        "session_id": body.session_id,
+        "filtered": bool(body.filters),
+    }
+
+
+class Handlers(AuditHandlers):
     """Route handlers, mixed into ``EdgeApp`` (which provides the attributes below)."""
 
     system: ActorSystem
@@ -192,87 +196,6 @@ class Handlers:
             ),
             vector=item.vector,
         )
-
-    async def _audit(
-        self,
-        request: Request,
-        tenant: str,
-        action: str,
-        *,
-        decision: Decision | None = None,
-        status: int = 200,
-        content: str | bytes | None = None,
-        attributes: dict[str, object] | None = None,
-    ) -> str | None:
-        """Record one audit event and wait until it is durable; its id, or None when the node
-        has no audit log. 503 ``audit_unavailable`` when it cannot be made durable.
-
-        ``decision``: the policy decision (its ``audit_fields()``); without one the event's
-        decision is ``none`` (an action no policy gates)."""
-        audit = self.system.resources.get("audit")
-        if audit is None or not hasattr(audit, "record"):
-            return None
-        fields: dict[str, Any] = (
-            decision.audit_fields()
-            if decision is not None
-            else {"decision": "none", "reason": "", "constitution_checksum": "", "attributes": {}}
-        )
-        attrs = {**fields["attributes"], **(attributes or {})}
-        principal = request.principal
-        draft = AuditDraft(
-            tenant=tenant,
-            actor=principal.subject if principal is not None else "",
-            action=action,
-            decision=fields["decision"],
-            reason=str(fields["reason"])[:1024],
-            trace_id=request.trace_id,
-            constitution_checksum=fields["constitution_checksum"],
-            request=request_meta(
-                method=request.route.method,
-                path=request.route.path,
-                status=status,
-                content=content,
-                attributes=attrs,
-            ),
-        )
-        try:
-            event_id: str = await audit.record(draft)
-        except AuditUnavailableError as exc:
-            raise HTTPError.retry_later(
-                503, "audit_unavailable", f"the audit trail cannot record this request: {exc}", 1
-            ) from None
-        return event_id
-
-    async def _govern_audited(
-        self,
-        request: Request,
-        tenant: str,
-        action: str,
-        policy_input: PolicyInput,
-        *,
-        content: str | bytes | None = None,
-        attributes: dict[str, object] | None = None,
-    ) -> Decision:
-        """``_govern``, and when the policies deny (403 ``policy_denied``) a ``deny`` event
-        with the decision's audit fields before the refusal is answered."""
-        try:
-            return self._govern(policy_input)
-        except HTTPError as exc:
-            if exc.code == "policy_denied":
-                try:  # the decision is cached: deciding again only fetches it
-                    denied = governance_of(self.system.resources).decide(policy_input)
-                except Exception:
-                    denied = None
-                await self._audit(
-                    request,
-                    tenant,
-                    action,
-                    decision=denied,
-                    status=exc.status,
-                    content=content,
-                    attributes=attributes,
-                )
-            raise
 
     async def _govern_memory(self, request: Request, memory: Memory, where: str = "") -> Decision:
         """The constitution's policies decide each memory (403 / 503 when refused; a denial
@@ -421,6 +344,10 @@ class Handlers:
                     tags=list(m.tags),
                 )
             )
+        audit_id = await self._audit_read(
+            request, tenant, "memory.recall", [r.key for r in results],
+            content=body.query, attributes=_recall_attributes(body),
+        )  # fmt: skip
         return self.json(
             s.RecallResponse(
                 results=results,
@@ -428,6 +355,7 @@ class Handlers:
                 ltm_hits=len(results) - wm,
                 duration_ms=round(duration_ms, 3),
                 trace_id=request.trace_id,
+                audit_id=audit_id,
             )
         )
 
@@ -457,6 +385,10 @@ class Handlers:
             for hit, m in zip(found.working_memory, found.wm_memories, strict=True)
             if m is not None and (body.namespace is None or m.namespace == body.namespace)
         ]
+        audit_id = await self._audit_read(
+            request, tenant, "memory.recall", [r.key for r in results],
+            content=body.query, attributes=_recall_attributes(body),
+        )  # fmt: skip
         return self.json(
             s.RecallResponse(
                 results=results,
@@ -464,6 +396,7 @@ class Handlers:
                 ltm_hits=0,
                 duration_ms=round(duration_ms, 3),
                 trace_id=request.trace_id,
+                audit_id=audit_id,
             )
         )
 
@@ -476,7 +409,7 @@ class Handlers:
                 from_key=body.from_key, to_key=body.to_key, rel=body.rel, weight=body.weight
             ),
         )
-        await self._audit(
+        audit_id = await self._audit(
             request,
             tenant,
             "memory.link",
@@ -489,6 +422,7 @@ class Handlers:
                 rel=link.rel,
                 weight=link.weight,
                 trace_id=request.trace_id,
+                audit_id=audit_id,
             )
         )
 
@@ -496,6 +430,10 @@ class Handlers:
         assert request.key is not None
         tenant = self._tenant(request, None)
         memory: Memory | None = await self._ask(tenant, GetMemory(request.key))
+        found = [request.key] if memory is not None else []
+        audit_id = await self._audit_read(
+            request, tenant, "memory.get", found, status=200 if found else 404
+        )
         if memory is None:
             raise HTTPError(404, "memory_not_found", f"no memory with key {request.key!r}")
         return self.json(
@@ -514,6 +452,7 @@ class Handlers:
                 links=[
                     s.LinkOut(to_key=ln.to_key, rel=ln.rel, weight=ln.weight) for ln in memory.links
                 ],
+                audit_id=audit_id,
             )
         )
 
@@ -522,5 +461,11 @@ class Handlers:
         tenant = self._tenant(request, None)
         if not await self._ask(tenant, Forget(request.key)):
             raise HTTPError(404, "memory_not_found", f"no memory with key {request.key!r}")
-        await self._audit(request, tenant, "memory.forget", attributes={"key": request.key})
-        return self.json(s.ForgetResponse(key=request.key, deleted=True, trace_id=request.trace_id))
+        audit_id = await self._audit(
+            request, tenant, "memory.forget", attributes={"key": request.key}
+        )
+        return self.json(
+            s.ForgetResponse(
+                key=request.key, deleted=True, trace_id=request.trace_id, audit_id=audit_id
+            )
+        )

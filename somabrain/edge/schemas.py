@@ -171,6 +171,8 @@ class RecallResponse(_Response, kw_only=True):
     degraded: bool = False
     degraded_reasons: list[str] = []
     trace_id: str
+    #: The read's audit event when ``audit.reads`` is on, else null.
+    audit_id: str | None = None
 
 
 # ----------------------------------------------------------------------------- links, get, forget
@@ -191,6 +193,7 @@ class LinkResponse(_Response, kw_only=True):
     rel: str
     weight: float
     trace_id: str
+    audit_id: str | None = None
 
 
 class LinkOut(_Response, kw_only=True):
@@ -212,6 +215,8 @@ class MemoryRecord(_Response, kw_only=True):
     expires_at: float | None
     session_id: str | None
     links: list[LinkOut]
+    #: The read's audit event when ``audit.reads`` is on, else null.
+    audit_id: str | None = None
 
 
 class ForgetResponse(_Response, kw_only=True):
@@ -219,6 +224,7 @@ class ForgetResponse(_Response, kw_only=True):
     key: str
     deleted: bool
     trace_id: str
+    audit_id: str | None = None
 
 
 # ----------------------------------------------------------------------------- health and admin
