@@ -11,10 +11,11 @@ Shared services come from ``system.resources``: ``data_dir`` (the tenant logs li
 which views recall scores and their default weights; ``SomaConfig.context``: the embedder, the
 views' parameters, working memory) and the node's shared embedder (``embedding``).
 
-Working memory (``working.WorkingMemory``, per session) is filled with the memories remembered
-with a ``session_id`` and those reinforced by feedback in a session; it lives in the actor and
-is not durable (a restarted actor starts with empty working memory; the memories themselves
-are in the log).
+Working memory (per session) is filled with the memories remembered with a ``session_id`` and
+those reinforced by feedback in a session. It is durable (``working_journal``): its keys are
+journaled beside the tenant's log, and a new incarnation rebuilds each session's items, in
+order, from the memories it replayed (forgotten ones stay out). The journal is handed over
+with the log, so a killed incarnation's last changes are in it before the next one reads it.
 
 Writes run in tasks of the actor system and answer with a ``WriteTicket`` (see ``messages``).
 If an incarnation is killed while writes are in flight they still complete (and are
@@ -53,7 +54,8 @@ from .tenant import TenantMemory
 from .text import tokenize
 from .types import Memory, Remembered
 from .views import multiview, resolve_weights
-from .working import WMItem, WorkingMemory
+from .working import WMItem
+from .working_journal import DurableWorkingMemory, working_journal_path
 
 __all__ = ["STORES_RESOURCE", "MemoryActor", "TenantUnavailableError", "tenant_data_dir"]
 
@@ -81,11 +83,12 @@ class TenantUnavailableError(MemoryStoreError):
 class _OpenStore:
     """A ``TenantMemory`` plus the writes in flight on it."""
 
-    __slots__ = ("_idle", "inflight", "memory", "system")
+    __slots__ = ("_idle", "inflight", "memory", "system", "working")
 
     def __init__(self, system: ActorSystem, memory: TenantMemory) -> None:
         self.system = system
         self.memory = memory
+        self.working: DurableWorkingMemory | None = None
         self.inflight = 0
         self._idle: anyio.Event | None = None
 
@@ -125,6 +128,8 @@ class _OpenStore:
                     self.inflight,
                 )
             await self.memory.aclose()
+            if self.working is not None:
+                await self.working.aclose()
 
 
 class MemoryActor(Actor):
@@ -182,11 +187,15 @@ class MemoryActor(Actor):
             return
         self.memory = memory
         self.weights = resolve_weights(settings.weights, settings.extra_views, ctx.embedder)
-        wm = ctx.working_memory
-        self.working = WorkingMemory(
-            wm.capacity, max_sessions=wm.max_sessions, recency_weight=wm.recency_weight
-        )
         self.store = stores[tenant] = _OpenStore(system, memory)
+        wm = ctx.working_memory
+        self.working = self.store.working = await DurableWorkingMemory.open(
+            working_journal_path(tenant_data_dir(system), tenant),
+            self._items,
+            wm.capacity,
+            max_sessions=wm.max_sessions,
+            recency_weight=wm.recency_weight,
+        )
 
     async def on_stop(self) -> None:
         if self.broken is not None:
@@ -255,8 +264,8 @@ class MemoryActor(Actor):
             query_vector=vector,
         )
 
-    def _track(self, session: str, keys: Any) -> None:
-        """Put ``keys`` (known memories) into the session's working memory, newest last."""
+    def _items(self, keys: Any) -> list[WMItem]:
+        """Working-memory items of ``keys``, in order; unknown (forgotten) keys are left out."""
         items = []
         for key in keys:
             m = self.memory.get(key)
@@ -264,6 +273,11 @@ class MemoryActor(Actor):
                 vector = self.memory.index.vector_of(key)
                 items.append(WMItem(key, m.content, vector, frozenset(tokenize(m.content)),
                                     m.occurred_at or m.created_at))  # fmt: skip
+        return items
+
+    def _track(self, session: str, keys: Any) -> None:
+        """Put ``keys`` (known memories) into the session's working memory, newest last."""
+        items = self._items(keys)
         if items:
             self.working.add(session, items)
 

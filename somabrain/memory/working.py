@@ -3,9 +3,9 @@
 What enters a session's buffer: the memories remembered with that ``session_id``, and the
 memories an agent reported as used in that session (context feedback). The newest entry of a
 key replaces its older one. A buffer keeps its ``capacity`` newest items; a tenant keeps at most
-``max_sessions`` buffers and drops the least recently touched one beyond that. It is not
-durable: working memory is the short-lived context of running sessions, and what matters in it
-is in the long-term store as well (a remembered item is in both).
+``max_sessions`` buffers and drops the least recently touched one beyond that. This class holds
+it in memory only; ``working_journal.DurableWorkingMemory`` (what the memory actor uses) journals
+its keys so that it survives a restart.
 
 Search is query-aware: items are ranked by
 

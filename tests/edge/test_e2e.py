@@ -338,3 +338,34 @@ def test_audit_trail_of_the_edge(node: DevNode) -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     assert ": ok," in done.stdout
+
+
+def working_memory(client: httpx.Client, session: str) -> list[str]:
+    """The session's working-memory keys, oldest first (``views.recency`` is the position)."""
+    query = {"query": "note", "layer": "wm", "session_id": session, "top_k": 100}
+    r = retrying(client, "POST", "/memory/recall", json=query)
+    assert r.status_code == 200, r.text
+    return [x["key"] for x in sorted(r.json()["results"], key=lambda x: x["views"]["recency"])]
+
+
+def test_working_memory_survives_a_kill_and_a_process_restart(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    data = tmp_path_factory.mktemp("wm")
+    with DevNode.running(data) as node, node.client() as client:
+        node.wait_ready(client)
+        for i in range(4):
+            note = {"key": f"n{i}", "content": f"note {i}", "session_id": "s1"}
+            r = client.post("/memory/remember", json=note)
+            assert r.status_code == 200, r.text
+        client.post("/memory/remember", json={"key": "n1", "content": "note 1", "session_id": "s1"})
+        assert client.delete("/memory/n2").status_code == 200
+        expected = ["n0", "n3", "n1"]
+        assert working_memory(client, "s1") == expected
+        r = client.post("/admin/actors/kill", json={"path": "/root/memory/default"})
+        assert r.json()["killed"]
+        assert working_memory(client, "s1") == expected
+        node.kill()  # kill -9: no chance to flush anything
+    with DevNode.running(data) as node, node.client() as client:
+        node.wait_ready(client)
+        assert working_memory(client, "s1") == expected

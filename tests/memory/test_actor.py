@@ -16,11 +16,13 @@ from somabrain.config import SomaConfig
 from somabrain.memory import Link, Memory, Remembered, UnknownMemoryError
 from somabrain.memory.actor import STORES_RESOURCE, MemoryActor
 from somabrain.memory.messages import (
+    ContextRecall,
     Forget,
     GetMemory,
     LinkMemories,
     MemoryStats,
     Recall,
+    Reinforce,
     Remember,
     Unlink,
     WriteTicket,
@@ -220,3 +222,46 @@ async def test_an_unreadable_log_refuses_that_tenant_only(tmp_path: Path) -> Non
         bad.unlink()  # repaired: the next incarnation opens it
         assert tree.kill("/root/memory/bad")
         assert await ask(sup, "bad", GetMemory("k")) is None
+
+
+async def working_memory(sup: DynamicSupervisor, session: str) -> list[str]:
+    """The session's working-memory keys, oldest first (each hit's recency is its position)."""
+    found = await ask(sup, "acme", ContextRecall(query="note", top_k=0, session_id=session,
+                                                 wm_top_k=100))  # fmt: skip
+    hits = sorted(found.working_memory, key=lambda h: h.views["recency"])  # type: ignore[attr-defined]
+    return [h.key for h in hits]
+
+
+async def test_working_memory_survives_kill_passivation_and_restart(tmp_path: Path) -> None:
+    def note(key: str, session: str) -> Memory:
+        return Memory(key=key, content=f"note {key}", session_id=session)
+
+    clock = VirtualClock()
+    async with memory_tree(tmp_path, idle_timeout=60, clock=clock) as (tree, sup):
+        await ask(sup, "acme", Remember(tuple(note(f"a{i}", "s1") for i in range(5))))
+        await ask(sup, "acme", Remember((note("b0", "s2"), note("a1", "s1"))))  # a1 moves last
+        await ask(sup, "acme", Reinforce(keys=("b0", "a3"), amount=1.0, session_id="s1"))
+        await ask(sup, "acme", Forget("a2"))
+        s1 = ["a0", "a4", "a1", "b0", "a3"]
+        assert await working_memory(sup, "s1") == s1
+        assert tree.kill("/root/memory/acme")
+        assert await working_memory(sup, "s1") == s1  # a new incarnation
+        assert await working_memory(sup, "s2") == ["b0"]
+        with anyio.fail_after(10):  # passivated: the actor stops and closes its journal
+            while sup.names():
+                await anyio.lowlevel.checkpoint()
+        assert await working_memory(sup, "s1") == s1
+        await ask(sup, "acme", Forget("b0"))
+        # killed with a write in flight: its working-memory change is handed over too
+        ticket = await sup.ref("acme").ask(Remember((note("a9", "s1"),)), timeout=10)
+        assert tree.kill("/root/memory/acme")
+        assert isinstance(ticket, WriteTicket)
+        await ticket.result(10)
+        s1 = ["a0", "a4", "a1", "a3", "a9"]
+        assert await working_memory(sup, "s1") == s1  # the next incarnation read it
+    async with memory_tree(tmp_path) as (_, sup):  # a fresh process
+        assert await working_memory(sup, "s1") == s1
+        assert await working_memory(sup, "s2") == []  # b0 was forgotten
+        await ask(sup, "acme", Remember((Memory(key="b0", content="note b0 is back"),)))
+    async with memory_tree(tmp_path) as (_, sup):  # remembered again, not in a session
+        assert await working_memory(sup, "s2") == []
