@@ -15,6 +15,12 @@ Layout, for speed: one inverted posting list per term, each a pair of growable n
 (slots, term frequencies). A query gathers each query term's postings and accumulates into a
 dense score array with one vectorised expression per term: no Python loop over documents.
 
+Each query term's contribution to every document containing it (idf times the saturated term
+frequency) depends only on the index's statistics, so it is cached per term until the next
+change to the index: a read-mostly tenant pays one gather-and-add per query term. The cache is
+dropped whole on any add, remove or compaction (N and avgdl move with every one), which keeps
+it exact, and bounded in terms.
+
 Deletes are tombstones: ``df``, ``N`` and ``avgdl`` are corrected at once (so scores equal those
 of an index that never held the document), while the dead postings stay until ``compact``.
 """
@@ -35,6 +41,9 @@ __all__ = ["BM25Index"]
 F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
 
+#: Terms whose contribution arrays are kept between changes to the index.
+_CACHED_TERMS = 8192
+
 
 class BM25Index:
     """Okapi BM25 with incremental add/remove; documents are pre-tokenized term lists."""
@@ -53,6 +62,8 @@ class BM25Index:
         self._doc_terms: list[npt.NDArray[np.int32]] = []
         self._n_alive = 0
         self._total_len = 0.0
+        # term id -> (posting slots, contribution of the term to each), until the next change.
+        self._contrib: dict[int, tuple[npt.NDArray[np.int32], F32]] = {}
 
     # --- introspection -------------------------------------------------------------------
 
@@ -144,6 +155,7 @@ class BM25Index:
         return np.arange(first, slot, dtype=np.int64)
 
     def _finish_doc(self, tids: npt.NDArray[np.int32], length: int) -> None:
+        self._contrib.clear()
         self._doc_terms.append(tids)
         self._doclen.append(length)
         self._alive.append(True)
@@ -155,6 +167,7 @@ class BM25Index:
         if not 0 <= slot < self.size or not self._alive.view()[slot]:
             return False
         self._alive.view()[slot] = False
+        self._contrib.clear()
         for tid in self._doc_terms[slot].tolist():
             self._df[tid] -= 1
         self._n_alive -= 1
@@ -167,6 +180,7 @@ class BM25Index:
 
         Pass the vector index's ``remap`` to keep both numbered alike (their live sets agree).
         """
+        self._contrib.clear()
         alive = self._alive.view()
         if remap is None:
             remap = np.full(self.size, -1, dtype=np.int64)
@@ -197,24 +211,34 @@ class BM25Index:
         n = self._n_alive
         if n == 0:
             return acc
-        k1, b = self.k1, self.b
-        avgdl = self._total_len / n
-        doclen = self._doclen.view()
         matched = False
         for term in dict.fromkeys(query_tokens):
             tid = self._term_ids.get(term)
             if tid is None or self._df[tid] == 0:
                 continue
-            df = self._df[tid]
-            idf = math.log(1.0 + (n - df + 0.5) / (df + 0.5))
-            slots = self._post_slots[tid].view()
-            tf = self._post_tf[tid].view()
-            if avgdl > 0:
-                norm = doclen[slots] * np.float32(k1 * b / avgdl) + np.float32(k1 * (1.0 - b))
-            else:
-                norm = np.full(tf.shape, k1 * (1.0 - b), dtype=np.float32)
-            acc[slots] += tf * np.float32(idf * (k1 + 1.0)) / (tf + norm)
+            slots, contribution = self._contrib.get(tid) or self._contribution(tid)
+            acc[slots] += contribution
             matched = True
         if matched and self.dead:
             acc[~self._alive.view()] = 0.0
         return acc
+
+    def _contribution(self, tid: int) -> tuple[npt.NDArray[np.int32], F32]:
+        """The term's BM25 contribution to each document of its postings (then cached)."""
+        k1, b = self.k1, self.b
+        n = self._n_alive
+        df = self._df[tid]
+        idf = math.log(1.0 + (n - df + 0.5) / (df + 0.5))
+        avgdl = self._total_len / n
+        slots = self._post_slots[tid].view()
+        tf = self._post_tf[tid].view()
+        if avgdl > 0:
+            norm = self._doclen.view()[slots] * np.float32(k1 * b / avgdl)
+            norm += np.float32(k1 * (1.0 - b))
+        else:
+            norm = np.full(tf.shape, k1 * (1.0 - b), dtype=np.float32)
+        contribution: F32 = tf * np.float32(idf * (k1 + 1.0)) / (tf + norm)
+        if len(self._contrib) >= _CACHED_TERMS:
+            self._contrib.clear()
+        self._contrib[tid] = (slots, contribution)
+        return slots, contribution

@@ -1,6 +1,6 @@
-"""Hybrid recall: every live memory scored on several views, combined with caller weights.
+"""The per-tenant recall index: vectors, BM25 and per-slot columns, keyed by memory key.
 
-Views. Each view gives every slot a score in [0, 1]:
+Views (each gives a slot a score in [0, 1]; ``ranking`` combines them and documents the rule):
 
 * ``semantic``: cosine of the query embedding with the memory embedding, clipped at 0
   (a negative cosine is "unrelated", not "anti-relevant");
@@ -9,19 +9,10 @@ Views. Each view gives every slot a score in [0, 1]:
   term occurs);
 * any extra ``ScoreView`` given at construction (the graph, recency and salience views of
   ``views.py`` plug in here; they can read the per-slot columns ``importance``,
-  ``occurred_at``, ``created_at`` and ``salience``, the link graph ``index.graph``, and the
-  scores of the views computed before them in ``query.views``: views run in order, the two
-  built-in ones first).
+  ``occurred_at``, ``event_time``, ``created_at`` and ``salience``, their ranges
+  (``column_range``), the link graph ``index.graph``, and the built-in views' scores).
 
-Combination rule: ``score = sum(w[v] * s[v]) / sum(w)`` over the views named in ``weights``
-(a view missing from ``weights`` has weight 0, but its score is still reported). The weights
-are an argument of every search, so per-tenant adaptive weights need no change here. Results
-with a combined score of 0 (no signal at all) are not returned.
-
-Why score every memory instead of merging each view's top-C candidates: the semantic view is a
-matrix-vector product over all rows anyway, BM25 accumulates over postings into a dense array,
-and combining dense arrays costs a few O(n) vector operations (~0.1 ms at 100k). The result is
-exact, where candidate merging loses memories that are good on both views but top on neither.
+The weights are an argument of every search, so per-tenant adaptive weights need no change here.
 
 Eligibility (namespace, expiry, ``RecallFilter``) is a boolean mask built before ranking, from
 per-slot columns and attribute posting lists, so ``top_k`` is honoured after filtering.
@@ -31,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple, Protocol
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -40,8 +31,9 @@ import numpy.typing as npt
 from ._growable import Growable
 from .bm25 import BM25Index
 from .graph import LinkGraph
+from .ranking import BUILTIN_VIEWS, IndexHit, RecallQuery, ScoreView, rank
 from .types import Memory, RecallFilter
-from .vector_index import VectorIndex, top_k
+from .vector_index import VectorIndex
 
 __all__ = [
     "BUILTIN_VIEWS",
@@ -56,46 +48,11 @@ __all__ = [
 F32 = npt.NDArray[np.float32]
 Mask = npt.NDArray[np.bool_]
 
-BUILTIN_VIEWS = ("semantic", "lexical")
 # Tuned on LoCoMo turns with the built-in embedder (see benchmarks/recall.py --quality):
 # BM25 is the sharper signal for hashing embeddings, which mostly add morphology and recall.
 DEFAULT_WEIGHTS: Mapping[str, float] = {"semantic": 0.5, "lexical": 0.5}
 
 _META_ENCODER = msgspec.json.Encoder(order="sorted")
-
-
-class RecallQuery(NamedTuple):
-    """Everything a view may need to score a query.
-
-    ``now`` is the clock (expiry); ``at`` the time the query is about (recency), ``now``
-    unless the caller gave one. ``views`` holds the scores of the views computed so far, by
-    name, and ``weights`` the validated weights of this search.
-    """
-
-    text: str
-    tokens: Sequence[str]
-    vector: F32
-    namespace: str | None
-    filter: RecallFilter | None
-    now: float
-    at: float = 0.0
-    views: Mapping[str, F32] = {}
-    weights: Mapping[str, float] = {}
-
-
-class IndexHit(NamedTuple):
-    key: str
-    score: float
-    views: dict[str, float]
-
-
-class ScoreView(Protocol):
-    """A pluggable view: scores in [0, 1] for every slot of the index (length ``index.size``)."""
-
-    @property
-    def name(self) -> str: ...
-
-    def scores(self, index: HybridIndex, query: RecallQuery, eligible: Mask) -> F32: ...
 
 
 def validate_weights(weights: Mapping[str, float], views: Sequence[str]) -> dict[str, float]:
@@ -165,10 +122,17 @@ class HybridIndex:
             "importance": Growable(np.float32, 1024),
             "occurred_at": Growable(np.float64, 1024),
             "created_at": Growable(np.float64, 1024),
+            # ``occurred_at`` when known, else ``created_at``: the time recency measures from.
+            "event_time": Growable(np.float64, 1024),
             # Salience strength from feedback (``TenantMemory.reinforce``); 0 until reinforced.
             "salience": Growable(np.float32, 1024),
         }
         self._attrs: dict[tuple[str, bytes], Growable] = {}
+        # Bumped by every change to the columns; ``column_range`` caches per version.
+        self._version = 0
+        self._ranges: dict[str, tuple[int, float, float]] = {}
+        #: Per-view state kept between searches, by view name (caches tagged with ``version``).
+        self.view_state: dict[str, Any] = {}
 
     # --- introspection -------------------------------------------------------------------
 
@@ -195,8 +159,31 @@ class HybridIndex:
 
     def column(self, name: str) -> npt.NDArray[Any]:
         """Per-slot column (``importance``, ``occurred_at`` (NaN if unknown), ``created_at``,
-        ``salience``)."""
+        ``event_time``, ``salience``)."""
         return self._cols[name].view()
+
+    @property
+    def version(self) -> int:
+        """Changes whenever a memory is added or removed, a column changes, or slots move."""
+        return self._version
+
+    def column_range(self, name: str) -> tuple[float, float]:
+        """(min, max) of a column over every slot, dead ones included, so bounds drawn from it
+        hold for the live ones (NaN ignored; (inf, -inf) when empty). Cached until the next
+        change: views use it for the score bounds of ``ranking``."""
+        cached = self._ranges.get(name)
+        if cached is not None and cached[0] == self._version:
+            return cached[1], cached[2]
+        col = self._cols[name].view()
+        lo = float(np.nanmin(col, initial=math.inf))
+        hi = float(np.nanmax(col, initial=-math.inf))
+        self._ranges[name] = (self._version, lo, hi)
+        return lo, hi
+
+    def keys_of(self, slots: npt.NDArray[np.int64]) -> list[str]:
+        """The keys of live ``slots``."""
+        keys = self._keys
+        return [keys[slot] for slot in slots.tolist()]  # type: ignore[misc]
 
     def set_salience(self, key: str, strength: float) -> bool:
         """Set the salience strength of ``key`` in place; False if the key is not indexed."""
@@ -204,6 +191,7 @@ class HybridIndex:
         if slot is None:
             return False
         self._cols["salience"].view()[slot] = strength
+        self._version += 1
         return True
 
     def vector_of(self, key: str) -> F32:
@@ -248,12 +236,16 @@ class HybridIndex:
             self._cols["importance"].append(m.importance)
             self._cols["occurred_at"].append(math.nan if m.occurred_at is None else m.occurred_at)
             self._cols["created_at"].append(m.created_at)
+            self._cols["event_time"].append(
+                m.created_at if m.occurred_at is None else m.occurred_at
+            )
             self._cols["salience"].append(0.0)
             for attr in _attributes(m):
                 postings = self._attrs.get(attr)
                 if postings is None:
                     postings = self._attrs[attr] = Growable(np.int32)
                 postings.append(slot)
+        self._version += 1
         self._maybe_compact()
 
     def remove(self, key: str) -> bool:
@@ -268,6 +260,7 @@ class HybridIndex:
         self.vectors.remove(slot)
         self.lexical.remove(slot)
         self._keys[slot] = None
+        self._version += 1
         if self._expires.view()[slot] != math.inf:
             self._n_expiring -= 1
             self._expires.view()[slot] = math.inf
@@ -296,6 +289,7 @@ class HybridIndex:
                 empty.append(attr)
         for attr in empty:
             del self._attrs[attr]
+        self._version += 1
 
     # --- search --------------------------------------------------------------------------
 
@@ -344,7 +338,7 @@ class HybridIndex:
         now: float = 0.0,
         at: float | None = None,
     ) -> list[IndexHit]:
-        """The ``top_k`` eligible memories by combined score, best first (see module doc).
+        """The ``top_k`` eligible memories by combined score, best first (see ``ranking``).
 
         ``now`` decides expiry; ``at`` is the time the query is about (default ``now``)."""
         w = validate_weights(DEFAULT_WEIGHTS if weights is None else weights, self.view_names)
@@ -353,42 +347,17 @@ class HybridIndex:
         mask = self.eligible(namespace, filter, now)
         if not mask.any():
             return []
-        q = self.vectors.normalise(vector)[0]
-        views: dict[str, F32] = {}
-        query = RecallQuery(
-            text, tokens, q, namespace, filter, now, now if at is None else at, views, w
+        return rank(
+            self,
+            self._views,
+            mask,
+            self.vectors.normalise(vector)[0],
+            tokens,
+            top_k,
+            text=text,
+            namespace=namespace,
+            flt=filter,
+            weights=w,
+            now=now,
+            at=now if at is None else at,
         )
-        sem = self.vectors.scores(q)
-        np.maximum(sem, 0.0, out=sem)
-        views["semantic"] = sem
-        lex = self.lexical.scores(tokens)
-        best = float(lex.max(where=mask, initial=0.0))
-        if best > 0.0:
-            lex *= np.float32(1.0 / best)
-        views["lexical"] = lex
-        for view in self._views:
-            views[view.name] = np.asarray(view.scores(self, query, mask), dtype=np.float32)
-        total = sum(w.values())
-        combined: F32 | None = None
-        for name, weight in w.items():
-            if weight > 0.0:
-                part = views[name] * np.float32(weight / total)
-                combined = part if combined is None else np.add(combined, part, out=combined)
-        assert combined is not None  # validate_weights guarantees a positive weight
-        # Every view is >= 0, so zeroing ineligible slots and dropping zero scores after the
-        # selection replaces a masked top-k (saves three O(n) passes at 100k memories).
-        np.multiply(combined, mask, out=combined)
-        slots = _top_k(combined, top_k)
-        hits: list[IndexHit] = []
-        for slot in slots.tolist():
-            score = float(combined[slot])
-            if score <= 0.0:
-                break
-            key = self._keys[slot]
-            assert key is not None
-            per_view = {name: float(arr[slot]) for name, arr in views.items()}
-            hits.append(IndexHit(key, score, per_view))
-        return hits
-
-
-_top_k = top_k  # the parameter name shadows the function inside ``search``

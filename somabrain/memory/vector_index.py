@@ -1,9 +1,17 @@
-"""Exact cosine-similarity vector index over a growable, contiguous float32 matrix.
+"""Exact cosine-similarity vector index over a growable float32 matrix.
 
 Why exact and not an ANN graph: at the sizes one tenant holds on one node (up to a few 100k
-memories) a single BLAS matrix-vector product over a C-contiguous float32 matrix costs ~2 ms per
-100k x 256 on two cores and has perfect recall, no build step and trivial deletes. Rows are
-L2-normalised on insert so that cosine is a plain dot product.
+memories) a single BLAS matrix-vector product costs ~3 ms per 100k x 256 on one core and has
+perfect recall, no build step and trivial deletes. Vectors are L2-normalised on insert so that
+cosine is a plain dot product.
+
+Why the matrix is stored dimension-major (``dim x capacity``: one contiguous row per embedding
+dimension, one column per slot): a query that is sparse, as the built-in hashing embedder's are
+(a few words light up 15-60 of 256 dimensions), only needs the rows of its non-zero
+dimensions. Gathering those rows and multiplying costs ~1.2 us per non-zero dimension at 10k
+memories, against ~110 us for the full product, and gives the same dot products (only the
+summation order differs). Dense queries (a sentence model's) use the full product, which BLAS
+runs as fast on this layout as on the row-major one.
 
 Slots are stable integers handed out in insertion order; deletes are tombstones (the row is
 zeroed and marked dead), so other structures (the BM25 postings, the hybrid index's columns)
@@ -23,6 +31,10 @@ __all__ = ["VectorIndex", "top_k"]
 
 F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
+
+#: A query with at most this fraction of non-zero dimensions is scored on those rows only
+#: (measured: the sparse product wins up to ~90 of 256 non-zero dimensions).
+SPARSE_QUERY_FRACTION = 0.3
 
 
 def top_k(scores: npt.NDArray[Any], k: int, mask: npt.NDArray[np.bool_] | None = None) -> I64:
@@ -66,7 +78,8 @@ class VectorIndex:
         if dim <= 0:
             raise ValueError(f"dim must be positive, got {dim}")
         self._dim = dim
-        self._matrix: F32 = np.zeros((max(capacity, 1), dim), dtype=np.float32)
+        # Dimension-major: ``_matrix[d, slot]`` (see the module docstring).
+        self._matrix: F32 = np.zeros((dim, max(capacity, 1)), dtype=np.float32)
         self._alive: npt.NDArray[np.bool_] = np.zeros(max(capacity, 1), dtype=np.bool_)
         self._n = 0
         self._dead = 0
@@ -98,8 +111,9 @@ class VectorIndex:
 
     @property
     def matrix(self) -> F32:
-        """Read-only view of the rows (unit vectors; dead rows are zero)."""
-        view = self._matrix[: self._n]
+        """Read-only ``(size, dim)`` view of the vectors, one row per slot (unit vectors; dead
+        rows are zero). Not C-contiguous: ``np.array`` it for a compact copy."""
+        view = self._matrix[:, : self._n].T
         view.flags.writeable = False
         return view
 
@@ -117,12 +131,12 @@ class VectorIndex:
 
     def _reserve(self, extra: int) -> None:
         need = self._n + extra
-        cap = self._matrix.shape[0]
+        cap = self._matrix.shape[1]
         if need <= cap:
             return
         cap = max(need, 2 * cap)
-        matrix = np.zeros((cap, self._dim), dtype=np.float32)
-        matrix[: self._n] = self._matrix[: self._n]
+        matrix = np.zeros((self._dim, cap), dtype=np.float32)
+        matrix[:, : self._n] = self._matrix[:, : self._n]
         alive = np.zeros(cap, dtype=np.bool_)
         alive[: self._n] = self._alive[: self._n]
         self._matrix, self._alive = matrix, alive
@@ -133,7 +147,7 @@ class VectorIndex:
         m = arr.shape[0]
         self._reserve(m)
         start = self._n
-        self._matrix[start : start + m] = arr
+        self._matrix[:, start : start + m] = arr.T
         self._alive[start : start + m] = True
         self._n += m
         return np.arange(start, start + m, dtype=np.int64)
@@ -143,7 +157,7 @@ class VectorIndex:
         if not 0 <= slot < self._n or not self._alive[slot]:
             return False
         self._alive[slot] = False
-        self._matrix[slot] = 0.0  # a dead row scores 0 without consulting the mask
+        self._matrix[:, slot] = 0.0  # a dead slot scores 0 without consulting the mask
         self._dead += 1
         return True
 
@@ -151,15 +165,25 @@ class VectorIndex:
         """A copy of the (unit) vector stored at a live ``slot``."""
         if not 0 <= slot < self._n or not self._alive[slot]:
             raise KeyError(slot)
-        row: F32 = self._matrix[slot].copy()
+        row: F32 = self._matrix[:, slot].copy()
         return row
 
     def scores(self, query: npt.ArrayLike) -> F32:
         """Cosine of ``query`` with every slot (dead slots: 0). A fresh, writable array."""
-        q = self.normalise(query)[0]
-        if self._n == 0:
+        return self.unit_scores(self.normalise(query)[0])
+
+    def unit_scores(self, q: F32) -> F32:
+        """``scores`` for a query already normalised (a 1-D float32 array of length ``dim``)."""
+        n = self._n
+        if n == 0:
             return np.zeros(0, dtype=np.float32)
-        sims: F32 = np.dot(self._matrix[: self._n], q)
+        nonzero = np.flatnonzero(q)
+        if nonzero.shape[0] <= SPARSE_QUERY_FRACTION * self._dim:
+            if nonzero.shape[0] == 0:
+                return np.zeros(n, dtype=np.float32)
+            sims: F32 = np.dot(q[nonzero], self._matrix[nonzero, :n])
+        else:
+            sims = np.dot(q, self._matrix[:, :n])
         return sims
 
     def search(
@@ -179,8 +203,8 @@ class VectorIndex:
         remap[keep] = np.arange(keep.shape[0], dtype=np.int64)
         m = keep.shape[0]
         cap = max(1024, int(m * 1.25))
-        matrix = np.zeros((cap, self._dim), dtype=np.float32)
-        matrix[:m] = self._matrix[keep]
+        matrix = np.zeros((self._dim, cap), dtype=np.float32)
+        matrix[:, :m] = self._matrix[:, keep]
         new_alive = np.zeros(cap, dtype=np.bool_)
         new_alive[:m] = True
         self._matrix, self._alive = matrix, new_alive

@@ -1,6 +1,6 @@
 """The graph, recency and salience views: ``ScoreView`` plug-ins for ``HybridIndex``.
 
-Each view gives every slot a score in [0, 1] (see ``hybrid`` for the combination rule):
+Each view gives every slot a score in [0, 1] (see ``ranking`` for the combination rule):
 
 ``graph``     proximity in the link graph to the query's best hits: a truncated personalized
               PageRank seeded by the top ``seeds`` memories of the seed views (semantic and
@@ -27,12 +27,15 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
-from .hybrid import F32, HybridIndex, Mask, RecallQuery, ScoreView
-from .vector_index import top_k
+from .ranking import F32, I64, Mask, RecallQuery, ScoreView
+
+if TYPE_CHECKING:
+    from .hybrid import HybridIndex
 
 __all__ = [
     "MINILM_WEIGHTS",
@@ -71,6 +74,7 @@ MINILM_WEIGHTS: Mapping[str, float] = {
 }
 
 _DAY = 86_400.0
+_NO_SLOTS = np.empty(0, dtype=np.int64)
 
 
 def default_weights(embedder: str = "builtin") -> dict[str, float]:
@@ -101,7 +105,6 @@ class GraphView:
         damping: float = 0.85,
         steps: int = 2,
         max_nodes: int = 4096,
-        seed_views: Sequence[str] = ("semantic", "lexical"),
     ) -> None:
         if seeds < 1 or steps < 1 or max_nodes < 1:
             raise ValueError("seeds, steps and max_nodes must be >= 1")
@@ -111,38 +114,37 @@ class GraphView:
         self.damping = damping
         self.steps = steps
         self.max_nodes = max_nodes
-        self.seed_views = tuple(seed_views)
 
-    def _relevance(self, query: RecallQuery, eligible: Mask) -> F32 | None:
-        present = [v for v in self.seed_views if v in query.views]
-        weights = {v: query.weights.get(v, 0.0) for v in present}
-        if sum(weights.values()) <= 0.0:  # seed views weigh nothing here: count them alike
-            weights = dict.fromkeys(present, 1.0)
-        rel: F32 | None = None
-        for name, w in weights.items():
-            if w > 0.0:
-                part = query.views[name] * np.float32(w)
-                rel = part if rel is None else rel + part
-        if rel is not None:
-            rel = rel * eligible
-        return rel
+    def prepare(self, index: HybridIndex, query: RecallQuery, eligible: Mask) -> I64:
+        """Walk from the seeds; the reached eligible memories are the slots to score."""
+        reached = self._walk(index, query, eligible)
+        query.scratch[self.name] = reached
+        return np.fromiter(reached, np.int64, len(reached))
 
-    def scores(self, index: HybridIndex, query: RecallQuery, eligible: Mask) -> F32:
-        out = np.zeros(index.size, dtype=np.float32)
+    def bound(self, index: HybridIndex, query: RecallQuery) -> float:
+        return 0.0  # the walk reached every slot with a non-zero score
+
+    def scores(self, index: HybridIndex, query: RecallQuery, slots: I64) -> F32:
+        reached: dict[int, float] = query.scratch.get(self.name) or {}
+        if not reached:
+            return np.zeros(slots.shape[0], dtype=np.float32)
+        get = reached.get
+        return np.fromiter((get(s, 0.0) for s in slots.tolist()), np.float32, slots.shape[0])
+
+    def _walk(self, index: HybridIndex, query: RecallQuery, eligible: Mask) -> dict[int, float]:
+        """Reached eligible slot -> score (mass normalised so that the best scores 1)."""
         graph = index.graph
         if graph is None or not len(graph):
-            return out
-        rel = self._relevance(query, eligible)
-        if rel is None:
-            return out
+            return {}
+        head = query.ranked_scores[: self.seeds]
         frontier: dict[str, float] = {}
-        for slot in top_k(rel, self.seeds).tolist():
+        for slot, rel in zip(query.ranked[: self.seeds].tolist(), head.tolist(), strict=True):
             key = index.key_of(slot)
-            if rel[slot] > 0.0 and key is not None:
-                frontier[key] = float(rel[slot])
+            if rel > 0.0 and key is not None:
+                frontier[key] = rel
         total = sum(frontier.values())
         if total <= 0.0:
-            return out
+            return {}
         frontier = {k: v / total for k, v in frontier.items()}
         acc: dict[str, float] = {}
         d = self.damping
@@ -160,15 +162,15 @@ class GraphView:
             for key, mass in nxt.items():
                 acc[key] = acc.get(key, 0.0) + mass
             frontier = nxt
+        reached: dict[int, float] = {}
         for key, mass in acc.items():
             slot = index.slot_of(key)
-            if slot is not None:
-                out[slot] = mass
-        out *= eligible
-        best = float(out.max(initial=0.0))
-        if best > 0.0:
-            out *= np.float32(1.0 / best)
-        return out
+            if slot is not None and eligible[slot] and mass > 0.0:
+                reached[slot] = mass
+        if reached:
+            scale = 1.0 / max(reached.values())
+            reached = {slot: mass * scale for slot, mass in reached.items()}
+        return reached
 
 
 class RecencyView:
@@ -181,10 +183,17 @@ class RecencyView:
             raise ValueError(f"half_life must be > 0 seconds, got {half_life}")
         self.half_life = float(half_life)
 
-    def scores(self, index: HybridIndex, query: RecallQuery, eligible: Mask) -> F32:
-        occurred = index.column("occurred_at")
-        t = np.where(np.isnan(occurred), index.column("created_at"), occurred)
-        age = np.abs(query.at - t) * (1.0 / self.half_life)
+    def prepare(self, index: HybridIndex, query: RecallQuery, eligible: Mask) -> I64:
+        return _NO_SLOTS
+
+    def bound(self, index: HybridIndex, query: RecallQuery) -> float:
+        """The score of the time closest to ``at`` among the index's event times."""
+        lo, hi = index.column_range("event_time")
+        gap = lo - query.at if query.at < lo else query.at - hi if query.at > hi else 0.0
+        return float(2.0 ** (-gap / self.half_life)) if math.isfinite(gap) else 1.0
+
+    def scores(self, index: HybridIndex, query: RecallQuery, slots: I64) -> F32:
+        age = np.abs(index.column("event_time")[slots] - query.at) * (1.0 / self.half_life)
         out: F32 = np.exp2(-age).astype(np.float32)
         return out
 
@@ -199,12 +208,30 @@ class SalienceView:
             raise ValueError(f"gain must be finite and >= 0, got {gain}")
         self.gain = float(gain)
 
-    def scores(self, index: HybridIndex, query: RecallQuery, eligible: Mask) -> F32:
+    def prepare(self, index: HybridIndex, query: RecallQuery, eligible: Mask) -> I64:
+        return _NO_SLOTS
+
+    def bound(self, index: HybridIndex, query: RecallQuery) -> float:
+        return self._column(index)[1]
+
+    def scores(self, index: HybridIndex, query: RecallQuery, slots: I64) -> F32:
+        scores: F32 = self._column(index)[0][slots]
+        return scores
+
+    def _column(self, index: HybridIndex) -> tuple[F32, float]:
+        """Every slot's score and their maximum. The score reads no query, so it is computed
+        for all slots at once and kept until the index changes (``HybridIndex.version``):
+        a read-mostly tenant pays a gather per search instead of a log and an exp per slot."""
+        cached = index.view_state.get(self.name)
+        if cached is not None and cached[0] == index.version:
+            return cached[1], cached[2]
         imp = np.clip(index.column("importance").astype(np.float64), 0.01, 0.99)
         logit: npt.NDArray[np.float64] = np.log(imp / (1.0 - imp))
         logit += self.gain * index.column("salience")
-        out: F32 = (1.0 / (1.0 + np.exp(-logit))).astype(np.float32)
-        return out
+        column: F32 = (1.0 / (1.0 + np.exp(-logit))).astype(np.float32)
+        top = float(column.max(initial=0.0))
+        index.view_state[self.name] = (index.version, column, top)
+        return column, top
 
 
 def multiview(

@@ -156,13 +156,19 @@ def test_batch_rejects_duplicate_keys_and_length_mismatch() -> None:
 
 
 class ImportanceView:
-    """A stand-in for the later salience view: reads the per-slot ``importance`` column."""
+    """A stand-in for the salience view: reads the per-slot ``importance`` column."""
 
     name = "salience"
 
-    def scores(self, index: HybridIndex, query: RecallQuery, eligible: np.ndarray) -> np.ndarray:
+    def prepare(self, index: HybridIndex, query: RecallQuery, eligible: np.ndarray) -> np.ndarray:
+        return np.empty(0, dtype=np.int64)
+
+    def bound(self, index: HybridIndex, query: RecallQuery) -> float:
+        return index.column_range("importance")[1]
+
+    def scores(self, index: HybridIndex, query: RecallQuery, slots: np.ndarray) -> np.ndarray:
         assert isinstance(query.text, str) and query.vector.shape == (index.dim,)
-        return index.column("importance").astype(np.float32)
+        return index.column("importance")[slots].astype(np.float32)
 
 
 def test_pluggable_view() -> None:

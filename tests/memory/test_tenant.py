@@ -187,10 +187,13 @@ async def test_rebuild_from_log_equals_live_state(tmp_path: Path) -> None:
             elif key in tm and "k0" in tm:
                 await tm.link(key, "k0", "rel", float(i))
         before = snapshot(tm)
-        recall_before = [(h.key, h.score) for h in tm.recall("topic 3 text")]
+        recall_before = tm.recall("topic 3 text")
     async with await open_tm(tmp_path) as tm:
         assert snapshot(tm) == before
-        assert [(h.key, h.score) for h in tm.recall("topic 3 text")] == recall_before
+        recall_after = tm.recall("topic 3 text")
+        # Same vectors, but a rebuilt index has no dead slots: BLAS may sum in another order.
+        assert [h.key for h in recall_after] == [h.key for h in recall_before]
+        assert [h.score for h in recall_after] == pytest.approx([h.score for h in recall_before])
 
 
 async def test_user_vectors_survive_restart_and_compaction(tmp_path: Path) -> None:

@@ -101,3 +101,18 @@ def test_invalid_vectors_are_refused(bad) -> None:
     with pytest.raises(InvalidVectorError):
         index.add(bad)
     assert index.size == 0
+
+
+def test_sparse_and_dense_queries_score_alike() -> None:
+    rng = np.random.default_rng(5)
+    index = VectorIndex(64)
+    index.add(rng.standard_normal((300, 64)))
+    index.remove(7)
+    for nonzero in (1, 5, 19, 40, 64):  # below and above the sparse-query threshold
+        q = np.zeros(64, dtype=np.float32)
+        q[rng.choice(64, nonzero, replace=False)] = rng.standard_normal(nonzero)
+        q /= np.linalg.norm(q)
+        expected = np.array(index.matrix) @ q
+        np.testing.assert_allclose(index.unit_scores(q), expected, rtol=1e-5, atol=1e-6)
+        assert index.unit_scores(q)[7] == 0.0
+    assert not index.unit_scores(np.zeros(64, dtype=np.float32)).any()
