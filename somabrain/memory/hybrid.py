@@ -183,7 +183,7 @@ class HybridIndex:
     def keys_of(self, slots: npt.NDArray[np.int64]) -> list[str]:
         """The keys of live ``slots``."""
         keys = self._keys
-        return [keys[slot] for slot in slots.tolist()]  # type: ignore[misc]
+        return [key for slot in slots.tolist() if (key := keys[slot]) is not None]
 
     def set_salience(self, key: str, strength: float) -> bool:
         """Set the salience strength of ``key`` in place; False if the key is not indexed."""

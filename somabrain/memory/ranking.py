@@ -208,8 +208,8 @@ def rank(
         "lexical": (lex[slots] * np.float32(lex_scale)).tolist(),
     }
     for view in views:
-        part = view_scores.get(view.name)
-        part = part[order] if part is not None else view.scores(index, query, slots)
+        known = view_scores.get(view.name)
+        part = known[order] if known is not None else view.scores(index, query, slots)
         columns[view.name] = part.tolist()
     names = list(columns)
     per_slot = zip(*columns.values(), strict=True)
