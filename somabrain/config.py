@@ -36,6 +36,7 @@ from .audit.settings import AuditSettings
 from .context.settings import ContextSettings
 from .governance.settings import GovernanceSettings
 from .supervision.config import NodeSettings, SupervisorNode, load_config
+from .tenancy import valid_tenant
 from .workers.settings import WorkersSettings
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "MemorySettings",
     "RateLimitSettings",
     "SomaConfig",
+    "TenantRateLimit",
     "default_config_data",
     "load",
 ]
@@ -57,12 +59,36 @@ class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     pass
 
 
+class TenantRateLimit(_Section):
+    """One tenant's override of the rate limit; a key left out inherits the node-wide value."""
+
+    enabled: bool | None = None
+    rate: PositiveFloat | None = None
+    burst: PositiveInt | None = None
+
+
 class RateLimitSettings(_Section):
-    """A token bucket per tenant: ``rate`` requests per second, bursts up to ``burst``."""
+    """A token bucket per tenant: ``rate`` requests per second, bursts up to ``burst``.
+
+    ``tenants`` overrides them for the tenants it names (``[edge.rate_limit.tenants.acme]``
+    ``rate = 50``), see ``somabrain.edge.ratelimit``. The ``SOMA_*`` form
+    (``SOMA_EDGE__RATE_LIMIT__TENANTS__ACME__RATE=50``) lowercases the tenant id, like every
+    key of a variable's name: a tenant id with capitals needs the config file.
+    """
 
     enabled: bool = True
     rate: PositiveFloat = 2000.0
     burst: PositiveInt = 4000
+    tenants: dict[str, TenantRateLimit] = msgspec.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # Checked here rather than by a key pattern, so that the error names the key.
+        for tenant in self.tenants:
+            if not valid_tenant(tenant):
+                raise ValueError(
+                    f"tenants: {tenant!r} is not a tenant id (1-64 of [A-Za-z0-9_.-], "
+                    "starting with a letter or digit)"
+                )
 
 
 class EdgeSettings(_Section):

@@ -63,7 +63,9 @@ class EdgeState:
         self.url: str | None = None
         self.metrics = Metrics()
         rate = config.edge.rate_limit
-        self.limiter = RateLimiter(rate.rate, rate.burst, enabled=rate.enabled)
+        self.limiter = RateLimiter(
+            rate.rate, rate.burst, enabled=rate.enabled, tenants=rate.tenants
+        )
         #: Set when the last incarnation's server has released its socket.
         self.released: anyio.Event | None = None
         #: The app of the running (or last) incarnation.

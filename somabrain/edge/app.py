@@ -95,7 +95,9 @@ class EdgeApp(OpsHandlers, GovernanceHandlers, ContextHandlers):
         self.auth = auth
         self.metrics = metrics or Metrics()
         rate = config.edge.rate_limit
-        self.limiter = limiter or RateLimiter(rate.rate, rate.burst, enabled=rate.enabled)
+        self.limiter = limiter or RateLimiter(
+            rate.rate, rate.burst, enabled=rate.enabled, tenants=rate.tenants
+        )
         self.edge_path = edge_path
         self.closing = False
         self._routes = {(r.method, r.path): r for r in ROUTES}

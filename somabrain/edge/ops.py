@@ -119,7 +119,9 @@ class OpsHandlers(Handlers):
         changes = await self.tree.reload(new.tree, new.node)
         if new.edge != old.edge:
             rate = new.edge.rate_limit
-            self.limiter.configure(rate.rate, rate.burst, enabled=rate.enabled)
+            self.limiter.configure(
+                rate.rate, rate.burst, enabled=rate.enabled, tenants=rate.tenants
+            )
             changes.append("edge: settings changed")
         if new.memory != old.memory:
             changes.append("memory: settings apply to memory actors started from now on")

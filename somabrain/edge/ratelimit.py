@@ -1,21 +1,47 @@
-"""Per-tenant token buckets.
+"""Per-tenant token buckets, with per-tenant overrides of the rate and burst.
 
 Each tenant has a bucket of ``burst`` tokens refilled at ``rate`` tokens per second; a request
 takes one. An empty bucket answers how long until the next token, which the edge sends as
 ``Retry-After`` with a 429. Buckets are created on a tenant's first request and dropped once
 full again (an idle tenant costs nothing), so the table holds only recently active tenants.
-Settings can change at run time (config reload): buckets keep their level, capped at the new
-burst.
+
+One setting for every tenant does not fit a shared node: a batch importer needs a higher rate
+than an interactive agent, and a noisy tenant may need a lower one. ``edge.rate_limit.tenants``
+overrides ``rate``, ``burst`` and ``enabled`` for the tenants it names; what an override leaves
+out comes from the node-wide setting. Settings can change at run time (config reload): buckets
+keep their level, capped at the tenant's new burst.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import NamedTuple, Protocol
 
-__all__ = ["RateLimiter"]
+__all__ = ["Limit", "LimitOverride", "RateLimiter"]
 
 _PRUNE_EVERY = 10_000
+
+
+class Limit(NamedTuple):
+    """The bucket parameters in force for one tenant."""
+
+    rate: float
+    burst: float
+    enabled: bool
+
+
+class LimitOverride(Protocol):
+    """A tenant's override (``config.TenantRateLimit``): None inherits the node-wide value."""
+
+    @property
+    def rate(self) -> float | None: ...
+
+    @property
+    def burst(self) -> int | None: ...
+
+    @property
+    def enabled(self) -> bool | None: ...
 
 
 class RateLimiter:
@@ -27,32 +53,58 @@ class RateLimiter:
         burst: int,
         *,
         enabled: bool = True,
+        tenants: Mapping[str, LimitOverride] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._clock = clock
         self._buckets: dict[str, list[float]] = {}  # tenant -> [tokens, last refill time]
         self._calls = 0
         self.limited = 0
-        self.configure(rate, burst, enabled=enabled)
+        self.configure(rate, burst, enabled=enabled, tenants=tenants)
 
-    def configure(self, rate: float, burst: int, *, enabled: bool = True) -> None:
-        if rate <= 0 or burst < 1:
-            raise ValueError("rate must be > 0 and burst >= 1")
+    def configure(
+        self,
+        rate: float,
+        burst: int,
+        *,
+        enabled: bool = True,
+        tenants: Mapping[str, LimitOverride] | None = None,
+    ) -> None:
+        """Set the node-wide limit and the per-tenant overrides (all of them: a tenant left
+        out of ``tenants`` gets the node-wide limit again)."""
+        limits: dict[str, Limit] = {}
+        for tenant, o in (tenants or {}).items():
+            limits[tenant] = Limit(
+                float(rate if o.rate is None else o.rate),
+                float(burst if o.burst is None else o.burst),
+                enabled if o.enabled is None else o.enabled,
+            )
+        for name, limit in [("", Limit(float(rate), float(burst), enabled)), *limits.items()]:
+            if limit.rate <= 0 or limit.burst < 1:
+                where = f" (tenant {name!r})" if name else ""
+                raise ValueError(f"rate must be > 0 and burst >= 1{where}")
         self.rate = float(rate)
         self.burst = float(burst)
         self.enabled = enabled
+        self._default = Limit(self.rate, self.burst, enabled)
+        self._limits = limits
+
+    def limit_of(self, tenant: str) -> Limit:
+        """The limit in force for ``tenant`` (its override, else the node-wide one)."""
+        return self._limits.get(tenant, self._default)
 
     def acquire(self, tenant: str, cost: float = 1.0) -> float:
         """Take ``cost`` tokens: 0.0 when allowed, else the seconds until it would be."""
-        if not self.enabled:
+        rate, burst, enabled = self._limits.get(tenant, self._default)
+        if not enabled:
             return 0.0
         now = self._clock()
         bucket = self._buckets.get(tenant)
         if bucket is None:
-            bucket = self._buckets[tenant] = [self.burst, now]
+            bucket = self._buckets[tenant] = [burst, now]
         else:
-            tokens = bucket[0] + (now - bucket[1]) * self.rate
-            bucket[0] = tokens if tokens < self.burst else self.burst
+            tokens = bucket[0] + (now - bucket[1]) * rate
+            bucket[0] = tokens if tokens < burst else burst
             bucket[1] = now
         self._calls += 1
         if self._calls >= _PRUNE_EVERY:
@@ -61,15 +113,15 @@ class RateLimiter:
             bucket[0] -= cost
             return 0.0
         self.limited += 1
-        return (cost - bucket[0]) / self.rate
+        return (cost - bucket[0]) / rate
 
     def _prune(self, now: float) -> None:
         self._calls = 0
-        full = [
-            t
-            for t, (tokens, last) in self._buckets.items()
-            if tokens + (now - last) * self.rate >= self.burst
-        ]
+        full = []
+        for tenant, (tokens, last) in self._buckets.items():
+            rate, burst, _ = self._limits.get(tenant, self._default)
+            if tokens + (now - last) * rate >= burst:
+                full.append(tenant)
         for tenant in full:
             del self._buckets[tenant]
 

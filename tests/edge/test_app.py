@@ -330,6 +330,40 @@ async def test_rate_limit_answers_429_with_retry_after(tmp_path: Path) -> None:
             assert (await other.post("/memory/recall", json={"query": "x"})).status_code == 200
 
 
+async def test_per_tenant_rate_limits_from_config_and_reload(tmp_path: Path) -> None:
+    config = tmp_path / "soma.toml"
+    config.write_text("[edge.rate_limit.tenants.slow]\nrate = 0.5\nburst = 2\n")
+    async with (
+        harness(tmp_path) as h,
+        h.client("slow") as slow,
+        h.client("fast") as fast,
+        h.client(scopes=("admin",)) as admin,
+    ):
+        h.app.system.resources["config_path"] = config
+        r = await admin.post("/admin/reload", json={})
+        assert "edge: settings changed" in r.json()["changes"]
+
+        async def statuses(client: httpx.AsyncClient, n: int) -> list[int]:
+            return [
+                (await client.post("/memory/recall", json={"query": "x"})).status_code
+                for _ in range(n)
+            ]
+
+        assert await statuses(slow, 3) == [200, 200, 429]
+        r = await slow.post("/memory/recall", json={"query": "x"})
+        assert r.headers["retry-after"] == "2" and error_of(r)["code"] == "rate_limited"
+        assert await statuses(fast, 20) == [200] * 20  # the node-wide limit: 4000 burst
+        config.write_text("[edge.rate_limit.tenants.slow]\nenabled = false\n")
+        r = await admin.post("/admin/reload", json={})
+        assert "edge: settings changed" in r.json()["changes"]
+        assert await statuses(slow, 20) == [200] * 20
+        config.write_text("[edge.rate_limit.tenants.slow]\nburst = 0\n")
+        r = await admin.post("/admin/reload", json={})
+        assert r.status_code == 422
+        assert error_of(r)["field"] == "edge.rate_limit.tenants.slow.burst"
+        assert await statuses(slow, 5) == [200] * 5  # the refused reload changed nothing
+
+
 async def test_unexpected_errors_are_logged_500s(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -14,13 +14,15 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from somabrain.config import AuthSettings
+from somabrain import config as soma_config
+from somabrain.config import AuthSettings, TenantRateLimit
 from somabrain.edge.auth import Authenticator, TokenIssuer, dev_secret
 from somabrain.edge.errors import HTTPError, from_decode_error, from_validation
 from somabrain.edge.metrics import Metrics, render_tree_metrics
 from somabrain.edge.openapi import openapi_document, openapi_json
 from somabrain.edge.ratelimit import RateLimiter
 from somabrain.edge.schemas import RecallRequest, RememberBatchRequest
+from somabrain.supervision import ConfigError
 
 # ----------------------------------------------------------------------------- errors
 
@@ -247,6 +249,74 @@ def test_rate_limiter_reconfigure_and_disable() -> None:
     assert all(limiter.acquire("a") == 0.0 for _ in range(100))
     with pytest.raises(ValueError):
         limiter.configure(0, 1)
+
+
+def test_per_tenant_overrides() -> None:
+    clock = FakeClock()
+    tenants = {
+        "slow": TenantRateLimit(rate=0.5, burst=2),
+        "bursty": TenantRateLimit(burst=10),  # rate inherited
+        "free": TenantRateLimit(enabled=False),
+    }
+    limiter = RateLimiter(rate=2.0, burst=3, tenants=tenants, clock=clock)
+    assert limiter.limit_of("slow") == (0.5, 2.0, True)
+    assert limiter.limit_of("bursty") == (2.0, 10.0, True)
+    assert limiter.limit_of("anyone") == (2.0, 3.0, True)
+    assert [limiter.acquire("slow") for _ in range(2)] == [0.0, 0.0]
+    assert limiter.acquire("slow") == pytest.approx(2.0)  # 1 token at 0.5/s
+    assert all(limiter.acquire("bursty") == 0.0 for _ in range(10))
+    assert limiter.acquire("bursty") == pytest.approx(0.5)
+    assert all(limiter.acquire("free") == 0.0 for _ in range(1000))
+    assert "free" not in limiter._buckets
+    # a reload replaces every override: "slow" is back on the node-wide limit, capped at 3
+    limiter.configure(2.0, 3, tenants={"anyone": TenantRateLimit(rate=1.0)})
+    clock.now += 100
+    assert [limiter.acquire("slow") for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert limiter.acquire("slow") > 0
+    # node-wide off, one tenant still limited
+    limiter.configure(2.0, 3, enabled=False, tenants={"slow": TenantRateLimit(enabled=True)})
+    assert all(limiter.acquire("other") == 0.0 for _ in range(100))
+    assert limiter.acquire("slow") > 0
+    with pytest.raises(ValueError, match="tenant 'x'"):
+        limiter.configure(2.0, 3, tenants={"x": TenantRateLimit(burst=0)})
+
+
+def test_idle_buckets_are_pruned_with_their_own_limits() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(rate=1000.0, burst=10, tenants={"slow": TenantRateLimit(rate=0.01)},
+                          clock=clock)  # fmt: skip
+    limiter.acquire("slow")
+    limiter.acquire("fast")
+    clock.now += 1.0  # "fast" is full again, "slow" is not
+    for i in range(10_000):
+        limiter.acquire(f"t{i % 2}")
+    assert "slow" in limiter._buckets and "fast" not in limiter._buckets
+
+
+def test_rate_limit_overrides_from_the_config_file_and_the_environment(tmp_path: Path) -> None:
+    path = tmp_path / "soma.toml"
+    path.write_text(
+        "[edge.rate_limit]\nrate = 100.0\n"
+        "[edge.rate_limit.tenants.acme]\nrate = 5.0\nburst = 10\n"
+        '[edge.rate_limit.tenants."Big.Co"]\nenabled = false\n'
+    )
+    env = {"SOMA_EDGE__RATE_LIMIT__TENANTS__NOISY__RATE": "1.5"}
+    rl = soma_config.load(path, environ=env).edge.rate_limit
+    assert rl.tenants == {
+        "acme": TenantRateLimit(rate=5.0, burst=10),
+        "Big.Co": TenantRateLimit(enabled=False),
+        "noisy": TenantRateLimit(rate=1.5),
+    }
+    for text, key, message in [
+        ("[edge.rate_limit.tenants.acme]\nrate = 0\n", "edge.rate_limit.tenants.acme.rate", ">"),
+        ("[edge.rate_limit.tenants.acme]\nbrust = 3\n", "edge.rate_limit.tenants.acme.brust",
+         "unknown field"),
+        ('[edge.rate_limit.tenants."a/b"]\nrate = 1.0\n', "edge.rate_limit", "'a/b' is not a"),
+    ]:  # fmt: skip
+        path.write_text(text)
+        with pytest.raises(ConfigError) as info:
+            soma_config.load(path, environ={})
+        assert info.value.key == key and message in str(info.value)
 
 
 # ----------------------------------------------------------------------------- metrics
