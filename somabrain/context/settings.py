@@ -16,11 +16,13 @@ else ``somabrain.memory.views.default_weights(embedder)``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta
 
+from ..memory.associations import ASSOCIATION, AssociationSettings, with_association
 from ..memory.views import VIEW_NAMES, resolve_weights
 from .adaptation import AdaptationSettings
 from .planner import PlannerSettings
@@ -31,6 +33,7 @@ __all__ = [
     "LimitSettings",
     "ViewSettings",
     "WorkingMemorySettings",
+    "default_weights_for",
     "tenant_default_weights",
 ]
 
@@ -106,14 +109,30 @@ class ContextSettings(_Section, frozen=True):
     limits: LimitSettings = msgspec.field(default_factory=LimitSettings)
     planner: PlannerSettings = msgspec.field(default_factory=PlannerSettings)
     adaptation: AdaptationSettings = msgspec.field(default_factory=AdaptationSettings)
+    #: What feedback teaches besides the weights: the ``association`` view and co-use links.
+    associations: AssociationSettings = msgspec.field(default_factory=AssociationSettings)
 
 
 def tenant_default_weights(config: Any) -> dict[str, float]:
     """Every tenant's weights before adaptation, from a ``SomaConfig`` (or None: defaults):
-    ``memory.weights`` when set, else the embedder's defaults over the enabled views."""
+    ``memory.weights`` when set, else the embedder's defaults over the enabled views, plus the
+    ``association`` view when enabled (``context.associations.weight`` of the others' sum)."""
     context = getattr(config, "context", None)
-    embedder = context.embedder if isinstance(context, ContextSettings) else "builtin"
+    if not isinstance(context, ContextSettings):
+        context = ContextSettings()
     memory = getattr(config, "memory", None)
     configured = getattr(memory, "weights", None) or {}
     enabled = getattr(memory, "extra_views", None)
-    return resolve_weights(configured, VIEW_NAMES if enabled is None else enabled, embedder)
+    enabled = [*VIEW_NAMES, ASSOCIATION] if enabled is None else enabled
+    return default_weights_for(configured, enabled, context)
+
+
+def default_weights_for(
+    configured: Mapping[str, float], enabled: Sequence[str], context: ContextSettings
+) -> dict[str, float]:
+    """The default weights for ``memory.weights`` (``configured``) and ``memory.extra_views``
+    (``enabled``): what the planner adapts from and what the memory actor recalls with."""
+    weights = resolve_weights(configured, enabled, context.embedder)
+    if ASSOCIATION in enabled and not configured:
+        weights = with_association(weights, context.associations.weight)
+    return weights

@@ -35,6 +35,14 @@ import anyio
 
 from ..actors import Actor, ActorStoppedError, ActorSystem
 from ..tenancy import valid_tenant
+from .associations import (
+    ASSOCIATION,
+    AssociationStore,
+    AssociationView,
+    FeedbackLearner,
+    association_journal_path,
+    with_association,
+)
 from .embedding import BatchingEmbedder, shared_embedder
 from .errors import MemoryStoreError
 from .messages import (
@@ -83,12 +91,13 @@ class TenantUnavailableError(MemoryStoreError):
 class _OpenStore:
     """A ``TenantMemory`` plus the writes in flight on it."""
 
-    __slots__ = ("_idle", "inflight", "memory", "system", "working")
+    __slots__ = ("_idle", "associations", "inflight", "memory", "system", "working")
 
     def __init__(self, system: ActorSystem, memory: TenantMemory) -> None:
         self.system = system
         self.memory = memory
         self.working: DurableWorkingMemory | None = None
+        self.associations: AssociationStore | None = None
         self.inflight = 0
         self._idle: anyio.Event | None = None
 
@@ -130,6 +139,8 @@ class _OpenStore:
             await self.memory.aclose()
             if self.working is not None:
                 await self.working.aclose()
+            if self.associations is not None:
+                await self.associations.aclose()
 
 
 class MemoryActor(Actor):
@@ -165,7 +176,15 @@ class MemoryActor(Actor):
         ]
         embedder = await shared_embedder(system.resources, ctx.embedder, ctx.embedding)
         self.batcher = embedder if isinstance(embedder, BatchingEmbedder) else None
+        self.embedder = embedder.embedder if self.batcher is not None else embedder
         self.broken: BaseException | None = None
+        associations: AssociationStore | None = None
+        if ASSOCIATION in settings.extra_views:  # filled from its journal below
+            a = ctx.associations
+            associations = AssociationStore(embedder.dim, capacity=a.capacity)
+            views.append(AssociationView(associations, neighbours=a.neighbours,
+                                         min_similarity=a.min_similarity,
+                                         sharpness=a.sharpness))  # fmt: skip
         try:
             memory = await TenantMemory.open(
                 tenant_data_dir(system),
@@ -187,7 +206,12 @@ class MemoryActor(Actor):
             return
         self.memory = memory
         self.weights = resolve_weights(settings.weights, settings.extra_views, ctx.embedder)
+        if ASSOCIATION in settings.extra_views and not settings.weights:
+            self.weights = with_association(self.weights, ctx.associations.weight)
+        self.associations = associations
+        self.learner = FeedbackLearner(memory, associations, ctx.associations)
         self.store = stores[tenant] = _OpenStore(system, memory)
+        self.store.associations = associations
         wm = ctx.working_memory
         self.working = self.store.working = await DurableWorkingMemory.open(
             working_journal_path(tenant_data_dir(system), tenant),
@@ -196,6 +220,10 @@ class MemoryActor(Actor):
             max_sessions=wm.max_sessions,
             recency_weight=wm.recency_weight,
         )
+        if associations is not None:  # registered first: a kill meanwhile still closes it
+            await associations.load(
+                association_journal_path(tenant_data_dir(system), tenant), self._embed
+            )
 
     async def on_stop(self) -> None:
         if self.broken is not None:
@@ -222,12 +250,14 @@ class MemoryActor(Actor):
                 return memory.get(key)
             case Remember(memories=memories):
                 return self.store.write(self._remember, memories)
-            case Reinforce(keys=keys, amount=amount, session_id=session):
-                return self.store.write(self._reinforce, keys, amount, session)
+            case Reinforce(keys=keys, amount=amount, session_id=session, query=query):
+                return self.store.write(self._reinforce, keys, amount, session, query)
             case LinkMemories(from_key=f, to_key=t, rel=rel, weight=weight):
                 return self.store.write(memory.link, f, t, rel, weight)
             case Forget(key=key):
                 self.working.discard(key)
+                if self.associations is not None:
+                    self.associations.discard(key)
                 return self.store.write(memory.forget, key)
             case Unlink(from_key=f, to_key=t, rel=rel):
                 return self.store.write(memory.unlink, f, t, rel)
@@ -291,10 +321,19 @@ class MemoryActor(Actor):
             self._track(session, keys)
         return result
 
+    async def _embed(self, texts: Any) -> Any:
+        """Embeddings of ``texts``, off the event loop when the embedder is a model."""
+        if self.batcher is not None:
+            return await self.batcher.embed(texts)
+        return self.embedder.embed(texts)
+
     async def _reinforce(
-        self, keys: tuple[str, ...], amount: float, session: str | None
+        self, keys: tuple[str, ...], amount: float, session: str | None, query: str | None
     ) -> dict[str, float]:
-        result = await self.memory.reinforce(keys, amount)
+        vector = None
+        if query is not None and amount > 0 and self.associations is not None:
+            [vector] = await self._embed([query])
+        result = await self.learner.learn(keys, amount, query=query, vector=vector)
         if session is not None and amount > 0:
             self._track(session, [k for k in keys if k in result])
         return result

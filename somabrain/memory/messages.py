@@ -106,11 +106,14 @@ class ContextRecall(msgspec.Struct, frozen=True, tag=True, kw_only=True):
 
 class Reinforce(msgspec.Struct, frozen=True, tag=True, kw_only=True):
     """Feedback: add ``amount`` to the salience of ``keys`` (durable; the ticket's result is
-    ``{key: new strength}``) and put them in the session's working memory."""
+    ``{key: new strength}``) and put them in the session's working memory. With ``query`` and
+    ``amount > 0`` the keys are also associated with the query and linked to each other
+    (``associations.FeedbackLearner``)."""
 
     keys: tuple[str, ...]
     amount: float
     session_id: str | None = None
+    query: str | None = None
 
 
 MemoryRequest = (

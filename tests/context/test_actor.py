@@ -26,7 +26,7 @@ from somabrain.context.messages import (
     FeedbackResult,
 )
 from somabrain.memory import Link, Memory
-from somabrain.memory.messages import Remember, ask_memory
+from somabrain.memory.messages import GetMemory, Remember, ask_memory
 from somabrain.supervision import SupervisionTree, SupervisorNode
 
 pytestmark = pytest.mark.anyio
@@ -119,6 +119,27 @@ async def test_evaluate_feedback_and_adaptation(tmp_path: Path) -> None:
         assert state.history_length == 1 and state.weights == result.weights_after
         reset = await ask(system, AdaptationQuery(tenant="acme", reset=True))
         assert reset.weights == reset.defaults and reset.history_length == 0
+
+
+async def test_feedback_teaches_associations_and_co_use_links_that_survive_a_restart(
+    tmp_path: Path,
+) -> None:
+    query = "how did Caroline feel at the support group"
+    async with node(tmp_path) as (system, t):
+        await seed(system, t)
+        before = await ask(system, Evaluate(tenant="acme", query="Caroline support", top_k=4))
+        assert all(m.views["association"] == 0.0 for m in before.memories)
+        result = await ask(system, Feedback(tenant="acme", session_id="s1", query=query,
+                                            used_keys=("t1", "t3"), utility=1.0))  # fmt: skip
+        assert isinstance(result, FeedbackResult) and result.reinforced == 2
+        assert "association" in result.weights_after
+    async with node(tmp_path) as (system, t):
+        after = await ask(system, Evaluate(tenant="acme", query="Caroline support", top_k=4))
+        lifted = {m.key for m in after.memories if m.views["association"] > 0.0}
+        assert lifted == {"t1", "t3"}
+        runner: Any = t.find("/root/memory")
+        t1 = await ask_memory(runner.ref("acme"), GetMemory(key="t1"), 5.0)
+        assert any(ln.to_key == "t3" and ln.rel == "co_used" for ln in t1.links)
 
 
 async def test_refusals_come_back_as_failures(tmp_path: Path) -> None:

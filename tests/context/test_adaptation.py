@@ -49,6 +49,29 @@ def test_no_update_without_a_pair_or_a_reward() -> None:
     assert not adapt(W, [v], [v], reward=float("nan")).applied
 
 
+def test_the_prior_pulls_each_update_towards_the_defaults() -> None:
+    used = [{"semantic": 0.2, "lexical": 0.9, "graph": 0.1, "recency": 0.0, "salience": 0.5}]
+    unused = [{"semantic": 0.8, "lexical": 0.1, "graph": 0.1, "recency": 0.0, "salience": 0.5}]
+    free = adapt(W, used, unused, settings=AdaptationSettings(prior_pull=0.0), prior=W)
+    pulled = adapt(W, used, unused, settings=AdaptationSettings(prior_pull=0.5), prior=W)
+    home = adapt(W, used, unused, settings=AdaptationSettings(prior_pull=1.0), prior=W)
+    assert W["lexical"] < pulled.weights_after["lexical"] < free.weights_after["lexical"]
+    # the pulled weights are the geometric mean of the free step and the prior
+    ratio = pulled.weights_after["lexical"] / pulled.weights_after["semantic"]
+    free_ratio = free.weights_after["lexical"] / free.weights_after["semantic"]
+    assert ratio == pytest.approx(math.sqrt(free_ratio * W["lexical"] / W["semantic"]))
+    assert home.weights_after == pytest.approx(W)
+    # a view the prior does not name keeps its share; without a prior nothing is pulled
+    w6 = W | {"association": 0.5}
+    pos = [u | {"association": 1.0} for u in used]
+    neg = [u | {"association": 0.0} for u in unused]
+    only = adapt(w6, pos, neg, settings=AdaptationSettings(prior_pull=1.0), prior=W)
+    after = only.weights_after
+    assert after["lexical"] / after["semantic"] == pytest.approx(W["lexical"] / W["semantic"])
+    assert after["association"] > 0.5 / 1.5
+    assert adapt(W, used, unused, prior=None).weights_after == free.weights_after
+
+
 def test_feedback_helpers() -> None:
     assert reward_of(None, None) == 1.0
     assert reward_of(0.3, None) == 0.3 and reward_of(0.3, -2.0) == -1.0

@@ -121,7 +121,7 @@ async def test_memory_round_trip(tmp_path: Path) -> None:
         body = r.json()
         assert body["results"][0]["key"] == first["key"]
         views = body["results"][0]["views"]
-        assert set(views) == {"semantic", "lexical", "graph", "recency", "salience"}
+        assert set(views) == {"semantic", "lexical", "graph", "recency", "salience", "association"}
         assert all(0.0 <= v <= 1.0 for v in views.values())
         assert body["results"][0]["meta"] == {"kind": "fact"}
         assert body["ltm_hits"] == len(body["results"]) and body["wm_hits"] == 0

@@ -1,0 +1,623 @@
+"""Query-aware feedback: which memories helped which queries, as a recall view, kept durably.
+
+A positive feedback (``POST /context/feedback`` naming ``used_keys``) says "for *this query*
+*these memories* were used". Salience (``TenantMemory.reinforce``) keeps the second half only
+and lifts those memories for every later query alike. This module keeps both halves:
+
+* **associations**: each positive feedback stores ``(query, used keys)``; the ``association``
+  view lifts, for a new query, the memories that helped the stored queries most similar to it
+  ("memories that helped similar questions before");
+* **co-use links**: memories used together in one feedback get a link ``rel = "co_used"``
+  whose weight grows by ``co_use_weight`` with every such feedback (up to
+  ``co_use_max_weight``); the graph view's walk follows it like any other link, so a query whose
+  best hits include one of them reaches the others.
+
+The ``association`` view. For a query ``q`` take the ``neighbours`` stored queries ``j`` most
+similar to it (cosine of the embeddings, above ``min_similarity``), ``s_1`` the best cosine::
+
+    a(m)     = max over those j whose used keys hold m of  (s_j / s_1) ** sharpness
+    score(m) = a(m) * rel(m) / rel(best)
+
+where ``rel`` is the semantic + lexical part of the search's score (weighted as in the search)
+and ``best`` the query's best hit by it. So a memory is lifted in proportion to how relevant it
+already is to *this* query: a memory that answered a similar question but shares nothing with
+this one stays where it was.
+
+Why these choices (measured on LoCoMo, ``benchmarks/locomo.py``, feedback on half of each
+conversation's questions, recall@10 on the other half):
+
+* relative similarity ``s_j / s_1``, not the raw cosine: cosines between questions of one
+  tenant sit around 0.3 with the hashing embedder and 0.7 with MiniLM (they share names and
+  phrasing), so any absolute scale fits one embedder only; the ranking among stored queries
+  carries over;
+* a lift proportional to relevance, not a constant: a constant lift (what salience does) moved
+  memories used before into unrelated queries' results and gained nothing;
+* the maximum over neighbours, not the sum: a memory used by many past queries is not more
+  likely to answer this one;
+* ``sharpness`` 2: MiniLM's question cosines are close together (the nearest five within a few
+  hundredths), so the ratio alone barely tells them apart.
+
+The view asks ``ranking`` to score exactly the lifted memories (``prepare``) and bounds every
+other slot by 0, so it costs one product of the stored query embeddings with the query's,
+never a pass over the tenant's memories.
+
+Durability: a journal beside the tenant's memory log (``<log>.assoc``, CRC-framed msgpack
+records, same frame format as the working-memory journal). Only the query text and the keys
+are written; the query embeddings are recomputed when the journal is opened, so the state
+follows a change of embedder. Each association is written and fsynced before the feedback that
+made it is acknowledged. The journal is rewritten compactly on open and when it grows past four
+times its last snapshot. Why not records in the memory log: the same reasons as working memory's
+journal (``working_journal.py``): it is learned state with its own bound (``capacity``, oldest
+dropped first), and compaction of the memory log need not carry it. A forgotten memory is
+dropped from every association (``discard``, journaled), so a key written again later does not
+inherit what the old memory learned.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import itertools
+import logging
+import math
+import os
+import struct
+import time
+import zlib
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import anyio
+import msgspec
+import numpy as np
+import numpy.typing as npt
+from msgspec import Meta
+
+from .errors import UnknownMemoryError
+from .log import tenant_log_path
+from .ranking import F32, I64, Mask, RecallQuery
+
+if TYPE_CHECKING:
+    from .hybrid import HybridIndex
+    from .tenant import TenantMemory
+
+__all__ = [
+    "ASSOCIATION",
+    "CO_USED",
+    "AssociationSettings",
+    "AssociationStore",
+    "AssociationView",
+    "FeedbackLearner",
+    "association_journal_path",
+    "with_association",
+]
+
+logger = logging.getLogger("somabrain.memory")
+
+#: The view's name (in weights and in every hit's ``views``).
+ASSOCIATION = "association"
+#: The ``rel`` of co-use links.
+CO_USED = "co_used"
+
+MAGIC = b"SBASJ\x00\x00\x01"
+_HEADER = struct.Struct("<II")
+_MAX_RECORD_BYTES = 16 * 1024 * 1024
+_COMPACT_MIN_BYTES = 1024 * 1024
+_COMPACT_FACTOR = 4
+_FILE_MODE = 0o600
+
+Embed = Callable[[Sequence[str]], Awaitable[npt.NDArray[np.float32]]]
+
+
+class AssociationSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Config section ``context.associations``."""
+
+    #: Default weight of the ``association`` view, as a fraction of the sum of the other
+    #: views' default weights (then adapted per tenant like the others).
+    weight: Annotated[float, Meta(ge=0)] = 0.5
+    #: Stored queries consulted per recall (the most similar ones).
+    neighbours: Annotated[int, Meta(ge=1, le=100)] = 5
+    #: Stored queries less similar than this (cosine) are never consulted.
+    min_similarity: Annotated[float, Meta(ge=-1, le=1)] = 0.0
+    #: Exponent of the relative similarity ``s_j / s_1`` (larger: the nearest query counts more).
+    sharpness: Annotated[float, Meta(ge=0)] = 2.0
+    #: Associations kept per tenant; the oldest is dropped first.
+    capacity: Annotated[int, Meta(ge=1)] = 4096
+    #: Weight added to the co-use link of every pair of memories used in one feedback (0: none).
+    co_use_weight: Annotated[float, Meta(ge=0)] = 1.0
+    co_use_max_weight: Annotated[float, Meta(gt=0)] = 4.0
+    #: Used keys of one feedback that get co-use links (the first ones; pairs grow as n^2).
+    co_use_max_keys: Annotated[int, Meta(ge=2, le=64)] = 8
+
+
+def with_association(weights: dict[str, float], fraction: float) -> dict[str, float]:
+    """``weights`` plus the ``association`` view at ``fraction`` of their sum (unless they
+    name it already, or ``fraction`` is 0)."""
+    out = dict(weights)
+    if ASSOCIATION not in out and fraction > 0.0:
+        out[ASSOCIATION] = fraction * sum(out.values())
+    return out
+
+
+def association_journal_path(data_dir: str | os.PathLike[str], tenant: str) -> Path:
+    """The association journal of ``tenant``, beside its memory log."""
+    return tenant_log_path(data_dir, tenant).with_suffix(".assoc")
+
+
+# ------------------------------------------------------------------------------ journal
+
+
+class Associated(msgspec.Struct, frozen=True, tag=True, array_like=True):
+    query: str
+    keys: list[str]
+    at: float
+
+
+class Dissociated(msgspec.Struct, frozen=True, tag=True, array_like=True):
+    key: str
+
+
+Record = Associated | Dissociated
+_ENCODER = msgspec.msgpack.Encoder()
+_DECODER: msgspec.msgpack.Decoder[Record] = msgspec.msgpack.Decoder(Record)
+
+
+def _frame(record: Record) -> bytes:
+    payload = _ENCODER.encode(record)
+    return _HEADER.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+def _read(path: Path) -> list[Record]:
+    """The intact records of the journal (none if missing); a torn or corrupt tail is ignored
+    from the first bad frame on. Creates the directory if needed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    if not data.startswith(MAGIC):
+        if data:
+            logger.warning("association journal %s has a bad header; starting empty", path)
+        return []
+    records: list[Record] = []
+    pos, end = len(MAGIC), len(data)
+    while pos + _HEADER.size <= end:
+        length, crc = _HEADER.unpack_from(data, pos)
+        start = pos + _HEADER.size
+        if length > _MAX_RECORD_BYTES or start + length > end:
+            break
+        payload = data[start : start + length]
+        if zlib.crc32(payload) != crc:
+            break
+        try:
+            records.append(_DECODER.decode(payload))
+        except msgspec.DecodeError:
+            break
+        pos = start + length
+    if pos < end:
+        logger.warning("association journal %s: ignoring %d bytes of torn tail", path, end - pos)
+    return records
+
+
+def _write_all(file: io.FileIO, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = file.write(view)
+        if not written:
+            raise OSError(f"short write to {file.name}")
+        view = view[written:]
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# ------------------------------------------------------------------------------ store
+
+
+class AssociationStore:
+    """A tenant's associations: a ring of ``capacity`` (query, unit embedding, used keys).
+
+    ``in_memory`` keeps nothing on disk; ``open`` replays (and then appends to) a journal.
+    Changes are synchronous (``add``, ``discard``); ``sync`` makes them durable."""
+
+    def __init__(self, dim: int, *, capacity: int = 4096, path: Path | None = None) -> None:
+        if dim < 1 or capacity < 1:
+            raise ValueError("dim and capacity must be >= 1")
+        self.dim = dim
+        self.capacity = capacity
+        self.path = path
+        self._vectors = np.zeros((capacity, dim), dtype=np.float32)
+        self._queries: list[str] = []
+        self._keys: list[tuple[str, ...]] = []
+        self._at: list[float] = []
+        self._next = 0  # the ring position the next association goes to (once full)
+        self._emptied = 0  # entries whose keys were all forgotten
+        self._file: io.FileIO | None = None
+        self._size = 0
+        self._compact_at = _COMPACT_MIN_BYTES
+        #: Serialises read-modify-write of co-use link weights (``FeedbackLearner``).
+        self.lock = anyio.Lock()
+
+    @classmethod
+    def in_memory(cls, dim: int, *, capacity: int = 4096) -> AssociationStore:
+        return cls(dim, capacity=capacity)
+
+    @classmethod
+    async def open(
+        cls, path: str | os.PathLike[str], dim: int, embed: Embed, *, capacity: int = 4096
+    ) -> AssociationStore:
+        """A store replayed from the journal at ``path`` (``load``)."""
+        store = cls(dim, capacity=capacity)
+        await store.load(path, embed)
+        return store
+
+    async def load(self, path: str | os.PathLike[str], embed: Embed) -> None:
+        """Replay the journal at ``path`` (created if missing) into this empty store, embed its
+        queries with ``embed``, rewrite it as a snapshot and journal from then on. An
+        unreadable or unwritable journal is logged and the store stays in memory only
+        (feedback must not fail because of it)."""
+        if self._queries or self.path is not None:
+            raise RuntimeError("load() needs an empty store without a journal")
+        where = self.path = Path(path)
+        try:
+            records = await anyio.to_thread.run_sync(_read, where)
+        except OSError as exc:
+            logger.error("association journal %s unreadable, not durable: %r", where, exc)
+            return
+        entries: list[tuple[str, list[str], float]] = []
+        for record in records:
+            match record:
+                case Associated(query=query, keys=keys, at=at):
+                    entries.append((query, list(keys), at))
+                case Dissociated(key=key):
+                    for _, keys, _ in entries:
+                        if key in keys:
+                            keys.remove(key)
+        # The ring's own order: the last ``capacity`` associations, then those left empty
+        # by forgotten keys are dropped (they can lift nothing).
+        entries = [e for e in entries[-self.capacity :] if e[1]]
+        if entries:
+            vectors = await embed([q for q, _, _ in entries])
+            for (query, keys, at), vector in zip(entries, vectors, strict=True):
+                self._put(query, np.asarray(vector, dtype=np.float32), tuple(keys), at)
+        data = self._snapshot()
+        try:
+            with anyio.CancelScope(shield=True):  # the new handle must land in ``_file``
+                self._file = await anyio.to_thread.run_sync(self._rewrite, data, True)
+        except OSError as exc:
+            logger.error("association journal %s unwritable, not durable: %r", where, exc)
+            return
+        self._snapshot_written(len(data))
+
+    def __len__(self) -> int:
+        return len(self._queries)
+
+    @property
+    def durable(self) -> bool:
+        return self._file is not None
+
+    def entries(self) -> list[tuple[str, tuple[str, ...]]]:
+        """(query, keys) of every association, oldest first."""
+        n = len(self._queries)
+        start = self._next if n == self.capacity else 0
+        order = [(start + i) % n for i in range(n)] if n else []
+        return [(self._queries[i], self._keys[i]) for i in order]
+
+    # --- changes ---------------------------------------------------------------------------
+
+    def _put(self, query: str, vector: F32, keys: tuple[str, ...], at: float) -> None:
+        norm = float(np.linalg.norm(vector))
+        unit = vector / norm if norm > 0.0 else vector
+        if len(self._queries) < self.capacity:
+            i = len(self._queries)
+            self._queries.append(query)
+            self._keys.append(keys)
+            self._at.append(at)
+        else:
+            i = self._next
+            self._next = (i + 1) % self.capacity
+            self._emptied -= not self._keys[i]
+            self._queries[i], self._keys[i], self._at[i] = query, keys, at
+        self._vectors[i] = unit
+
+    def add(
+        self, query: str, vector: npt.ArrayLike, keys: Sequence[str], at: float | None = None
+    ) -> None:
+        """Associate ``keys`` (the memories a feedback used) with ``query`` and its
+        embedding ``vector``; written to the journal at once (``sync`` makes it durable)."""
+        vec = np.asarray(vector, dtype=np.float32).reshape(-1)
+        if vec.shape[0] != self.dim:
+            raise ValueError(f"vector has {vec.shape[0]} dimensions, the store {self.dim}")
+        keys = tuple(dict.fromkeys(keys))
+        if not keys or not np.isfinite(vec).all():
+            return
+        at = time.time() if at is None else at
+        self._put(query, vec, keys, at)
+        self._append(Associated(query, list(keys), at))
+
+    def discard(self, key: str) -> None:
+        """Forget ``key`` in every association (its memory was forgotten)."""
+        touched = False
+        for i, keys in enumerate(self._keys):
+            if key in keys:
+                self._keys[i] = tuple(k for k in keys if k != key)
+                self._emptied += not self._keys[i]
+                touched = True
+        if touched:
+            self._append(Dissociated(key))
+
+    # --- reads -----------------------------------------------------------------------------
+
+    def lifts(
+        self,
+        vector: npt.ArrayLike,
+        neighbours: int = 5,
+        min_similarity: float = 0.0,
+        sharpness: float = 2.0,
+    ) -> dict[str, float]:
+        """``key -> a(key)`` for a unit query ``vector`` (the module docstring's ``a``)."""
+        n = len(self._queries)
+        if n == 0 or neighbours < 1:
+            return {}
+        sims = self._vectors[:n] @ np.asarray(vector, dtype=np.float32)
+        if self._emptied:  # entries whose keys were all forgotten are nobody's neighbour
+            sims[[i for i, keys in enumerate(self._keys) if not keys]] = -np.inf
+        k = min(neighbours, n)
+        best = np.argpartition(-sims, k - 1)[:k] if k < n else np.arange(n)
+        best = best[np.argsort(-sims[best], kind="stable")]
+        floor = max(0.0, min_similarity)
+        top = float(sims[best[0]])
+        if not top > floor:
+            return {}
+        out: dict[str, float] = {}
+        for j in best.tolist():
+            s = float(sims[j])
+            if not s > floor:
+                break
+            lift = (s / top) ** sharpness
+            for key in self._keys[j]:
+                if lift > out.get(key, 0.0):
+                    out[key] = lift
+        return out
+
+    # --- the journal -----------------------------------------------------------------------
+
+    def _snapshot(self) -> bytes:
+        n = len(self._queries)
+        start = self._next if n == self.capacity else 0
+        order = ((start + j) % n for j in range(n))
+        return b"".join(
+            _frame(Associated(self._queries[i], list(self._keys[i]), self._at[i]))
+            for i in order
+            if self._keys[i]
+        )
+
+    def _snapshot_written(self, size: int) -> None:
+        self._size = len(MAGIC) + size
+        self._compact_at = max(_COMPACT_MIN_BYTES, _COMPACT_FACTOR * self._size)
+
+    def _rewrite(self, data: bytes, sync: bool) -> io.FileIO:
+        assert self.path is not None
+        tmp = self.path.with_name(self.path.name + ".compact")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, _FILE_MODE)
+        with io.FileIO(fd, "w") as out:
+            _write_all(out, MAGIC + data)
+            if sync:
+                os.fsync(fd)
+        os.replace(tmp, self.path)
+        if sync:
+            _fsync_dir(self.path.parent)
+        fresh = io.FileIO(self.path, "a")
+        if self._file is not None:
+            self._file.close()
+        return fresh
+
+    def _append(self, record: Record) -> None:
+        """One frame to the page cache, in the order of the in-memory changes (no await)."""
+        if self._file is None:
+            return
+        frame = _frame(record)
+        try:
+            _write_all(self._file, frame)
+            self._size += len(frame)
+            if self._size > self._compact_at:
+                data = self._snapshot()
+                self._file = self._rewrite(data, True)
+                self._snapshot_written(len(data))
+        except OSError as exc:
+            logger.error(
+                "association journal %s: write failed, journaling stops until the tenant's "
+                "memory actor restarts: %r",
+                self.path,
+                exc,
+            )
+            self._close_file()
+
+    def _close_file(self) -> None:
+        file, self._file = self._file, None
+        if file is not None:
+            with contextlib.suppress(OSError):
+                file.close()
+
+    async def sync(self) -> None:
+        """fsync what was appended so far (in a worker thread)."""
+        file = self._file
+        if file is None:
+            await anyio.lowlevel.checkpoint()
+            return
+        try:
+            await anyio.to_thread.run_sync(os.fsync, file.fileno())
+        except (OSError, ValueError) as exc:  # ValueError: closed meanwhile
+            logger.warning("association journal %s: fsync failed: %r", self.path, exc)
+
+    async def aclose(self) -> None:
+        """Flush the journal to disk and stop journaling (later changes stay in memory)."""
+        file, self._file = self._file, None
+        if file is None:
+            return
+
+        def sync_and_close() -> None:
+            try:
+                os.fsync(file.fileno())
+            finally:
+                file.close()
+
+        try:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(sync_and_close)
+        except OSError as exc:
+            logger.warning("association journal %s: fsync on close failed: %r", self.path, exc)
+
+
+# ------------------------------------------------------------------------------ the view
+
+
+class AssociationView:
+    """The ``association`` view (module docstring): a ``ScoreView`` over an
+    ``AssociationStore``. It asks for the slots it lifts, and scores 0 everywhere else."""
+
+    name = ASSOCIATION
+
+    def __init__(
+        self,
+        store: AssociationStore,
+        *,
+        neighbours: int = 5,
+        min_similarity: float = 0.0,
+        sharpness: float = 2.0,
+    ) -> None:
+        if neighbours < 1:
+            raise ValueError(f"neighbours must be >= 1, got {neighbours}")
+        self.store = store
+        self.neighbours = neighbours
+        self.min_similarity = float(min_similarity)
+        self.sharpness = float(sharpness)
+
+    def prepare(self, index: HybridIndex, query: RecallQuery, eligible: Mask) -> I64:
+        lifted = self._lifted(index, query, eligible)
+        query.scratch[self.name] = lifted
+        return np.fromiter(lifted, np.int64, len(lifted))
+
+    def bound(self, index: HybridIndex, query: RecallQuery) -> float:
+        return 0.0  # ``prepare`` returned every slot with a non-zero score
+
+    def scores(self, index: HybridIndex, query: RecallQuery, slots: I64) -> F32:
+        lifted: dict[int, float] | None = query.scratch.get(self.name)
+        if lifted is None:  # not prepared (weight 0): scored for the hits' report only
+            lifted = query.scratch[self.name] = self._lifted(index, query, None)
+        if not lifted:
+            return np.zeros(slots.shape[0], dtype=np.float32)
+        get = lifted.get
+        return np.fromiter((get(s, 0.0) for s in slots.tolist()), np.float32, slots.shape[0])
+
+    def _lifted(
+        self, index: HybridIndex, query: RecallQuery, eligible: Mask | None
+    ) -> dict[int, float]:
+        """Lifted eligible slot -> score."""
+        if not len(self.store) or not query.ranked.shape[0]:
+            return {}
+        lifts = self.store.lifts(query.vector, self.neighbours, self.min_similarity, self.sharpness)
+        slots: list[int] = []
+        values: list[float] = []
+        for key, lift in lifts.items():
+            slot = index.slot_of(key)
+            if slot is not None and (eligible is None or eligible[slot]):
+                slots.append(slot)
+                values.append(lift)
+        if not slots:
+            return {}
+        at = np.asarray(slots, dtype=np.int64)
+        rel = self._relevance(query, np.concatenate([query.ranked[:1], at]))
+        best = float(rel[0])
+        if not best > 0.0:
+            return {}
+        scores = np.minimum(1.0, np.asarray(values) * rel[1:] / best)
+        return {s: float(v) for s, v in zip(slots, scores.tolist(), strict=True) if v > 0.0}
+
+    @staticmethod
+    def _relevance(query: RecallQuery, slots: I64) -> npt.NDArray[np.float64]:
+        """The semantic + lexical part of the search's score at ``slots`` (unnormalised;
+        both views alike when neither weighs anything, as ``ranking`` does)."""
+        w_sem = query.weights.get("semantic", 0.0)
+        w_lex = query.weights.get("lexical", 0.0)
+        if w_sem <= 0.0 and w_lex <= 0.0:
+            w_sem = w_lex = 1.0
+        rel = np.zeros(slots.shape[0], dtype=np.float64)
+        if w_sem > 0.0:
+            rel += w_sem * query.views["semantic"][slots]
+        if w_lex > 0.0:
+            rel += w_lex * query.views["lexical"][slots]
+        return rel
+
+
+# ------------------------------------------------------------------------------ learning
+
+
+class FeedbackLearner:
+    """What a feedback teaches one tenant's memory: salience, associations, co-use links.
+
+    The memory actor runs ``learn`` for every ``Reinforce`` message; the LoCoMo benchmark calls
+    it directly, so both measure the same code."""
+
+    def __init__(
+        self,
+        memory: TenantMemory,
+        associations: AssociationStore | None,
+        settings: AssociationSettings | None = None,
+    ) -> None:
+        self.memory = memory
+        self.associations = associations
+        self.settings = settings or AssociationSettings()
+        self._lock = associations.lock if associations is not None else anyio.Lock()
+
+    async def learn(
+        self,
+        keys: Sequence[str],
+        amount: float,
+        *,
+        query: str | None = None,
+        vector: npt.ArrayLike | None = None,
+    ) -> dict[str, float]:
+        """Reinforce ``keys`` by ``amount`` (durable); on positive feedback also associate the
+        used memories with ``query`` (embedded as ``vector``) and link those used together.
+        Returns the new salience strength of each reinforced key."""
+        reinforced = await self.memory.reinforce(keys, amount)
+        if amount <= 0.0 or not reinforced:
+            return reinforced
+        used = [k for k in dict.fromkeys(keys) if k in reinforced]
+        store = self.associations
+        if store is not None and query is not None and vector is not None:
+            store.add(query, vector, used)
+            await store.sync()
+        if self.settings.co_use_weight > 0.0 and len(used) > 1:
+            await self._link_co_used(used[: self.settings.co_use_max_keys])
+        return reinforced
+
+    async def _link_co_used(self, used: Sequence[str]) -> None:
+        cfg = self.settings
+        async with self._lock:  # no lost increment between concurrent feedbacks
+            updates: list[tuple[str, str, float]] = []
+            for a, b in itertools.combinations(sorted(used), 2):
+                old = next(
+                    (ln.weight for ln in self.memory.links_from(a) if ln.to_key == b
+                     and ln.rel == CO_USED),
+                    0.0,
+                )  # fmt: skip
+                new = min(cfg.co_use_max_weight, old + cfg.co_use_weight)
+                if math.isfinite(new) and new != old:
+                    updates.append((a, b, new))
+            if updates:  # concurrent appends share the log's group commit
+                async with anyio.create_task_group() as tg:
+                    for a, b, weight in updates:
+                        tg.start_soon(self._link, a, b, weight)
+
+    async def _link(self, a: str, b: str, weight: float) -> None:
+        # A memory forgotten since the feedback named it has nothing to link.
+        with contextlib.suppress(UnknownMemoryError):
+            await self.memory.link(a, b, CO_USED, weight)
