@@ -32,18 +32,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
-import random
-import re
-import signal
+import logging
 import socket
-import subprocess
 import sys
 import tempfile
-import threading
 import time
-import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,7 +55,17 @@ from benchmarks._common import (
     ratio,
     write_json,
 )
-from benchmarks._http_load import LoadResult, post_request, run_load
+from benchmarks._devnode import (
+    Server,
+    evaluate_requests,
+    node_env,
+    preload,
+    recall_requests,
+    remember_requests,
+    start_dev_node,
+    token_for,
+)
+from benchmarks._http_load import LoadResult, run_load
 
 __all__ = ["BENCHMARK", "TARGETS", "LoadResult", "main", "run_load"]
 
@@ -74,67 +77,6 @@ RATIO_EXPLANATIONS = {
     "recall_vs_bare_hypercorn": "recall req/s over the bare Hypercorn ceiling",
     "remember_vs_bare_hypercorn": "durable remember req/s over the bare Hypercorn ceiling",
 }
-_START_TIMEOUT = 60.0
-_VOCABULARY = """
-alpha amber anchor apple april arrow autumn bakery banana basket beach berry bicycle bird
-blanket bottle bridge brother bucket cabin camera candle canyon carpet castle cherry
-chess church circle cloud coffee comet cookie copper corner cotton country cousin dance
-desert diamond dinner doctor dragon dream drum eagle engine evening fabric falcon family
-farmer feather festival field forest fountain friend garden garlic ginger glacier guitar
-harbor harvest hammer helmet honey horizon island jacket jungle kettle kitchen ladder
-lantern lemon letter library lighthouse lizard market meadow melody mirror monday morning
-mountain museum needle novel ocean orange orchard painter palace paper parrot pencil
-pepper piano picnic pillow planet pocket poem potato puzzle rabbit rainbow river rocket
-saddle sailor school shadow silver sister sketch snow soccer spider spring station stone
-summer sunset table teacher temple thunder ticket tiger tomato tower train travel turtle
-umbrella valley violin volcano wagon window winter wizard yellow yogurt zebra
-"""
-_WORDS = _VOCABULARY.split()
-
-
-def _sentence(rng: random.Random, words: int) -> str:
-    return " ".join(rng.choice(_WORDS) for _ in range(words))
-
-
-def recall_requests(token: str, seed: int = 1) -> Callable[[], bytes]:
-    rng = random.Random(seed)
-    queries = [_sentence(rng, rng.randint(2, 5)) for _ in range(20_000)]
-    index = 0
-
-    def next_request() -> bytes:
-        nonlocal index
-        index += 1
-        body = json.dumps({"query": queries[index % len(queries)], "top_k": 10}).encode()
-        return post_request("/memory/recall", body, token)
-
-    return next_request
-
-
-def evaluate_requests(token: str, seed: int = 1) -> Callable[[], bytes]:
-    rng = random.Random(seed)
-    queries = [_sentence(rng, rng.randint(2, 5)) for _ in range(20_000)]
-    index = 0
-
-    def next_request() -> bytes:
-        nonlocal index
-        index += 1
-        body = {"query": queries[index % len(queries)], "top_k": 10, "session_id": "bench"}
-        return post_request("/context/evaluate", json.dumps(body).encode(), token)
-
-    return next_request
-
-
-def remember_requests(token: str, tag: str) -> Callable[[], bytes]:
-    rng = random.Random(tag)
-    counter = 0
-
-    def next_request() -> bytes:
-        nonlocal counter
-        counter += 1
-        content = f"{_sentence(rng, 12)} ({tag} {counter})"
-        return post_request("/memory/remember", json.dumps({"content": content}).encode(), token)
-
-    return next_request
 
 
 # ------------------------------------------------------------------------------ servers
@@ -176,8 +118,6 @@ def _bare_app() -> Any:
 
 def serve_bare() -> None:
     """The ceiling: hypercorn's asyncio worker, configured as the edge configures it."""
-    import logging
-
     from hypercorn.asyncio import serve
     from hypercorn.config import Config
 
@@ -199,71 +139,6 @@ def serve_bare() -> None:
     config.errorlog = logging.getLogger("bare")
     print(f"listening on {port}", flush=True)
     asyncio.run(serve(_bare_app(), config))
-
-
-class Server:
-    """A server process whose banner says where it listens."""
-
-    def __init__(self, command: Sequence[str], pattern: str, env: dict[str, str]) -> None:
-        self.output: list[str] = []
-        self.process = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
-        )
-        found: list[str] = []
-        ready = threading.Event()
-
-        def read() -> None:
-            assert self.process.stdout is not None
-            for line in self.process.stdout:
-                self.output.append(line)
-                match = re.search(pattern, line)
-                if match and not found:
-                    found.append(match.group(1))
-                    ready.set()
-            ready.set()
-
-        self._reader = threading.Thread(target=read, daemon=True)
-        self._reader.start()
-        if not ready.wait(_START_TIMEOUT) or not found:
-            self.stop()
-            raise RuntimeError("server did not start:\n" + "".join(self.output))
-        self.address = found[0]
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._reader.join(10)  # ends at EOF, once the process has exited
-        if self.process.stdout is not None:
-            self.process.stdout.close()
-
-
-def _post(url: str, token: str, body: dict[str, Any]) -> dict[str, Any]:
-    request = urllib.request.Request(
-        url,
-        data=json.dumps(body).encode(),
-        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=60) as response:
-        result: dict[str, Any] = json.loads(response.read())
-    return result
-
-
-def preload(url: str, token: str, count: int, seed: int = 7) -> float:
-    """Remember ``count`` memories in batches of 1000; returns the seconds it took."""
-    rng = random.Random(seed)
-    started = time.perf_counter()
-    for start in range(0, count, 1000):
-        items = [
-            {"content": f"{_sentence(rng, rng.randint(8, 20))} (memory {i})", "tags": ["bench"]}
-            for i in range(start, min(count, start + 1000))
-        ]
-        assert _post(f"{url}/memory/remember/batch", token, {"items": items})["count"] == len(items)
-    return time.perf_counter() - started
 
 
 # ------------------------------------------------------------------------------ the benchmark
@@ -290,37 +165,17 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--serve-bare", action="store_true", help=argparse.SUPPRESS)
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ, PYTHONUNBUFFERED="1", SOMA_EDGE__RATE_LIMIT__ENABLED="false")
-    root = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    return env
-
-
-def _token(data_dir: Path, tenants: Sequence[str]) -> str:
-    from somabrain.config import AuthSettings
-    from somabrain.edge.auth import Authenticator
-
-    return Authenticator(AuthSettings(), data_dir).issuer().issue(tenants, ttl=24 * 3600)
-
-
 def run_benchmark(settings: Settings) -> dict[str, Any]:
     started = time.perf_counter()
     monitor = CpuMonitor()
     with tempfile.TemporaryDirectory(prefix="soma-edge-bench-") as tmp:
-        data_dir = Path(tmp)
-        env = _env()
-        node = Server(
-            [sys.executable, "-m", "somabrain.cli", "dev", "--port", "0", "--data-dir", tmp],
-            r"url:\s+http://127\.0\.0\.1:(\d+)",
-            env,
-        )
-        bare = Server([sys.executable, __file__, "--serve-bare"], r"listening on (\d+)", env)
-        monitor.ours += [node.process.pid, bare.process.pid]
+        node = start_dev_node(tmp)
+        bare = Server([sys.executable, __file__, "--serve-bare"], r"listening on (\d+)", node_env())
+        monitor.ours += [node.pid, bare.pid]
         try:
             node_port, bare_port = int(node.address), int(bare.address)
-            recall_token = _token(data_dir, ["bench"])
-            write_token = _token(data_dir, ["bench-write"])
+            recall_token = token_for(tmp, ["bench"])
+            write_token = token_for(tmp, ["bench-write"])
             loaded = preload(f"http://127.0.0.1:{node_port}", recall_token, settings.memories)
             scenarios: list[tuple[str, int, Callable[[], bytes]]] = [
                 ("bare_hypercorn", bare_port, recall_requests(recall_token, seed=3)),

@@ -19,7 +19,16 @@ from typing import Literal
 
 import msgspec
 
-from .event import GENESIS, AuditDraft, AuditEvent, decode_event, event_hash, new_event_id, utc_now
+from .event import (
+    GENESIS,
+    AuditDraft,
+    AuditEvent,
+    decode_event,
+    event_hash,
+    hash_and_encode,
+    new_event_id,
+    utc_now,
+)
 
 __all__ = ["Chain", "ChainProblem", "ChainReport", "verify"]
 
@@ -38,6 +47,10 @@ class Chain:
         self.key = key
 
     def seal(self, draft: AuditDraft) -> AuditEvent:
+        return self.seal_encoded(draft)[0]
+
+    def seal_encoded(self, draft: AuditDraft) -> tuple[AuditEvent, bytes]:
+        """The sealed event and its wire form (``encode_event``), encoded once."""
         event = AuditEvent(
             event_id=draft.event_id or new_event_id(),
             time=draft.time or utc_now(),
@@ -53,10 +66,10 @@ class Chain:
             constitution_checksum=draft.constitution_checksum,
             prev_hash=self.hash,
         )
-        digest = event_hash(event, self.key)
+        digest, payload = hash_and_encode(event, self.key)
         self.seq += 1
         self.hash = digest
-        return msgspec.structs.replace(event, hash=digest)
+        return msgspec.structs.replace(event, hash=digest), payload
 
     def reset(self, seq: int, head_hash: str) -> None:
         self.seq = seq

@@ -44,7 +44,9 @@ class AuditSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     #: back holding less than it acknowledged (a broker that lost acked writes), the writer
     #: re-sends the lost ones from here before anything newer.
     replay_window: PositiveInt = 20_000
-    #: Durable events are also published on this bus subject ("" to turn off).
+    #: Durable events are also published on the bus, each on ``<publish_subject>.<action>``
+    #: (``soma.audit.memory.remember``...; subscribe to ``soma.audit.>`` for all of them);
+    #: "" to turn off.
     publish_subject: str = "soma.audit"
     #: File holding the key of a keyed chain (HMAC-SHA256); empty: plain SHA-256.
     chain_key_file: str = ""

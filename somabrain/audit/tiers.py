@@ -7,9 +7,17 @@ drains the oldest backlog first: that keeps every tier's content older than the 
 tiers below it, so draining in tier order is draining in sequence order.
 
 The journal (``inflight``) holds the last sealed batch, written (not fsynced) before the batch
-goes to any tier, atomically (temporary file + rename). After a crash or a kill the writer
-re-sends it: the tiers drop what they already hold (by sequence number), so an event sealed
-but not acknowledged is either stored exactly once or not at all, and the chain never forks.
+goes to any tier. After a crash or a kill the writer re-sends it: the tiers drop what they
+already hold (by sequence number), so an event sealed but not acknowledged is either stored
+exactly once or not at all, and the chain never forks.
+
+It is rewritten in place (truncate, then one ``pwrite`` on a descriptor kept open), not as a
+temporary file renamed over the old one: that cost 100-270 us of metadata work per batch on
+the event loop here, against 8 us. Atomicity is not needed: the journal only has to hold the
+batch *in flight*. The previous batch is already stored in some tier when the next one is
+journaled (the writer handles one batch at a time), so a kill between the truncate and the
+write loses nothing, and a torn write leaves a prefix of lines with valid CRCs, which
+:meth:`Journal.read` stops after: events that were sealed but never sent nor acknowledged.
 """
 
 from __future__ import annotations
@@ -128,7 +136,7 @@ class Journal:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self._tmp = self.path.with_name(self.path.name + ".tmp")
+        self._fd: int | None = None
 
     def read(self) -> list[bytes]:
         try:
@@ -147,11 +155,16 @@ class Journal:
 
     def write(self, payloads: Sequence[bytes]) -> None:
         data = b"".join(b"%08x " % zlib.crc32(p) + p + b"\n" for p in payloads)
-        fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-        finally:
-            os.close(fd)
-        os.replace(self._tmp, self.path)
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o640)
+        fd = self._fd
+        os.ftruncate(fd, 0)
+        view = memoryview(data)
+        offset = 0
+        while offset < len(data):
+            offset += os.pwrite(fd, view[offset:], offset)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None

@@ -8,7 +8,9 @@ sealed batch goes to the next one at once, so a request waits for Kafka at most
 
 Group commit: appends queue in the mailbox while a batch is being written; the writer seals and
 writes everything queued as the next batch (up to ``max_batch``), so throughput grows with
-concurrency at the latency of about one write.
+concurrency at the latency of about one write. A batch costs about ten times the CPU of an
+event (fdatasync, the hop to a worker thread, the journal), so this matters: an edge auditing
+its reads at 2,000 requests/s over 32 connections writes about 15 events per batch.
 
 Recovery: a ticker task probes the tiers that are down (a TCP connect, outside the actor, so a
 dead server never blocks the writer) and sends ``Tick``; the writer reconnects what answers and
@@ -32,12 +34,13 @@ from typing import Any
 import anyio
 import msgspec
 
-from ..actors import Actor, ActorRef, ActorStoppedError, MailboxFullError
+from ..actors import Actor, ActorRef, ActorStoppedError, InvalidSubjectError, MailboxFullError
 from ..actors.kafka_bridge import KafkaSettings
+from ..actors.subjects import validate_subject
 from .chain import Chain
 from .client import Append, AuditLog
 from .errors import AuditUnavailableError, SinkUnavailableError
-from .event import GENESIS, decode_event, encode_event
+from .event import GENESIS, decode_event
 from .settings import AuditSettings
 from .spool import Spool
 from .tiers import Journal, SpoolTier, Tier, TierStatus
@@ -88,6 +91,8 @@ class _Shared:
         self.probe: dict[str, list[tuple[str, int]]] = {}
         self.open_sinks: list[Any] = []
         self.closing: list[anyio.Event] = []
+        #: Kept open across incarnations (a killed one cannot close it).
+        self.journal: Journal | None = None
 
 
 class AuditWriter(Actor):
@@ -109,7 +114,9 @@ class AuditWriter(Actor):
             base / "spool", fsync=self.settings.fsync, segment_bytes=self.settings.segment_bytes
         )
         await anyio.to_thread.run_sync(self.spool.open)
-        self.journal = Journal(base / "inflight")
+        if self.shared.journal is not None:
+            self.shared.journal.close()
+        self.journal = self.shared.journal = Journal(base / "inflight")
         self.tiers: list[Tier] = []
         timeout = self.settings.connect_timeout
         if (kafka.bootstrap or self.settings.redis_url) and system.backend.name != "asyncio":
@@ -142,6 +149,7 @@ class AuditWriter(Actor):
         head = max((decode_event(p) for p in newest), key=lambda e: e.seq, default=None)
         self.chain = Chain(self.node, head.seq if head else 0, head.hash if head else GENESIS, key)
         self.pending: list[Append] = []
+        self._subjects: dict[str, str | None] = {}
         self.recent: deque[tuple[int, bytes]] = deque(maxlen=self.settings.replay_window)
         self.replayed = 0
         self.batches = self.events = self.drained = self.resent = 0
@@ -151,8 +159,10 @@ class AuditWriter(Actor):
             await self._store(seqs, journal)
             self.resent += len(journal)
         resources.setdefault(
-            "audit", AuditLog(self.context.ref, timeout=self.settings.record_timeout)
+            "audit",
+            AuditLog(self.context.ref, timeout=self.settings.record_timeout, system=system),
         )
+        resources.setdefault("metrics.sources", {})[self.context.path] = self.metrics
         if not self.shared.ticker:
             self.shared.ticker = True
             system.start_soon(_ticker, self.context.ref, self.shared, self.settings.retry_interval)
@@ -161,6 +171,7 @@ class AuditWriter(Actor):
         if self.pending:
             await self._flush()
         await self._close_leftovers()
+        self.journal.close()
 
     async def receive(self, message: Any) -> Any:
         if type(message) is Append:
@@ -193,6 +204,27 @@ class AuditWriter(Actor):
             raise TypeError(f"audit writer does not handle {type(message).__name__}")
         return None
 
+    def metrics(self) -> list[tuple[str, str, str, list[tuple[dict[str, str], float]]]]:
+        """Prometheus families for ``/metrics`` (see ``somabrain.edge.metrics``)."""
+        node = {"node": self.node}
+        tiers = [({**node, "tier": t.name}, t) for t in self.tiers]
+        return [
+            ("soma_audit_events_total", "counter", "Audit events made durable.",
+             [(node, self.events)]),
+            ("soma_audit_batches_total", "counter", "Group commits (batches) written.",
+             [(node, self.batches)]),
+            ("soma_audit_head_seq", "gauge", "Sequence number of the chain's newest event.",
+             [(node, self.chain.seq)]),
+            ("soma_audit_tier_up", "gauge", "1 when the tier takes writes.",
+             [(labels, int(t.up)) for labels, t in tiers]),
+            ("soma_audit_tier_written_total", "counter", "Events written to the tier.",
+             [(labels, t.written) for labels, t in tiers]),
+            ("soma_audit_tier_failures_total", "counter", "Times the tier went down.",
+             [(labels, t.failures) for labels, t in tiers]),
+            ("soma_audit_drained_total", "counter", "Events moved up from a backlog.",
+             [(node, self.drained)]),
+        ]  # fmt: skip
+
     def status(self) -> WriterStatus:
         return WriterStatus(
             node=self.node,
@@ -214,9 +246,10 @@ class AuditWriter(Actor):
 
     async def _flush(self) -> None:
         batch, self.pending = self.pending, []
-        seal = self.chain.seal
-        events = [seal(append.draft) for append in batch]
-        payloads = [encode_event(event) for event in events]
+        seal = self.chain.seal_encoded
+        sealed = [seal(append.draft) for append in batch]
+        events = [event for event, _ in sealed]
+        payloads = [payload for _, payload in sealed]
         seqs = [event.seq for event in events]
         try:
             self.journal.write(payloads)
@@ -232,11 +265,28 @@ class AuditWriter(Actor):
             append.receipt.complete(seq)
         self.batches += 1
         self.events += len(batch)
-        subject = self.settings.publish_subject
-        if subject:
+        if self.settings.publish_subject:
             publish = self.bus.publish
             for event in events:
-                await publish(subject, event)
+                subject = self._subject(event.action)
+                if subject is not None:
+                    await publish(subject, event)
+
+    def _subject(self, action: str) -> str | None:
+        """``<publish_subject>.<action>``: one subject per action, so that a consumer
+        subscribes to what it uses (the reward worker to ``context.evaluate`` only) and the
+        others (reads, at thousands per second) cost a cached lookup instead of a message.
+        None for an action that is no valid subject suffix (not published; logged once)."""
+        subject = self._subjects.get(action, "")
+        if subject == "":
+            subject = f"{self.settings.publish_subject}.{action}"
+            try:
+                validate_subject(subject)
+            except InvalidSubjectError:
+                logger.warning("audit action %r is not published: not a subject token", action)
+                subject = None
+            self._subjects[action] = subject
+        return subject
 
     def _write_index(self) -> int:
         first_up = next(i for i, tier in enumerate(self.tiers) if tier.up)

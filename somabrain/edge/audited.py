@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..actors import ActorSystem
 from ..audit.errors import AuditUnavailableError
-from ..audit.event import AuditDraft, request_meta
+from ..audit.event import AuditDraft, new_event_id, request_meta, utc_now
 from ..governance.http import governance_of
 from ..governance.policy import Decision, PolicyInput
 from .errors import HTTPError
@@ -76,6 +76,8 @@ class AuditHandlers:
             reason=str(fields["reason"])[:1024],
             trace_id=request.trace_id,
             constitution_checksum=fields["constitution_checksum"],
+            event_id=new_event_id(),
+            time=utc_now(),
             request=request_meta(
                 method=request.route.method,
                 path=request.route.path,

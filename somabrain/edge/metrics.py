@@ -5,6 +5,12 @@ everything else is read from the running system when ``/metrics`` is scraped: ma
 restarts and state of every actor and supervisor in the tree, dead letters, live memory actors,
 rate-limited requests. Written by hand (a few dozen lines) rather than with prometheus-client:
 the hot path is one dict lookup and one bisect per request.
+
+Other parts of the node add their own families without importing the edge: an actor puts a
+callable into ``system.resources["metrics.sources"]`` (a dict, keyed by the actor's name, so
+a restarted incarnation replaces its predecessor's) returning ``(name, kind, help, samples)``
+tuples, ``samples`` being ``(labels, value)`` pairs; :func:`render_sources` renders them at
+scrape time (the audit writer's batches and tiers, the integrity worker's findings).
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import math
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-__all__ = ["LATENCY_BUCKETS", "Metrics", "render_tree_metrics"]
+__all__ = ["LATENCY_BUCKETS", "Metrics", "render_sources", "render_tree_metrics"]
 
 LATENCY_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -180,4 +186,19 @@ def render_tree_metrics(
         f"soma_dead_letters_by_recipient_total{_labels({'path': p})} {n}"
         for p, n in sorted(by_recipient.items())
     ]
+    return out
+
+
+def render_sources(sources: Mapping[str, Any]) -> list[str]:
+    """The families of every registered source (see the module doc); a failing source is
+    skipped rather than failing the scrape."""
+    out: list[str] = []
+    for _, source in sorted(sources.items()):
+        try:
+            families = list(source())
+        except Exception:
+            continue
+        for name, kind, help_text, samples in families:
+            out += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+            out += [f"{name}{_labels(labels)} {_number(value)}" for labels, value in samples]
     return out

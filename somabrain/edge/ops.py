@@ -11,7 +11,7 @@ from ..governance.http import governance_health, readiness
 from . import schemas as s
 from .errors import HTTPError
 from .handlers import Handlers
-from .metrics import render_tree_metrics
+from .metrics import render_sources, render_tree_metrics
 from .openapi import openapi_json
 
 if TYPE_CHECKING:
@@ -67,6 +67,7 @@ class OpsHandlers(Handlers):
             extra = render_tree_metrics(
                 tree.inspect(), self.system.dead_letters.statistics(), tree.ready
             )
+        extra += render_sources(self.system.resources.get("metrics.sources", {}))
         return Response(200, self.metrics.render(extra).encode(), _TEXT)
 
     async def _h_openapi(self, request: Request) -> Response:

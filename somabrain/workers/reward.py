@@ -1,10 +1,11 @@
 """The reward worker: feedback correlated with the audit trail, and the token ledger.
 
-It listens to two subjects: durable audit events (the writer publishes each one on
-``soma.audit`` once it is durable) and feedback (``soma.feedback``, what the edge receives on
-``POST /context/feedback``). A feedback message refers to the bundle it rates by the bundle's
-``audit_id`` when the agent passes it back, else by ``(tenant, session_id)``: the worker keeps
-the recent ``context.evaluate`` decisions per session for ``correlation_window`` seconds.
+It listens to two subjects: durable ``context.evaluate`` audit events (the writer publishes
+each event on ``soma.audit.<action>`` once it is durable) and feedback (``soma.feedback``,
+what the edge receives on ``POST /context/feedback``). A feedback message refers to the
+bundle it rates by the bundle's ``audit_id`` when the agent passes it back, else by
+``(tenant, session_id)``: the worker keeps the recent ``context.evaluate`` decisions per
+session for ``correlation_window`` seconds.
 
 The ledger adds up, per tenant, model and UTC day: feedback count, correlated count, reward
 sum, prompt and completion tokens. Every feedback is appended (one JSON line, flushed) to
@@ -98,7 +99,9 @@ class RewardWorker(Actor):
         if key not in system.resources:  # subscribe once: the ref outlives incarnations
             ref = self.context.ref
             system.resources[key] = (
-                await system.bus.subscribe_actor(self.settings.audit_subject, ref),
+                await system.bus.subscribe_actor(
+                    f"{self.settings.audit_subject}.context.evaluate", ref
+                ),
                 await system.bus.subscribe_actor(self.settings.feedback_subject, ref),
             )
 

@@ -28,7 +28,8 @@ class IntegritySettings(_Section):
 
 class RewardSettings(_Section):
     feedback_subject: str = "soma.feedback"
-    #: Durable audit events (the writer publishes them here) to correlate feedback with.
+    #: The audit writer's ``publish_subject``: the worker subscribes to its
+    #: ``.context.evaluate`` events (the bundles feedback is correlated with).
     audit_subject: str = "soma.audit"
     #: Ledger directory; empty: ``<data-dir>/ledger``.
     directory: str = ""

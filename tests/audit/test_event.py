@@ -8,6 +8,7 @@ from pathlib import Path
 import jsonschema
 import msgspec
 from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from somabrain.audit import (
     GENESIS,
@@ -108,3 +109,26 @@ def test_request_meta_redacts_secrets_and_hashes_content() -> None:
             Chain("n").seal(AuditDraft(tenant="t", actor="a", action="x", request=meta))
         ).decode()
     )
+
+
+@settings(max_examples=300, deadline=None)
+@given(drafts(), st.sampled_from([None, b"chain-key"]))
+def test_sealing_encodes_once_exactly_as_encode_event(draft: AuditDraft, key: bytes | None) -> None:
+    """The writer's one-pass seal (hash spliced into the canonical text) is the event's wire
+    form, whatever the attributes hold (a nested ``hash`` key, quotes...)."""
+    draft = msgspec.structs.replace(
+        draft,
+        request=msgspec.structs.replace(
+            draft.request, attributes={**draft.request.attributes, "hash": ""}
+        ),
+        reason=draft.reason + '"hash":""',
+    )
+    event, payload = Chain("n", key=key).seal_encoded(draft)
+    assert payload == encode_event(event)
+    assert event.hash == event_hash(event, key)
+
+
+def test_request_meta_remembers_which_names_are_secret() -> None:
+    for _ in range(2):  # the second time from the cache
+        attrs = request_meta(attributes={"password": "p", "keys": "k1,k2"}).attributes
+        assert attrs == {"keys": "k1,k2", "password": "[redacted]"}
