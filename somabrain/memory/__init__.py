@@ -15,6 +15,8 @@ it. Layout, from the bottom up:
 ``log``           ``MemoryLog``: append-only, CRC-framed, group commit, compaction (here, not
                   in ``stores/``: only this package reads its records)
 ``tenant``        ``TenantMemory``: the state of one tenant, rebuilt from its log at open
+``events``        memory events (published by the actor after each acknowledged change),
+                  their checksums, and the node's bounded outbox for them
 """
 
 from __future__ import annotations

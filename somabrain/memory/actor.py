@@ -45,6 +45,7 @@ from .associations import (
 )
 from .embedding import BatchingEmbedder, shared_embedder
 from .errors import MemoryStoreError
+from .events import Announcer
 from .messages import (
     ContextRecall,
     Forget,
@@ -60,7 +61,7 @@ from .messages import (
 from .recall import ContextRecallResult, context_recall
 from .tenant import TenantMemory
 from .text import tokenize
-from .types import Memory, Remembered
+from .types import Link, Memory, Remembered
 from .views import multiview, resolve_weights
 from .working import WMItem
 from .working_journal import DurableWorkingMemory, working_journal_path
@@ -211,6 +212,7 @@ class MemoryActor(Actor):
         self.associations = associations
         self.learner = FeedbackLearner(memory, associations, ctx.associations)
         self.store = stores[tenant] = _OpenStore(system, memory)
+        self.events = Announcer(system, memory)  # after each acknowledged change (events.py)
         self.store.associations = associations
         wm = ctx.working_memory
         self.working = self.store.working = await DurableWorkingMemory.open(
@@ -253,14 +255,14 @@ class MemoryActor(Actor):
             case Reinforce(keys=keys, amount=amount, session_id=session, query=query):
                 return self.store.write(self._reinforce, keys, amount, session, query)
             case LinkMemories(from_key=f, to_key=t, rel=rel, weight=weight):
-                return self.store.write(memory.link, f, t, rel, weight)
+                return self.store.write(self._link, f, t, rel, weight)
             case Forget(key=key):
                 self.working.discard(key)
                 if self.associations is not None:
                     self.associations.discard(key)
-                return self.store.write(memory.forget, key)
+                return self.store.write(self._forget, key)
             case Unlink(from_key=f, to_key=t, rel=rel):
-                return self.store.write(memory.unlink, f, t, rel)
+                return self.store.write(self._unlink, f, t, rel)
             case MemoryStats():
                 return memory.statistics()
         raise TypeError(f"memory actor cannot handle {type(message).__name__}")
@@ -319,7 +321,28 @@ class MemoryActor(Actor):
                 sessions.setdefault(m.session_id, []).append(key)
         for session, keys in sessions.items():
             self._track(session, keys)
+        self.events.memories(key for key, deduplicated in result if not deduplicated)
         return result
+
+    # --- writes that announce themselves (memory events, see events.py) --------------------
+
+    async def _link(self, from_key: str, to_key: str, rel: str, weight: float) -> Link:
+        link = await self.memory.link(from_key, to_key, rel, weight)
+        self.events.linked(link)
+        return link
+
+    async def _unlink(self, from_key: str, to_key: str, rel: str) -> bool:
+        removed = await self.memory.unlink(from_key, to_key, rel)
+        if removed:
+            self.events.unlinked(from_key, to_key, rel)
+        return removed
+
+    async def _forget(self, key: str) -> bool:
+        held = self.memory.get(key)
+        found = await self.memory.forget(key)
+        if found:
+            self.events.forgotten(key, held.namespace if held is not None else "")
+        return found
 
     async def _embed(self, texts: Any) -> Any:
         """Embeddings of ``texts``, off the event loop when the embedder is a model."""

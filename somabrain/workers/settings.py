@@ -17,13 +17,22 @@ class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 class IntegritySettings(_Section):
-    #: Where memory events arrive: the bus subject itself on a single node, or the subject a
-    #: bridge consume route feeds from Kafka in a cluster.
-    subject: str = "soma.memory.events"
+    #: Where memory events arrive: the memory actors' subjects (``soma.memory.events.<tenant>``)
+    #: on a node, or the subject a bridge consume route feeds from Kafka.
+    subject: str = "soma.memory.events.>"
     #: Queue group, so that one worker of a cluster checks each event.
     queue: str = "soma-integrity"
-    #: Rewrite a disagreeing replica from the source of truth (else only report).
+    #: Repair what disagrees: a replica from the source of truth, the embedded store from its
+    #: log (by restarting the tenant's memory actor). Else only report.
     repair: bool = True
+    #: Seconds before a disagreement is looked at again (a later event may explain it).
+    recheck_delay: PositiveFloat = 1.0
+    #: At most one rebuild of a tenant's embedded store per this many seconds.
+    rebuild_interval: PositiveFloat = 60.0
+    #: Seconds a check waits for a tenant's memory actor.
+    check_timeout: PositiveFloat = 10.0
+    #: The dynamic supervisor of the memory actors (the embedded store).
+    memory_path: str = "/root/memory"
 
 
 class RewardSettings(_Section):

@@ -73,7 +73,7 @@ async def test_integrity_repairs_what_it_can_and_audits_the_rest(tmp_path: Path)
         system.resources["memory_stores"] = [source, good, stale, broken]
         ref = await system.spawn(IntegrityWorker, "integrity")
         event = MemoryEvent(op="put", tenant="acme", namespace="default", key="k1", checksum="c1")
-        await system.bus.publish("soma.memory.events", msgspec.to_builtins(event))
+        await system.bus.publish("soma.memory.events.acme", msgspec.to_builtins(event))
         await settle(ref)
         stats = await ref.ask(GetIntegrityStats())
     assert (stats.checked, stats.repaired, stats.unrepaired) == (1, 1, 1)
