@@ -238,6 +238,23 @@ class ContextHandlers:
                 trace_id=request.trace_id,
             )
         )
+        # Feedback changes state (salience of the used memories, the tenant's weights): it is
+        # audited like a write, the query hashed, the bundle it rates named when given.
+        bundle = (body.metadata or {}).get("audit_id")
+        await self._audit(
+            request,
+            tenant,
+            "context.feedback",
+            content=body.query,
+            attributes={
+                "session_id": body.session_id,
+                "used_keys": len(body.used_keys or ()),
+                "reward": body.reward,
+                "utility": body.utility,
+                "adaptation_applied": result.adaptation_applied,
+                "bundle": bundle if isinstance(bundle, str) else None,
+            },
+        )
         return self.json(result)
 
     async def _h_context_adaptation_state(self, request: Request) -> Response:
@@ -249,4 +266,5 @@ class ContextHandlers:
         body: ResetRequest | None = request.body
         tenant = self._tenant(request, body.tenant if body is not None else None)
         view: AdaptationView = await self._context(AdaptationQuery(tenant=tenant, reset=True))
+        await self._audit(request, tenant, "context.adaptation_reset")
         return self.json(view)

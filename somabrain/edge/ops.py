@@ -99,8 +99,10 @@ class OpsHandlers(Handlers):
                 tree.kill(path)
 
             request.after = kill_after_response
+            await self._audit_admin(request, "admin.kill", {"path": path, "killed": True})
             return self.json(s.KillResponse(path=path, killed=True))
         killed = tree.kill(path)
+        await self._audit_admin(request, "admin.kill", {"path": path, "killed": killed})
         return self.json(s.KillResponse(path=path, killed=killed))
 
     async def _h_admin_reload(self, request: Request) -> Response:
@@ -131,7 +133,17 @@ class OpsHandlers(Handlers):
             new = msgspec.structs.replace(new, auth=old.auth)
         resources["config"] = new
         self.config = new
+        await self._audit_admin(
+            request, "admin.reload", {"changes": len(changes), "changed": "; ".join(changes)}
+        )
         return self.json(s.ReloadResponse(changes=changes))
+
+    async def _audit_admin(
+        self, request: Request, action: str, attributes: dict[str, object]
+    ) -> None:
+        """Admin actions change the node, not a tenant: audited with an empty tenant, after
+        they took effect (a 503 ``audit_unavailable`` then says it happened unaudited)."""
+        await self._audit(request, "", action, attributes=attributes)
 
 
 _OPENAPI: list[bytes] = []
