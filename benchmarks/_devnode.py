@@ -37,6 +37,7 @@ __all__ = [
     "recall_requests",
     "remember_requests",
     "sentence",
+    "settle",
     "start_dev_node",
     "token_for",
 ]
@@ -195,8 +196,31 @@ def post_json(url: str, token: str, body: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+def settle(url: str, timeout: float = 120.0) -> float:
+    """Wait until the node's background work on what was written is done (every memory event
+    published and checked by the integrity worker), so that it does not run during a
+    measurement; returns the seconds waited."""
+    started = time.perf_counter()
+    while time.perf_counter() - started < timeout:
+        with urllib.request.urlopen(f"{url}/metrics", timeout=30) as response:
+            text = response.read().decode()
+        counters = {
+            name: float(value)
+            for name, value in re.findall(
+                r"^(soma_memory_events_\w+|soma_integrity_checked_total) (\S+)$", text, re.MULTILINE
+            )
+        }
+        queued = counters.get("soma_memory_events_queued", 0.0)
+        published = counters.get("soma_memory_events_published_total", 0.0)
+        if queued == 0 and counters.get("soma_integrity_checked_total", published) >= published:
+            break
+        time.sleep(0.05)
+    return time.perf_counter() - started
+
+
 def preload(url: str, token: str, count: int, seed: int = 7) -> float:
-    """Remember ``count`` memories in batches of 1000; returns the seconds it took."""
+    """Remember ``count`` memories in batches of 1000 and wait until the node has settled
+    (:func:`settle`); returns the seconds it took."""
     rng = random.Random(seed)
     started = time.perf_counter()
     for start in range(0, count, 1000):
@@ -206,4 +230,5 @@ def preload(url: str, token: str, count: int, seed: int = 7) -> float:
         ]
         done = post_json(f"{url}/memory/remember/batch", token, {"items": items})
         assert done["count"] == len(items)
+    settle(url)
     return time.perf_counter() - started

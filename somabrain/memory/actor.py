@@ -49,6 +49,7 @@ from .events import Announcer
 from .messages import (
     ContextRecall,
     Forget,
+    GetMemories,
     GetMemory,
     LinkMemories,
     MemoryStats,
@@ -250,6 +251,8 @@ class MemoryActor(Actor):
                 return self._context_recall_now(message, None)
             case GetMemory(key=key):
                 return memory.get(key)
+            case GetMemories(keys=keys):
+                return [memory.get(key) for key in keys]
             case Remember(memories=memories):
                 return self.store.write(self._remember, memories)
             case Reinforce(keys=keys, amount=amount, session_id=session, query=query):

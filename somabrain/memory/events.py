@@ -22,9 +22,10 @@ publish that fails is counted and logged. A dropped event loses one check, not a
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
+import os
 import time
-import uuid
 from collections import deque
 from collections.abc import Iterable
 from typing import Any, Literal
@@ -32,6 +33,7 @@ from typing import Any, Literal
 import anyio
 import msgspec
 
+from ..actors import BusClosedError
 from .types import Link, Memory
 
 __all__ = [
@@ -134,6 +136,9 @@ class EventOutbox:
                     try:
                         await bus.publish(subject, event)
                         self.published += 1
+                    except BusClosedError:  # the node is stopping: the rest goes nowhere
+                        self.failed += 1 + len(self.queue)
+                        self.queue.clear()
                     except Exception as exc:
                         self.failed += 1
                         logger.warning("memory event on %s not published: %r", subject, exc)
@@ -168,9 +173,8 @@ class Announcer:
 
     def _offer(self, **fields: Any) -> None:
         event = MemoryEvent(
-            tenant=self.tenant, event_id=uuid.uuid4().hex, node=self.node, time=time.time(),
-            **fields,
-        )  # fmt: skip
+            tenant=self.tenant, event_id=_next_id(), node=self.node, time=time.time(), **fields
+        )
         self.outbox.offer(self.subject, event)
 
     def memories(self, keys: Iterable[str]) -> None:
@@ -192,6 +196,15 @@ class Announcer:
 
     def unlinked(self, from_key: str, to_key: str, rel: str) -> None:
         self._offer(op="unlink", namespace="", key=from_key, to_key=to_key, rel=rel, checksum="")
+
+
+#: Event ids: a random prefix per process and a counter (unique without a syscall per id).
+_ID_PREFIX = os.urandom(8).hex()
+_ids = itertools.count(1)
+
+
+def _next_id() -> str:
+    return f"{_ID_PREFIX}{next(_ids):016x}"
 
 
 def outbox_of(system: Any) -> EventOutbox:

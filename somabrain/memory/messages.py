@@ -1,7 +1,7 @@
 """The messages a tenant's memory actor handles, and the write ticket it answers writes with.
 
-Reads (``Recall``, ``GetMemory``, ``MemoryStats``) are answered directly. Writes
-(``Remember``, ``LinkMemories``, ``Forget``, ``Unlink``) are answered with a
+Reads (``Recall``, ``GetMemory``, ``GetMemories``, ``MemoryStats``) are answered directly.
+Writes (``Remember``, ``LinkMemories``, ``Forget``, ``Unlink``) are answered with a
 :class:`WriteTicket` as soon as the write has started; the asker awaits
 ``ticket.result(timeout)``, which returns once the write is durable (or raises its error).
 Why: durability waits for an fsync, and a memory actor that awaited each one in turn would
@@ -24,6 +24,7 @@ from .types import Memory, RecallFilter
 __all__ = [
     "ContextRecall",
     "Forget",
+    "GetMemories",
     "GetMemory",
     "LinkMemories",
     "MemoryRequest",
@@ -60,6 +61,13 @@ class GetMemory(msgspec.Struct, frozen=True, tag=True):
     """Answered with the ``Memory`` (with its outgoing links) or ``None``."""
 
     key: str
+
+
+class GetMemories(msgspec.Struct, frozen=True, tag=True):
+    """Answered with ``list[Memory | None]``, one per key, in order (the integrity worker
+    checks many memory events with one ask)."""
+
+    keys: tuple[str, ...]
 
 
 class Forget(msgspec.Struct, frozen=True, tag=True):
@@ -120,6 +128,7 @@ MemoryRequest = (
     Remember
     | Recall
     | GetMemory
+    | GetMemories
     | Forget
     | LinkMemories
     | Unlink

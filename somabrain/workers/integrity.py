@@ -11,6 +11,9 @@ on a node; in a cluster, the subject a bridge consume route feeds from Kafka) an
    vector store, when configured) against it, rewriting one that disagrees from the source
    when ``repair`` is on (``copy_from``).
 
+Events waiting in the worker's mailbox are checked together, with one ``GetMemories`` ask per
+tenant: a check costs the node a few microseconds per write instead of a round trip.
+
 A store that disagrees with an event may simply be ahead of it: a later write of the same
 memory, whose event is still on its way. So a first disagreement is only noted, and checked
 again ``recheck_delay`` seconds later against the newest event seen for that memory (or edge)
@@ -37,10 +40,10 @@ from typing import Any, Protocol
 import anyio
 import msgspec
 
-from ..actors import Actor, Msg
+from ..actors import Actor, ActorStoppedError, MailboxFullError, Msg
 from ..audit import AuditDraft, AuditUnavailableError, request_meta
 from ..memory.events import MemoryEvent, link_checksum, memory_checksum
-from ..memory.messages import GetMemory, ask_memory
+from ..memory.messages import GetMemories, GetMemory, ask_memory
 from ..memory.types import Link, Memory
 from .settings import IntegritySettings
 
@@ -91,6 +94,13 @@ class EmbeddedStore:
         memory: Memory | None = await ask_memory(runner.ref(tenant), GetMemory(key), self.timeout)
         return memory
 
+    async def memories(self, tenant: str, keys: list[str]) -> list[Memory | None]:
+        runner = self.system.resources["tree"].find(self.path)
+        found: list[Memory | None] = await ask_memory(
+            runner.ref(tenant), GetMemories(tuple(keys)), self.timeout
+        )
+        return found
+
     async def checksum(self, tenant: str, namespace: str, key: str) -> str | None:
         memory = await self.memory(tenant, key)
         return None if memory is None else memory_checksum(memory)
@@ -123,6 +133,10 @@ class _Recheck(msgspec.Struct, frozen=True):
     entity: Entity
 
 
+class _Flush(msgspec.Struct, frozen=True):
+    """Check the events gathered so far (told to itself behind the events in the mailbox)."""
+
+
 def _entity(event: MemoryEvent) -> Entity:
     if event.op in ("link", "unlink"):
         return (event.tenant, "link", event.key, event.to_key, event.rel)
@@ -144,6 +158,8 @@ class IntegrityWorker(Actor):
         #: entity -> (the event that disagreed, the newest event seen since)
         self.pending: dict[Entity, tuple[MemoryEvent, MemoryEvent]] = {}
         self.rebuilt_at: dict[str, float] = {}
+        self.queue: list[MemoryEvent] = []
+        self.flush_told = False
         system.resources.setdefault("metrics.sources", {})[self.context.path] = self.metrics
         key = f"integrity:{self.context.path}"
         if key not in system.resources:  # subscribe once: the ref outlives incarnations
@@ -154,7 +170,7 @@ class IntegrityWorker(Actor):
     def statistics(self) -> IntegrityStats:
         return IntegrityStats(
             self.checked, self.agreed, self.repaired, self.unrepaired,
-            self.superseded, len(self.pending),
+            self.superseded, len(self.pending) + len(self.queue),
         )  # fmt: skip
 
     def metrics(self) -> list[tuple[str, str, str, list[tuple[dict[str, str], float]]]]:
@@ -176,36 +192,57 @@ class IntegrityWorker(Actor):
         if isinstance(message, _Recheck):
             await self._recheck(message.entity)
             return None
+        if isinstance(message, _Flush):
+            self.flush_told = False
+            await self._flush()
+            return None
         if isinstance(message, Msg):
             message = message.data
         if isinstance(message, dict):  # from Kafka, through a bridge consume route
             message = msgspec.convert(message, MemoryEvent)
         if not isinstance(message, MemoryEvent):
             raise TypeError(f"integrity worker does not handle {type(message).__name__}")
-        await self.check(message)
+        # Events are gathered and checked together: the _Flush told now queues behind the
+        # events already in the mailbox, so one ask per tenant answers all of them.
+        self.queue.append(message)
+        if not self.flush_told:
+            try:
+                self.context.ref.tell_nowait(_Flush())
+                self.flush_told = True
+            except (MailboxFullError, ActorStoppedError):
+                await self._flush()
         return None
 
     # ------------------------------------------------------------------ checking
 
     async def check(self, event: MemoryEvent) -> None:
-        self.checked += 1
-        entity = _entity(event)
-        if event.op == "delete":
-            self._settle_edges_of(event.tenant, event.key)
-        if entity in self.pending:  # a second look is due anyway: against this event
-            first, _ = self.pending[entity]
-            self.pending[entity] = (first, event)
+        """Check one event now (what the gathered checks do for each)."""
+        self.queue.append(event)
+        await self._flush()
+
+    async def _flush(self) -> None:
+        events, self.queue = self.queue, []
+        if not events:
             return
-        problem = await self._source_problem(event)
-        if problem is not None:
-            self.pending[entity] = (event, event)
-            self.context.system.start_soon(self._later, entity)
-            return
-        fixed, bad = await self._replicas(event)
-        if fixed or bad:
-            await self._report(event, fixed, bad)
-        else:
-            self.agreed += 1
+        problems = await self._source_problems(events)
+        for event, problem in zip(events, problems, strict=True):
+            self.checked += 1
+            entity = _entity(event)
+            if event.op == "delete":
+                self._settle_edges_of(event.tenant, event.key)
+            if entity in self.pending:  # a second look is due anyway: against this event
+                first, _ = self.pending[entity]
+                self.pending[entity] = (first, event)
+                continue
+            if problem is not None:
+                self.pending[entity] = (event, event)
+                self.context.system.start_soon(self._later, entity)
+                continue
+            fixed, bad = await self._replicas(event)
+            if fixed or bad:
+                await self._report(event, fixed, bad)
+            else:
+                self.agreed += 1
 
     def _settle_edges_of(self, tenant: str, key: str) -> None:
         """A forgotten memory takes its edges along: their pending checks are moot."""
@@ -243,6 +280,36 @@ class IntegrityWorker(Actor):
             await self._report(latest, fixed, bad)
         elif latest is first:
             self.agreed += 1  # it was only late
+
+    async def _source_problems(self, events: list[MemoryEvent]) -> list[str | None]:
+        """:meth:`_source_problem` of each event, with one ask per tenant to the embedded
+        store (``GetMemories``)."""
+        if not self.embedded.available():
+            return [await self._source_problem(event) for event in events]
+        by_tenant: dict[str, list[str]] = {}
+        for event in events:
+            keys = by_tenant.setdefault(event.tenant, [])
+            if event.key not in keys:
+                keys.append(event.key)
+        held: dict[str, dict[str, Memory | None] | str] = {}
+        for tenant, keys in by_tenant.items():
+            try:
+                found = await self.embedded.memories(tenant, keys)
+                held[tenant] = dict(zip(keys, found, strict=True))
+            except Exception as exc:  # the tenant's actor cannot answer: that is a finding
+                held[tenant] = f"{self.embedded.name}: {exc!r}"
+        problems: list[str | None] = []
+        for event in events:
+            memories = held[event.tenant]
+            if isinstance(memories, str):
+                problems.append(memories)
+                continue
+            memory = memories[event.key]
+            agrees = _agrees(event, memory)
+            problems.append(
+                None if agrees else f"{self.embedded.name}: holds {_describe(event, memory)}"
+            )
+        return problems
 
     async def _source_problem(self, event: MemoryEvent) -> str | None:
         """Why the source of truth disagrees with ``event`` (None: it agrees, or there is no
