@@ -13,7 +13,7 @@ trees through :meth:`ActorSystem.start` and registers its roots for orderly shut
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -66,6 +66,7 @@ class ActorSystem:
         #: tree starts. Actor factories take no arguments; actors look their dependencies up
         #: here through ``self.context.system.resources``.
         self.resources: dict[str, Any] = {}
+        self._finalizers: list[Callable[[], Awaitable[None]]] = []
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -113,8 +114,19 @@ class ActorSystem:
                 with anyio.move_on_after(5):
                     await cell.wait_exited()
                 cell.kill()
+        while self._finalizers:
+            finalizer = self._finalizers.pop()
+            try:
+                await finalizer()
+            except Exception:
+                logger.exception("error in shutdown finalizer %r", finalizer)
         if self._bus is not None:
             await self._bus.close()
+
+    def add_finalizer(self, finalizer: Callable[[], Awaitable[None]]) -> None:
+        """Run ``finalizer`` at shutdown, once every actor has stopped (last added, first run):
+        for resources an actor hands over to its next incarnation, which may never come."""
+        self._finalizers.append(finalizer)
 
     def fail(self, error: BaseException) -> None:
         """A root supervisor gave up: shut the node down and re-raise ``error`` on exit."""

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -159,7 +160,10 @@ class MemoryActor(Actor):
         if not valid_tenant(tenant):
             raise ValueError(f"invalid tenant id {tenant!r}")
         settings = _memory_settings(system)
-        stores: dict[str, _OpenStore] = system.resources.setdefault(STORES_RESOURCE, {})
+        stores: dict[str, _OpenStore] | None = system.resources.get(STORES_RESOURCE)
+        if stores is None:
+            stores = system.resources[STORES_RESOURCE] = {}
+            system.add_finalizer(partial(_close_orphans, stores, settings.drain_timeout))
         previous = stores.pop(tenant, None)
         if previous is not None:  # the last incarnation was killed: hand its log over
             await previous.close(settings.drain_timeout)
@@ -363,6 +367,14 @@ class MemoryActor(Actor):
         if session is not None and amount > 0:
             self._track(session, [k for k in keys if k in result])
         return result
+
+
+async def _close_orphans(stores: dict[str, _OpenStore], drain_timeout: float) -> None:
+    """At shutdown: close the stores of killed actors that no next incarnation took over
+    (their logs would stay open and locked for as long as the process lives)."""
+    while stores:
+        _, store = stores.popitem()
+        await store.close(drain_timeout)
 
 
 def _context_settings(system: ActorSystem) -> Any:

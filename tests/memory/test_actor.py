@@ -33,7 +33,7 @@ from somabrain.supervision import DynamicSupervisor, SupervisionTree, Supervisor
 pytestmark = pytest.mark.anyio
 
 
-def tree_config(idle_timeout: float = 0.0) -> SupervisorNode:
+def tree_config(idle_timeout: float = 0.0, backoff: float = 0.0) -> SupervisorNode:
     return msgspec.convert(
         {
             "intensity": 10,
@@ -42,7 +42,7 @@ def tree_config(idle_timeout: float = 0.0) -> SupervisorNode:
                     "kind": "dynamic",
                     "actor": "somabrain.memory.actor:MemoryActor",
                     "idle_timeout": idle_timeout,
-                    "backoff": {"initial": 0.0},
+                    "backoff": {"initial": backoff},
                 }
             },
         },
@@ -131,6 +131,23 @@ async def test_a_killed_actor_is_rebuilt_from_its_log(tmp_path: Path) -> None:
         assert stats.memories == 50  # type: ignore[attr-defined]
         cell = tree.system.cell("/root/memory/acme")
         assert cell is not None and cell.incarnation == 2
+
+
+async def test_shutdown_before_the_restart_closes_the_killed_actors_log(tmp_path: Path) -> None:
+    config = tree_config(backoff=60.0)
+    async with ActorSystem() as system:
+        system.resources["data_dir"] = tmp_path
+        system.resources["config"] = SomaConfig()
+        tree = SupervisionTree(system, config)
+        await tree.start()
+        supervisor = tree.find("/root/memory")
+        assert isinstance(supervisor, DynamicSupervisor)
+        await ask(supervisor, "acme", Remember((Memory(key="k", content="kept"),)))
+        assert tree.kill("/root/memory/acme")  # its log waits for an incarnation that never comes
+        await tree.stop()
+    # The same process opens the tenant again: the orphaned log was closed (and unlocked).
+    async with memory_tree(tmp_path) as (_, sup):
+        assert await ask(sup, "acme", GetMemory("k")) is not None
 
 
 async def test_kill_with_writes_in_flight_loses_nothing_acknowledged(tmp_path: Path) -> None:
