@@ -41,8 +41,8 @@ The view asks ``ranking`` to score exactly the lifted memories (``prepare``) and
 other slot by 0, so it costs one product of the stored query embeddings with the query's,
 never a pass over the tenant's memories.
 
-Durability: a journal beside the tenant's memory log (``<log>.assoc``, CRC-framed msgpack
-records, same frame format as the working-memory journal). Only the query text and the keys
+Durability: a journal beside the tenant's memory log (``<log>.assoc``, the CRC-framed record
+journal of ``_journal.py``, as working memory's). Only the query text and the keys
 are written; the query embeddings are recomputed when the journal is opened, so the state
 follows a change of embedder. Each association is written and fsynced before the feedback that
 made it is acknowledged. The journal is rewritten compactly on open and when it grows past four
@@ -56,14 +56,11 @@ inherit what the old memory learned.
 from __future__ import annotations
 
 import contextlib
-import io
 import itertools
 import logging
 import math
 import os
-import struct
 import time
-import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -74,6 +71,7 @@ import numpy as np
 import numpy.typing as npt
 from msgspec import Meta
 
+from ._journal import RecordJournal
 from .errors import UnknownMemoryError
 from .log import tenant_log_path
 from .ranking import F32, I64, Mask, RecallQuery
@@ -101,11 +99,6 @@ ASSOCIATION = "association"
 CO_USED = "co_used"
 
 MAGIC = b"SBASJ\x00\x00\x01"
-_HEADER = struct.Struct("<II")
-_MAX_RECORD_BYTES = 16 * 1024 * 1024
-_COMPACT_MIN_BYTES = 1024 * 1024
-_COMPACT_FACTOR = 4
-_FILE_MODE = 0o600
 
 Embed = Callable[[Sequence[str]], Awaitable[npt.NDArray[np.float32]]]
 
@@ -159,63 +152,6 @@ class Dissociated(msgspec.Struct, frozen=True, tag=True, array_like=True):
 
 
 Record = Associated | Dissociated
-_ENCODER = msgspec.msgpack.Encoder()
-_DECODER: msgspec.msgpack.Decoder[Record] = msgspec.msgpack.Decoder(Record)
-
-
-def _frame(record: Record) -> bytes:
-    payload = _ENCODER.encode(record)
-    return _HEADER.pack(len(payload), zlib.crc32(payload)) + payload
-
-
-def _read(path: Path) -> list[Record]:
-    """The intact records of the journal (none if missing); a torn or corrupt tail is ignored
-    from the first bad frame on. Creates the directory if needed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return []
-    if not data.startswith(MAGIC):
-        if data:
-            logger.warning("association journal %s has a bad header; starting empty", path)
-        return []
-    records: list[Record] = []
-    pos, end = len(MAGIC), len(data)
-    while pos + _HEADER.size <= end:
-        length, crc = _HEADER.unpack_from(data, pos)
-        start = pos + _HEADER.size
-        if length > _MAX_RECORD_BYTES or start + length > end:
-            break
-        payload = data[start : start + length]
-        if zlib.crc32(payload) != crc:
-            break
-        try:
-            records.append(_DECODER.decode(payload))
-        except msgspec.DecodeError:
-            break
-        pos = start + length
-    if pos < end:
-        logger.warning("association journal %s: ignoring %d bytes of torn tail", path, end - pos)
-    return records
-
-
-def _write_all(file: io.FileIO, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = file.write(view)
-        if not written:
-            raise OSError(f"short write to {file.name}")
-        view = view[written:]
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
 
 # ------------------------------------------------------------------------------ store
 
@@ -238,9 +174,7 @@ class AssociationStore:
         self._at: list[float] = []
         self._next = 0  # the ring position the next association goes to (once full)
         self._emptied = 0  # entries whose keys were all forgotten
-        self._file: io.FileIO | None = None
-        self._size = 0
-        self._compact_at = _COMPACT_MIN_BYTES
+        self._journal: RecordJournal[Record] | None = None
         #: Serialises read-modify-write of co-use link weights (``FeedbackLearner``).
         self.lock = anyio.Lock()
 
@@ -265,8 +199,16 @@ class AssociationStore:
         if self._queries or self.path is not None:
             raise RuntimeError("load() needs an empty store without a journal")
         where = self.path = Path(path)
+        journal: RecordJournal[Record] = RecordJournal(
+            where,
+            MAGIC,
+            Record,
+            what="association journal",
+            snapshot=self._snapshot,
+            sync_compaction=True,
+        )
         try:
-            records = await anyio.to_thread.run_sync(_read, where)
+            records = await anyio.to_thread.run_sync(journal.read)
         except OSError as exc:
             logger.error("association journal %s unreadable, not durable: %r", where, exc)
             return
@@ -286,21 +228,20 @@ class AssociationStore:
             vectors = await embed([q for q, _, _ in entries])
             for (query, keys, at), vector in zip(entries, vectors, strict=True):
                 self._put(query, np.asarray(vector, dtype=np.float32), tuple(keys), at)
-        data = self._snapshot()
         try:
-            with anyio.CancelScope(shield=True):  # the new handle must land in ``_file``
-                self._file = await anyio.to_thread.run_sync(self._rewrite, data, True)
+            with anyio.CancelScope(shield=True):  # the open handle must not be lost
+                await anyio.to_thread.run_sync(journal.start)
         except OSError as exc:
             logger.error("association journal %s unwritable, not durable: %r", where, exc)
             return
-        self._snapshot_written(len(data))
+        self._journal = journal
 
     def __len__(self) -> int:
         return len(self._queries)
 
     @property
     def durable(self) -> bool:
-        return self._file is not None
+        return self._journal is not None and self._journal.durable
 
     def entries(self) -> list[tuple[str, tuple[str, ...]]]:
         """(query, keys) of every association, oldest first."""
@@ -388,91 +329,32 @@ class AssociationStore:
 
     # --- the journal -----------------------------------------------------------------------
 
-    def _snapshot(self) -> bytes:
+    def _snapshot(self) -> list[Record]:
         n = len(self._queries)
         start = self._next if n == self.capacity else 0
         order = ((start + j) % n for j in range(n))
-        return b"".join(
-            _frame(Associated(self._queries[i], list(self._keys[i]), self._at[i]))
+        return [
+            Associated(self._queries[i], list(self._keys[i]), self._at[i])
             for i in order
             if self._keys[i]
-        )
-
-    def _snapshot_written(self, size: int) -> None:
-        self._size = len(MAGIC) + size
-        self._compact_at = max(_COMPACT_MIN_BYTES, _COMPACT_FACTOR * self._size)
-
-    def _rewrite(self, data: bytes, sync: bool) -> io.FileIO:
-        assert self.path is not None
-        tmp = self.path.with_name(self.path.name + ".compact")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, _FILE_MODE)
-        with io.FileIO(fd, "w") as out:
-            _write_all(out, MAGIC + data)
-            if sync:
-                os.fsync(fd)
-        os.replace(tmp, self.path)
-        if sync:
-            _fsync_dir(self.path.parent)
-        fresh = io.FileIO(self.path, "a")
-        if self._file is not None:
-            self._file.close()
-        return fresh
+        ]
 
     def _append(self, record: Record) -> None:
-        """One frame to the page cache, in the order of the in-memory changes (no await)."""
-        if self._file is None:
-            return
-        frame = _frame(record)
-        try:
-            _write_all(self._file, frame)
-            self._size += len(frame)
-            if self._size > self._compact_at:
-                data = self._snapshot()
-                self._file = self._rewrite(data, True)
-                self._snapshot_written(len(data))
-        except OSError as exc:
-            logger.error(
-                "association journal %s: write failed, journaling stops until the tenant's "
-                "memory actor restarts: %r",
-                self.path,
-                exc,
-            )
-            self._close_file()
-
-    def _close_file(self) -> None:
-        file, self._file = self._file, None
-        if file is not None:
-            with contextlib.suppress(OSError):
-                file.close()
+        """One record to the journal, in the order of the in-memory changes (no await)."""
+        if self._journal is not None:
+            self._journal.append(record)
 
     async def sync(self) -> None:
         """fsync what was appended so far (in a worker thread)."""
-        file = self._file
-        if file is None:
+        if self._journal is None:
             await anyio.lowlevel.checkpoint()
             return
-        try:
-            await anyio.to_thread.run_sync(os.fsync, file.fileno())
-        except (OSError, ValueError) as exc:  # ValueError: closed meanwhile
-            logger.warning("association journal %s: fsync failed: %r", self.path, exc)
+        await self._journal.sync()
 
     async def aclose(self) -> None:
         """Flush the journal to disk and stop journaling (later changes stay in memory)."""
-        file, self._file = self._file, None
-        if file is None:
-            return
-
-        def sync_and_close() -> None:
-            try:
-                os.fsync(file.fileno())
-            finally:
-                file.close()
-
-        try:
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(sync_and_close)
-        except OSError as exc:
-            logger.warning("association journal %s: fsync on close failed: %r", self.path, exc)
+        if self._journal is not None:
+            await self._journal.aclose()
 
 
 # ------------------------------------------------------------------------------ the view

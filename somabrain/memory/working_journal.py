@@ -12,10 +12,7 @@ bounds (capacity, sessions). Putting it in the memory log would tie every workin
 change to the log's fsync and make compaction carry a second kind of state. A separate
 journal costs one small ``write`` per change and can be thrown away without touching a memory.
 
-Format (little endian)::
-
-    header  b"SBWMJ\\x00\\x00\\x01"            8 bytes: magic + format version 1
-    frame*  u32 length | u32 crc32(payload) | payload (msgspec msgpack of one record)
+Format: the CRC-framed record journal of ``_journal.py`` (magic ``SBWMJ``, version 1).
 
 Records: ``Added(session, keys)`` (the ``WorkingMemory.add`` of those keys), ``Discarded(key)``,
 ``Cleared(session)``. Replaying them through a ``WorkingMemory`` with the same bounds gives the
@@ -29,25 +26,16 @@ the process; a power loss may lose the last changes (no fsync per change: workin
 short-lived context, and the memories themselves are in the fsynced log). A write is a few
 microseconds, cheaper than a hop to a worker thread, so it is done on the event loop.
 
-Compaction: on open, and when the file grows past four times its last snapshot (at least
-1 MiB), the current state is written as a fresh journal (``<name>.compact``, renamed over the
-file). On open it is fsynced (in a worker thread); at run time it is not, to keep the event
-loop free (a few ms at the default bounds).
-
-Failures: a torn or corrupt tail (a crash mid-write) is ignored from the first bad frame on.
-An I/O error while journaling is logged once and journaling stops for this incarnation; the
-in-memory working memory goes on (a remember must not fail because its context cache could not
-be written). The next incarnation reopens the file.
+Compaction, torn tails and I/O errors: see ``_journal.py``. Snapshots written at run time are
+not fsynced, to keep the event loop free (a few ms at the default bounds). An I/O error stops
+journaling for this incarnation; the in-memory working memory goes on (a remember must not fail
+because its context cache could not be written).
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
 import os
-import struct
-import zlib
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
@@ -55,6 +43,7 @@ import anyio
 import msgspec
 import numpy as np
 
+from ._journal import RecordJournal
 from .log import tenant_log_path
 from .working import WMItem, WorkingMemory
 
@@ -63,11 +52,6 @@ __all__ = ["DurableWorkingMemory", "working_journal_path"]
 logger = logging.getLogger("somabrain.memory")
 
 MAGIC = b"SBWMJ\x00\x00\x01"
-_HEADER = struct.Struct("<II")
-_MAX_RECORD_BYTES = 16 * 1024 * 1024
-_COMPACT_MIN_BYTES = 1024 * 1024
-_COMPACT_FACTOR = 4
-_FILE_MODE = 0o600
 
 
 class Added(msgspec.Struct, frozen=True, tag=True, array_like=True):
@@ -84,8 +68,6 @@ class Cleared(msgspec.Struct, frozen=True, tag=True, array_like=True):
 
 
 Record = Added | Discarded | Cleared
-_ENCODER = msgspec.msgpack.Encoder()
-_DECODER: msgspec.msgpack.Decoder[Record] = msgspec.msgpack.Decoder(Record)
 
 #: Builds the items of ``keys`` (known memories only, in order): the memory actor's own path.
 ItemsOf = Callable[[Sequence[str]], list[WMItem]]
@@ -94,49 +76,6 @@ ItemsOf = Callable[[Sequence[str]], list[WMItem]]
 def working_journal_path(data_dir: str | os.PathLike[str], tenant: str) -> Path:
     """The journal of ``tenant``'s working memory, beside its memory log."""
     return tenant_log_path(data_dir, tenant).with_suffix(".wmj")
-
-
-def _frame(record: Record) -> bytes:
-    payload = _ENCODER.encode(record)
-    return _HEADER.pack(len(payload), zlib.crc32(payload)) + payload
-
-
-def _read(path: Path) -> list[Record]:
-    """The intact records of the journal at ``path`` (none if missing or not a journal)."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return []
-    if not data.startswith(MAGIC):
-        if data:
-            logger.warning("working-memory journal %s has a bad header; starting empty", path)
-        return []
-    records: list[Record] = []
-    pos, end = len(MAGIC), len(data)
-    while pos + _HEADER.size <= end:
-        length, crc = _HEADER.unpack_from(data, pos)
-        start = pos + _HEADER.size
-        if length > _MAX_RECORD_BYTES or start + length > end:
-            break
-        payload = data[start : start + length]
-        if zlib.crc32(payload) != crc:
-            break
-        try:
-            records.append(_DECODER.decode(payload))
-        except msgspec.DecodeError:
-            break
-        pos = start + length
-    if pos < end:
-        logger.warning("working-memory journal %s: ignoring %d bytes of torn tail", path, end - pos)
-    return records
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class DurableWorkingMemory(WorkingMemory):
@@ -153,9 +92,9 @@ class DurableWorkingMemory(WorkingMemory):
     ) -> None:
         super().__init__(capacity, max_sessions=max_sessions, recency_weight=recency_weight)
         self.path = path
-        self._file: io.FileIO | None = None
-        self._size = 0
-        self._compact_at = _COMPACT_MIN_BYTES
+        self._journal: RecordJournal[Record] = RecordJournal(
+            path, MAGIC, Record, what="working-memory journal", snapshot=self._snapshot
+        )
 
     @classmethod
     async def open(
@@ -171,7 +110,7 @@ class DurableWorkingMemory(WorkingMemory):
         ``items_of`` and rewrite the journal as a snapshot of the result."""
         wm = cls(Path(path), capacity, max_sessions=max_sessions, recency_weight=recency_weight)
         try:
-            records = await anyio.to_thread.run_sync(_read, wm.path)
+            records = await anyio.to_thread.run_sync(wm._journal.read)
         except OSError as exc:
             logger.error("working memory journal %s unreadable, not durable: %r", wm.path, exc)
             return wm
@@ -179,13 +118,11 @@ class DurableWorkingMemory(WorkingMemory):
             items = items_of(keys)
             if items:
                 WorkingMemory.add(wm, session, items)
-        data = wm._snapshot()
         try:
-            wm._file = await anyio.to_thread.run_sync(wm._rewrite, data, True)
+            with anyio.CancelScope(shield=True):  # the open handle must not be lost
+                await anyio.to_thread.run_sync(wm._journal.start)
         except OSError as exc:
             logger.error("working memory journal %s unwritable, not durable: %r", wm.path, exc)
-            return wm
-        wm._snapshot_written(len(data))
         return wm
 
     def _replay(self, records: Iterable[Record]) -> list[tuple[str, list[str]]]:
@@ -208,16 +145,16 @@ class DurableWorkingMemory(WorkingMemory):
     def add(self, session: str, items: Iterable[WMItem]) -> None:
         items = list(items)
         super().add(session, items)
-        self._append(Added(session, [it.key for it in items]))
+        self._journal.append(Added(session, [it.key for it in items]))
 
     def discard(self, key: str) -> None:
         super().discard(key)
-        self._append(Discarded(key))
+        self._journal.append(Discarded(key))
 
     def clear(self, session: str) -> bool:
         cleared = super().clear(session)
         if cleared:
-            self._append(Cleared(session))
+            self._journal.append(Cleared(session))
         return cleared
 
     # --- the file --------------------------------------------------------------------------
@@ -225,80 +162,11 @@ class DurableWorkingMemory(WorkingMemory):
     @property
     def durable(self) -> bool:
         """False once journaling stopped (closed, or after an I/O error)."""
-        return self._file is not None
+        return self._journal.durable
 
-    def _snapshot(self) -> bytes:
-        return b"".join(_frame(Added(s, [it.key for it in self.items(s)])) for s in self.sessions())
-
-    def _snapshot_written(self, size: int) -> None:
-        self._size = len(MAGIC) + size
-        self._compact_at = max(_COMPACT_MIN_BYTES, _COMPACT_FACTOR * self._size)
-
-    def _rewrite(self, data: bytes, sync: bool) -> io.FileIO:
-        """Write ``MAGIC + data`` as the new journal (atomic rename); the open append handle."""
-        tmp = self.path.with_name(self.path.name + ".compact")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, _FILE_MODE)
-        with io.FileIO(fd, "w") as out:
-            _write_all(out, MAGIC + data)
-            if sync:
-                os.fsync(fd)
-        os.replace(tmp, self.path)
-        if sync:
-            _fsync_dir(self.path.parent)
-        fresh = io.FileIO(self.path, "a")
-        if self._file is not None:
-            self._file.close()
-        return fresh
-
-    def _append(self, record: Record) -> None:
-        if self._file is None:
-            return
-        frame = _frame(record)
-        try:
-            _write_all(self._file, frame)
-            self._size += len(frame)
-            if self._size > self._compact_at:
-                data = self._snapshot()
-                self._file = self._rewrite(data, False)
-                self._snapshot_written(len(data))
-        except OSError as exc:
-            logger.error(
-                "working memory journal %s: write failed, journaling stops until the tenant's "
-                "memory actor restarts: %r",
-                self.path,
-                exc,
-            )
-            self._close_file()
-
-    def _close_file(self) -> None:
-        file, self._file = self._file, None
-        if file is not None:
-            with contextlib.suppress(OSError):
-                file.close()
+    def _snapshot(self) -> list[Record]:
+        return [Added(s, [it.key for it in self.items(s)]) for s in self.sessions()]
 
     async def aclose(self) -> None:
         """Flush the journal to disk and stop journaling (later changes stay in memory)."""
-        file, self._file = self._file, None
-        if file is None:
-            return
-
-        def sync_and_close() -> None:
-            try:
-                os.fsync(file.fileno())
-            finally:
-                file.close()
-
-        try:
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(sync_and_close)
-        except OSError as exc:
-            logger.warning("working memory journal %s: fsync on close failed: %r", self.path, exc)
-
-
-def _write_all(file: io.FileIO, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = file.write(view)
-        if not written:
-            raise OSError(f"short write to {file.name}")
-        view = view[written:]
+        await self._journal.aclose()

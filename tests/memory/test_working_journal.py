@@ -142,9 +142,9 @@ async def test_a_write_error_stops_journaling_not_working_memory(
     store = Store()
     wm = await reopen(path, store)
     wm.add("s", store.remember("k1"))
-    assert wm._file is not None
+    assert wm._journal._file is not None
     readonly = os.open(path, os.O_RDONLY)  # the journal's fd turns read-only: EBADF on write
-    os.dup2(readonly, wm._file.fileno())
+    os.dup2(readonly, wm._journal._file.fileno())
     os.close(readonly)
     wm.add("s", store.remember("k2"))  # no exception: working memory goes on
     assert not wm.durable and state(wm) == [("s", ["k1", "k2"])]
