@@ -28,14 +28,13 @@ from ..context.messages import (
 )
 from ..governance.http import BundleGovernance, evaluate_input
 from ..memory.types import DEFAULT_NAMESPACE
+from .audited import AuditHandlers
 from .errors import HTTPError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from ..actors import ActorSystem
-    from ..config import SomaConfig
-    from ..governance.policy import Decision, PolicyInput
+    from ..governance.policy import PolicyInput
     from .app import Request, Response
 
 __all__ = [
@@ -105,43 +104,16 @@ def _timestamp(value: float | dt.datetime | None) -> float | None:
     return value.timestamp()
 
 
-class ContextHandlers:
-    """``/context/evaluate``, ``/context/feedback``, ``/context/adaptation/*``."""
+class ContextHandlers(AuditHandlers):
+    """``/context/evaluate``, ``/context/feedback``, ``/context/adaptation/*`` (audited like
+    the memory routes: ``AuditHandlers``)."""
 
-    system: ActorSystem
-    config: SomaConfig
-    _govern: Callable[[PolicyInput], Decision]
     _govern_bundle: Callable[[PolicyInput, list[list[str]], list[float]], BundleGovernance]
 
     def json(self, value: Any, status: int = 200) -> Response:
         raise NotImplementedError
 
     def _tenant(self, request: Request, body_tenant: str | None) -> str:
-        raise NotImplementedError
-
-    async def _audit(
-        self,
-        request: Request,
-        tenant: str,
-        action: str,
-        *,
-        decision: Decision | None = None,
-        status: int = 200,
-        content: str | bytes | None = None,
-        attributes: dict[str, object] | None = None,
-    ) -> str | None:
-        raise NotImplementedError
-
-    async def _govern_audited(
-        self,
-        request: Request,
-        tenant: str,
-        action: str,
-        policy_input: PolicyInput,
-        *,
-        content: str | bytes | None = None,
-        attributes: dict[str, object] | None = None,
-    ) -> Decision:
         raise NotImplementedError
 
     async def _context(self, message: Any) -> Any:
