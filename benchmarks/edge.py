@@ -9,6 +9,10 @@ What it measures, in one run (rates in requests per second, latencies in millise
   against ``somabrain dev`` with 10,000 memories preloaded into the tenant: routing, JWT,
   rate-limit check, decode, ask the tenant's memory actor, hybrid recall (semantic + lexical
   over every memory), encode.
+* ``recall_100``: the same recall requests against a tenant of 100 memories: the same
+  response (10 results with their views), a search that costs next to nothing. What the edge
+  and Hypercorn cost for a recall response of this size, so the distance to ``recall`` is what
+  the search at 10,000 memories costs.
 * ``remember``: ``POST /memory/remember`` (a new memory each time, so no deduplication) into
   another tenant, acknowledged only once durable (group-commit fsync, the default).
 * ``evaluate``: ``POST /context/evaluate`` (top_k 10, a different query each time) on the same
@@ -18,7 +22,7 @@ What it measures, in one run (rates in requests per second, latencies in millise
 
 The load generator is a raw asyncio HTTP/1.1 client in this process (keep-alive, one request
 in flight per connection, ``--connections`` of them, 32 by default): cheap enough to stay far
-from being the bottleneck. Each round runs the three scenarios in turn for ``--duration``
+from being the bottleneck. Each round runs the scenarios in turn for ``--duration``
 seconds after a warm-up; each figure is the best round, with the latencies of that round.
 Rate limits are disabled on the node for the run (``SOMA_EDGE__RATE_LIMIT__ENABLED=false``).
 
@@ -76,7 +80,9 @@ EVALUATE_P99_TARGET_MS = 50.0
 RATIO_EXPLANATIONS = {
     "recall_vs_bare_hypercorn": "recall req/s over the bare Hypercorn ceiling",
     "remember_vs_bare_hypercorn": "durable remember req/s over the bare Hypercorn ceiling",
+    "recall_100_vs_bare_hypercorn": "recall over 100 memories: the edge's own cost, no search",
 }
+_SMALL_TENANT_MEMORIES = 100
 
 
 # ------------------------------------------------------------------------------ servers
@@ -176,10 +182,13 @@ def run_benchmark(settings: Settings) -> dict[str, Any]:
             node_port, bare_port = int(node.address), int(bare.address)
             recall_token = token_for(tmp, ["bench"])
             write_token = token_for(tmp, ["bench-write"])
+            small_token = token_for(tmp, ["bench-small"])
             loaded = preload(f"http://127.0.0.1:{node_port}", recall_token, settings.memories)
+            preload(f"http://127.0.0.1:{node_port}", small_token, _SMALL_TENANT_MEMORIES)
             scenarios: list[tuple[str, int, Callable[[], bytes]]] = [
                 ("bare_hypercorn", bare_port, recall_requests(recall_token, seed=3)),
                 ("recall", node_port, recall_requests(recall_token, seed=3)),
+                ("recall_100", node_port, recall_requests(small_token, seed=3)),
                 ("remember", node_port, remember_requests(write_token, "bench")),
                 ("evaluate", node_port, evaluate_requests(recall_token, seed=5)),
             ]
@@ -217,10 +226,12 @@ def run_benchmark(settings: Settings) -> dict[str, Any]:
         "ratios": {
             "recall_vs_bare_hypercorn": ratio(best["recall"].rate, ceiling),
             "remember_vs_bare_hypercorn": ratio(best["remember"].rate, ceiling),
+            "recall_100_vs_bare_hypercorn": ratio(best["recall_100"].rate, ceiling),
         },
         "median_ratios": {
             "recall_vs_bare_hypercorn": ratio(medians["recall"], medians["bare_hypercorn"]),
             "remember_vs_bare_hypercorn": ratio(medians["remember"], medians["bare_hypercorn"]),
+            "recall_100_vs_bare_hypercorn": ratio(medians["recall_100"], medians["bare_hypercorn"]),
         },
         "preload_seconds": loaded,
         "background_cores": max(background) if background else None,

@@ -22,11 +22,21 @@ def test_edge_benchmark_runs_and_writes_json(
     assert edge.main(args) == 0
     document = json.loads(out.read_text())
     assert document["benchmark"] == "edge"
-    assert set(document["results"]) == {"bare_hypercorn", "recall", "remember", "evaluate"}
+    assert set(document["results"]) == {
+        "bare_hypercorn",
+        "recall",
+        "recall_100",
+        "remember",
+        "evaluate",
+    }
     for result in document["results"].values():
         assert result["completed"] > 0 and result["errors"] == 0
         assert result["p99_ms"] >= result["p50_ms"] > 0
-    assert set(document["ratios"]) == {"recall_vs_bare_hypercorn", "remember_vs_bare_hypercorn"}
+    assert set(document["ratios"]) == {
+        "recall_vs_bare_hypercorn",
+        "remember_vs_bare_hypercorn",
+        "recall_100_vs_bare_hypercorn",
+    }
     assert all(value > 0 for value in document["ratios"].values())
     printed = capsys.readouterr().out
     assert "recall_vs_bare_hypercorn" in printed and "p99" in printed
