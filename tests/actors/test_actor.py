@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import anyio
+import anyio.abc
 import pytest
 
 from somabrain.actors import (
@@ -35,6 +36,9 @@ class Counter(Actor):
                 await event.wait()
                 return "unblocked"
             case ("wait", anyio.Event() as event):
+                await event.wait()
+            case ("hold", anyio.Event() as entered, anyio.Event() as event):
+                entered.set()  # tells the test the actor has this message in hand
                 await event.wait()
             case int(n):
                 self.count += n
@@ -74,14 +78,24 @@ async def test_ask_times_out_with_a_clear_error() -> None:
         assert await ref.ask("get") == 0
 
 
+# The two tests below synchronise on events, not on anyio.wait_all_tasks_blocked: while an ask
+# is unanswered the ask watchdog (_deadlines.py) wakes every 10 ms, and on asyncio
+# wait_all_tasks_blocked counts a task whose timer has fired but which has not resumed yet as
+# not blocked, then sleeps 0.1 s and probes again. On a loaded machine the loop runs late, the
+# two timers fire in the same iteration at every probe, and it never returned before the asks
+# timed out (AskTimeoutError after 5 s instead of the outcome under test).
+
+
 async def test_queued_asks_fail_when_the_actor_stops() -> None:
     async with ActorSystem() as system:
         ref = await system.spawn(Counter, "stopping")
-        gate = anyio.Event()
-        await ref.tell(("wait", gate))
+        entered, gate = anyio.Event(), anyio.Event()
+        await ref.tell(("hold", entered, gate))
+        await entered.wait()  # the actor has the message in hand
         results: list[BaseException | Any] = []
 
-        async def ask() -> None:
+        async def ask(*, task_status: anyio.abc.TaskStatus[None]) -> None:
+            task_status.started()
             try:
                 results.append(await ref.ask("get"))
             except ActorStoppedError as exc:
@@ -89,8 +103,9 @@ async def test_queued_asks_fail_when_the_actor_stops() -> None:
 
         async with anyio.create_task_group() as tg:
             for _ in range(3):
-                tg.start_soon(ask)
-            await anyio.wait_all_tasks_blocked()
+                # start() returns once the task first suspends: the ask is queued by then.
+                await tg.start(ask)
+            assert ref.statistics().mailbox.depth == 3  # queued behind the message in hand
             ref.stop()
             gate.set()
         assert len(results) == 3
@@ -108,15 +123,15 @@ async def test_queued_asks_fail_when_the_actor_stops() -> None:
 async def test_kill_fails_the_in_flight_ask() -> None:
     async with ActorSystem() as system:
         ref = await system.spawn(Counter, "victim")
-        event = anyio.Event()
+        entered, event = anyio.Event(), anyio.Event()
         async with anyio.create_task_group() as tg:
 
             async def ask() -> None:
                 with pytest.raises(ActorKilledError):
-                    await ref.ask(("block", event))
+                    await ref.ask(("hold", entered, event))
 
             tg.start_soon(ask)
-            await anyio.wait_all_tasks_blocked()
+            await entered.wait()  # the actor is handling the ask
             ref.kill()
         assert not ref.alive
 
