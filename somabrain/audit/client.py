@@ -26,6 +26,7 @@ import anyio
 import msgspec
 
 from ..actors import ActorRef, ActorStoppedError
+from ..actors._backend import Backend, Reply, current_backend
 from .errors import AuditUnavailableError
 from .event import AuditDraft, new_event_id, utc_now
 
@@ -36,31 +37,37 @@ __all__ = ["Append", "AuditLog", "Receipt"]
 
 
 class Receipt:
-    """Completed by the writer: ``seq`` once durable, or ``error``."""
+    """Completed by the writer: ``seq`` once durable, or ``error``.
 
-    __slots__ = ("_done", "error", "event_id", "seq")
+    Woken through the actor kernel's one-shot ``Reply`` (an asyncio future, or trio's
+    reschedule) rather than an ``anyio.Event``: one per audited request, so the cheapest
+    hand-off counts. ``done`` is the receipt's own flag, not the reply's: a waiter cancelled
+    by its timeout may cancel the underlying future, which must not read as completed."""
 
-    def __init__(self, event_id: str) -> None:
+    __slots__ = ("_reply", "done", "error", "event_id", "seq")
+
+    def __init__(self, event_id: str, reply: Reply) -> None:
         self.event_id = event_id
         self.seq = 0
         self.error: BaseException | None = None
-        self._done = anyio.Event()
+        self.done = False
+        self._reply = reply
 
     def complete(self, seq: int) -> None:
-        self.seq = seq
-        self._done.set()
+        if not self.done:
+            self.seq = seq
+            self.done = True
+            self._reply.set_result(None)
 
     def fail(self, error: BaseException) -> None:
-        if not self._done.is_set():
+        if not self.done:
             self.error = error
-            self._done.set()
-
-    @property
-    def done(self) -> bool:
-        return self._done.is_set()
+            self.done = True
+            self._reply.set_result(None)
 
     async def wait(self) -> None:
-        await self._done.wait()
+        if not self.done:
+            await self._reply.wait_untimed()
 
 
 class Append(msgspec.Struct, frozen=True):
@@ -85,6 +92,9 @@ class AuditLog:
         self._deadlines: deque[tuple[float, Receipt]] = deque()
         self._reaping = False
 
+    def _backend(self) -> Backend:
+        return self._system.backend if self._system is not None else current_backend()
+
     async def record(self, draft: AuditDraft) -> str:
         """Write one event; returns its ``event_id`` (the ``audit_id`` of API responses)."""
         receipt = await self.submit(draft)
@@ -96,7 +106,7 @@ class AuditLog:
             draft = msgspec.structs.replace(
                 draft, event_id=draft.event_id or new_event_id(), time=draft.time or utc_now()
             )
-        receipt = Receipt(draft.event_id)
+        receipt = Receipt(draft.event_id, self._backend().new_reply())
         if not self.writer.alive:
             # A tell to a stopped actor becomes a dead letter, and nobody would complete the
             # receipt: fail now instead of at the timeout.
