@@ -17,9 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from benchmarks._common import percentile
+from benchmarks._common import format_number, percentile, print_table
 
-__all__ = ["LoadResult", "post_request", "run_load"]
+__all__ = ["LoadResult", "post_request", "print_load_results", "run_load"]
 
 
 @dataclass
@@ -160,3 +160,26 @@ def post_request(path: str, body: bytes, token: str) -> bytes:
         f"Authorization: Bearer {token}\r\nContent-Length: {len(body)}\r\n\r\n"
     )
     return head.encode() + body
+
+
+def print_load_results(
+    best: dict[str, LoadResult], medians: dict[str, float], *, first: str, title: str
+) -> None:
+    """The table of HTTP load results: one row per scenario (its best round) with the median
+    rate of its rounds; ``first`` heads the scenario column."""
+    print_table(
+        (first, "req/s", "median req/s", "p50 ms", "p99 ms", "errors", "requests"),
+        (
+            (
+                name,
+                format_number(result.rate),
+                format_number(medians[name]),
+                f"{result.latency_ms(50):.2f}",
+                f"{result.latency_ms(99):.2f}",
+                str(result.errors),
+                str(result.completed),
+            )
+            for name, result in best.items()
+        ),
+        title=title,
+    )

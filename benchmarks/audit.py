@@ -68,7 +68,7 @@ from benchmarks._devnode import (
     start_dev_node,
     token_for,
 )
-from benchmarks._http_load import LoadResult, run_load
+from benchmarks._http_load import LoadResult, print_load_results, run_load
 from somabrain.actors import Actor, ActorSystem
 from somabrain.audit import AuditDraft, request_meta
 from somabrain.audit.writer import AuditWriter
@@ -315,20 +315,10 @@ def main(argv: list[str] | None = None) -> int:
         title=f"Tiers ({events} events, {concurrency} concurrent recorders, one tier each)",
     )
     print(f"\nin-process request path: {without:.0f} req/s without audit, {with_audit:.0f} with")
-    print_table(
-        ("recall", "req/s", "median req/s", "p50 ms", "p99 ms", "errors", "requests"),
-        (
-            (
-                name,
-                format_number(r.rate),
-                format_number(recall["medians"][name]),
-                f"{r.latency_ms(50):.2f}",
-                f"{r.latency_ms(99):.2f}",
-                str(r.errors),
-                str(r.completed),
-            )
-            for name, r in best.items()
-        ),
+    print_load_results(
+        best,
+        recall["medians"],
+        first="recall",
         title=(
             f"Edge recall over HTTP (best of {edge.repeats} x {edge.duration:g} s, "
             f"{edge.connections} connections, {edge.memories} memories)"

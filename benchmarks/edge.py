@@ -52,10 +52,8 @@ if __package__ in (None, ""):  # run as a script: make ``benchmarks`` and ``soma
 from benchmarks._common import (
     CpuMonitor,
     Target,
-    format_number,
     parse_args,
     print_ratios,
-    print_table,
     ratio,
     write_json,
 )
@@ -69,7 +67,7 @@ from benchmarks._devnode import (
     start_dev_node,
     token_for,
 )
-from benchmarks._http_load import LoadResult, run_load
+from benchmarks._http_load import LoadResult, print_load_results, run_load
 
 __all__ = ["BENCHMARK", "TARGETS", "LoadResult", "main", "run_load"]
 
@@ -259,21 +257,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f" x {settings.duration:g} s, {settings.connections} connections, "
         f"{settings.memories} memories preloaded in {report['preload_seconds']:.1f} s)"
     )
-    print_table(
-        ("scenario", "req/s", "median req/s", "p50 ms", "p99 ms", "errors", "requests"),
-        (
-            (
-                name,
-                format_number(result.rate),
-                format_number(report["medians"][name]),
-                f"{result.latency_ms(50):.2f}",
-                f"{result.latency_ms(99):.2f}",
-                str(result.errors),
-                str(result.completed),
-            )
-            for name, result in best.items()
-        ),
-        title="Results (the best round of each scenario)",
+    print_load_results(
+        best, report["medians"], first="scenario", title="Results (the best round of each scenario)"
     )
     print_ratios(
         report["ratios"],
