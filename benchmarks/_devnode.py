@@ -68,8 +68,9 @@ def sentence(rng: random.Random, words: int) -> str:
     return " ".join(rng.choice(_WORDS) for _ in range(words))
 
 
-def recall_requests(token: str, seed: int = 1) -> Callable[[], bytes]:
-    """``POST /memory/recall`` (top_k 10), a different query each time."""
+def _query_requests(path: str, token: str, seed: int, **fields: Any) -> Callable[[], bytes]:
+    """``POST path`` with a different query each time (20,000 of them, then again), top_k 10
+    and ``fields``: the same sequence for the same seed."""
     rng = random.Random(seed)
     queries = [sentence(rng, rng.randint(2, 5)) for _ in range(20_000)]
     index = 0
@@ -77,25 +78,20 @@ def recall_requests(token: str, seed: int = 1) -> Callable[[], bytes]:
     def next_request() -> bytes:
         nonlocal index
         index += 1
-        body = json.dumps({"query": queries[index % len(queries)], "top_k": 10}).encode()
-        return post_request("/memory/recall", body, token)
+        body = {"query": queries[index % len(queries)], "top_k": 10, **fields}
+        return post_request(path, json.dumps(body).encode(), token)
 
     return next_request
+
+
+def recall_requests(token: str, seed: int = 1) -> Callable[[], bytes]:
+    """``POST /memory/recall`` (top_k 10), a different query each time."""
+    return _query_requests("/memory/recall", token, seed)
 
 
 def evaluate_requests(token: str, seed: int = 1) -> Callable[[], bytes]:
     """``POST /context/evaluate`` (top_k 10, one session), a different query each time."""
-    rng = random.Random(seed)
-    queries = [sentence(rng, rng.randint(2, 5)) for _ in range(20_000)]
-    index = 0
-
-    def next_request() -> bytes:
-        nonlocal index
-        index += 1
-        body = {"query": queries[index % len(queries)], "top_k": 10, "session_id": "bench"}
-        return post_request("/context/evaluate", json.dumps(body).encode(), token)
-
-    return next_request
+    return _query_requests("/context/evaluate", token, seed, session_id="bench")
 
 
 def remember_requests(token: str, tag: str) -> Callable[[], bytes]:

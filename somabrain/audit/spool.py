@@ -34,6 +34,7 @@ from typing import NamedTuple
 import anyio
 import msgspec
 
+from .._files import fsync_dir
 from .errors import SpoolCorruptError
 
 __all__ = ["Spool", "SpoolRecord", "read_spool"]
@@ -195,7 +196,7 @@ class Spool:
         self._active = path
         self._active_size = os.fstat(self._fd).st_size
         if self.fsync:
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
         if self._cursor is None:
             self._cursor = (path.name, 0)
 
@@ -285,11 +286,3 @@ def _cut_torn_tail(path: Path, data: bytes, offset: int) -> None:
         fh.truncate(offset)
         fh.flush()
         os.fsync(fh.fileno())
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -34,6 +34,8 @@ from typing import Any, Generic, TypeVar
 import anyio
 import msgspec
 
+from .._files import fsync_dir
+
 __all__ = ["RecordJournal"]
 
 logger = logging.getLogger("somabrain.memory")
@@ -149,7 +151,7 @@ class RecordJournal(Generic[R]):
                 os.fsync(fd)
         os.replace(tmp, self.path)
         if sync:
-            _fsync_dir(self.path.parent)
+            fsync_dir(self.path.parent)
         fresh = io.FileIO(self.path, "a")
         self._close_file()
         self._file = fresh
@@ -199,11 +201,3 @@ def _write_all(file: io.FileIO, data: bytes) -> None:
         if not written:
             raise OSError(f"short write to {file.name}")
         view = view[written:]
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -53,6 +53,7 @@ import anyio
 import anyio.lowlevel
 import msgspec
 
+from .._files import fsync_dir
 from .errors import LogBrokenError, LogClosedError, LogCorruptError, LogError, LogLockedError
 from .types import LogRecord
 
@@ -115,17 +116,6 @@ class _Batch:
         # Makes the error each appender of a failed batch raises (a fresh instance each, so
         # concurrent raisers do not share and grow one traceback).
         self.error: Callable[[], LogError] | None = None
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _lock(fd: int, path: Path) -> None:
@@ -238,7 +228,7 @@ class MemoryLog:
                 os.write(fd, MAGIC)
                 os.fsync(fd)
                 if created or not data:
-                    _fsync_dir(path.parent)
+                    fsync_dir(path.parent)
                 return fd, 0, len(MAGIC), 0
             if not data.startswith(MAGIC):
                 raise LogCorruptError(str(path), 0, "not a memory log (bad magic)")
@@ -253,7 +243,7 @@ class MemoryLog:
                     os.fsync(f.fileno())
                 os.ftruncate(fd, end)
                 os.fsync(fd)
-                _fsync_dir(path.parent)
+                fsync_dir(path.parent)
             return fd, count, end, torn
         except BaseException:
             os.close(fd)
@@ -468,7 +458,7 @@ class MemoryLog:
             raise
         try:
             os.replace(tmp, self._path)
-            _fsync_dir(self._path.parent)
+            fsync_dir(self._path.parent)
         except OSError as exc:
             os.close(fd)
             self._broken = exc
