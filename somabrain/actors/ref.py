@@ -50,6 +50,15 @@ class ActorRef:
         """Send or raise at once (:class:`MailboxFullError` when full). Never waits."""
         self._put_nowait(message, None)
 
+    @property
+    def has_room(self) -> bool:
+        """True when a ``tell`` or ``ask`` now would queue at once, without waiting for room."""
+        mailbox = self._mailbox
+        return (
+            len(mailbox._queue) < mailbox.capacity
+            or mailbox.overflow_policy is OverflowPolicy.RAISE
+        )
+
     async def ask(self, message: Any, timeout: float = DEFAULT_ASK_TIMEOUT) -> Any:
         """Send and wait for the reply; the handler's exception is raised here.
 

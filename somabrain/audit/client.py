@@ -19,6 +19,7 @@ fails between ``timeout`` and ``timeout`` plus a quarter of it (at most 1 s) lat
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from typing import TYPE_CHECKING
 
@@ -116,7 +117,7 @@ class AuditLog:
         except ActorStoppedError as exc:
             raise AuditUnavailableError(f"audit writer is not running: {exc}") from exc
         if self._system is not None:
-            self._deadlines.append((anyio.current_time() + self.timeout, receipt))
+            self._deadlines.append((time.monotonic() + self.timeout, receipt))
             if not self._reaping:
                 try:
                     self._system.start_soon(self._reap)
@@ -154,7 +155,7 @@ class AuditLog:
         try:
             while True:
                 await anyio.sleep(interval)
-                now = anyio.current_time()
+                now = time.monotonic()
                 while deadlines and (deadlines[0][1].done or deadlines[0][0] <= now):
                     _, receipt = deadlines.popleft()
                     if not receipt.done:

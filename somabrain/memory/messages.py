@@ -13,6 +13,7 @@ writes share one group-commit fsync while the actor goes on with the next messag
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 import anyio
@@ -181,15 +182,19 @@ _NO_REPLY = object()
 
 async def ask_memory(ref: ActorRef, message: MemoryRequest, timeout: float) -> Any:
     """Ask a memory actor and, for writes, wait for durability; one deadline for both."""
-    deadline = anyio.current_time() + timeout
-    # The timeout covers waiting for room in a full mailbox too, not only the reply.
+    # time.monotonic, not anyio.current_time: this runs for every request of the edge, and
+    # anyio's clock (a backend lookup per call) measured as 4% of the node's time there.
+    deadline = time.monotonic() + timeout
     reply: Any = _NO_REPLY
-    with anyio.move_on_after(timeout):
+    if ref.has_room:  # the ask's own deadline bounds the reply
         reply = await ref.ask(message, timeout=timeout)
+    else:  # the timeout covers waiting for room in a full mailbox too
+        with anyio.move_on_after(timeout):
+            reply = await ref.ask(message, timeout=timeout)
     if reply is _NO_REPLY:
         raise AskTimeoutError(ref.path, timeout)
     if isinstance(reply, WriteTicket):
-        remaining = deadline - anyio.current_time()
+        remaining = deadline - time.monotonic()
         try:
             return await reply.result(max(remaining, 0.0))
         except TimeoutError:

@@ -144,6 +144,7 @@ async def test_overflow_policy_raise_counts_the_error() -> None:
         await anyio.wait_all_tasks_blocked()  # the actor holds the first message
         await ref.tell(1)
         await ref.tell(1)
+        assert ref.has_room  # full, but a RAISE mailbox never makes a sender wait
         with pytest.raises(MailboxFullError) as info:
             await ref.tell(1)
         assert info.value.capacity == 2
@@ -161,7 +162,9 @@ async def test_overflow_policy_wait_applies_backpressure() -> None:
         gate = anyio.Event()
         await ref.tell(("wait", gate))
         await anyio.wait_all_tasks_blocked()
+        assert ref.has_room
         await ref.tell(1)  # fills the mailbox
+        assert not ref.has_room
         sent = anyio.Event()
 
         async def sender() -> None:
