@@ -324,19 +324,29 @@ async def bus_callback(
     options = {} if pending_limit is None else {"pending_limit": pending_limit}
     sub = await bus.subscribe(pattern, cb=on_message, **options)
     try:
-        publish = bus.publish
-        subjects = SUBJECTS
-        data = MESSAGE
-        start = time.perf_counter()
-        for i in range(n):
-            await publish(subjects[i % TENANTS], data)
-        with anyio.move_on_after(LIMIT_SECONDS):
-            await done.wait()
-        elapsed = time.perf_counter() - start
+        elapsed = await _publish_until(bus, n, done)
         _check_delivery(sub, received, n, pattern)
     finally:
         await sub.unsubscribe()
     return elapsed
+
+
+async def _publish(bus: Any, n: int) -> None:
+    """``n`` messages to the tenants' subjects, in turn."""
+    publish = bus.publish
+    subjects = SUBJECTS
+    data = MESSAGE
+    for i in range(n):
+        await publish(subjects[i % TENANTS], data)
+
+
+async def _publish_until(bus: Any, n: int, done: anyio.Event) -> float:
+    """Seconds to publish ``n`` messages and see ``done`` set (at most ``LIMIT_SECONDS``)."""
+    start = time.perf_counter()
+    await _publish(bus, n)
+    with anyio.move_on_after(LIMIT_SECONDS):
+        await done.wait()
+    return time.perf_counter() - start
 
 
 async def bus_iterate(bus: Any, n: int, pattern: str = WILDCARD) -> float:
@@ -356,15 +366,7 @@ async def bus_iterate(bus: Any, n: int, pattern: str = WILDCARD) -> float:
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(consume)
-            publish = bus.publish
-            subjects = SUBJECTS
-            data = MESSAGE
-            start = time.perf_counter()
-            for i in range(n):
-                await publish(subjects[i % TENANTS], data)
-            with anyio.move_on_after(LIMIT_SECONDS):
-                await done.wait()
-            elapsed = time.perf_counter() - start
+            elapsed = await _publish_until(bus, n, done)
             tg.cancel_scope.cancel()
         _check_delivery(sub, received, n, pattern)
     finally:
@@ -377,12 +379,8 @@ async def bus_actor(system: ActorSystem, bus: Any, n: int, pattern: str = WILDCA
     ref = await system.spawn(Counter, f"bus-counter-{time.monotonic_ns()}")
     sub = await bus.subscribe_actor(pattern, ref)
     try:
-        publish = bus.publish
-        subjects = SUBJECTS
-        data = MESSAGE
         start = time.perf_counter()
-        for i in range(n):
-            await publish(subjects[i % TENANTS], data)
+        await _publish(bus, n)
         # In process the tells are queued before publish returns, so the first ask is the
         # last message; a transport that hands over asynchronously needs a few more polls.
         polls = 0

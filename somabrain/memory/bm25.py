@@ -208,8 +208,7 @@ class BM25Index:
         """BM25 of the query against every slot (dead slots score 0); fresh writable array."""
         n_slots = self.size
         acc = np.zeros(n_slots, dtype=np.float32)
-        n = self._n_alive
-        if n == 0:
+        if self._n_alive == 0:
             return acc
         matched = False
         for term in dict.fromkeys(query_tokens):

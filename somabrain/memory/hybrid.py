@@ -9,7 +9,7 @@ Views (each gives a slot a score in [0, 1]; ``ranking`` combines them and docume
   term occurs);
 * any extra ``ScoreView`` given at construction (the graph, recency and salience views of
   ``views.py`` plug in here; they can read the per-slot columns ``importance``,
-  ``occurred_at``, ``event_time``, ``created_at`` and ``salience``, their ranges
+  ``event_time``, ``created_at`` and ``salience``, their ranges
   (``column_range``), the link graph ``index.graph``, and the built-in views' scores).
 
 The weights are an argument of every search, so per-tenant adaptive weights need no change here.
@@ -120,7 +120,6 @@ class HybridIndex:
         self._n_expiring = 0
         self._cols: dict[str, Growable] = {
             "importance": Growable(np.float32, 1024),
-            "occurred_at": Growable(np.float64, 1024),
             "created_at": Growable(np.float64, 1024),
             # ``occurred_at`` when known, else ``created_at``: the time recency measures from.
             "event_time": Growable(np.float64, 1024),
@@ -158,8 +157,8 @@ class HybridIndex:
         return self._keys[slot]
 
     def column(self, name: str) -> npt.NDArray[Any]:
-        """Per-slot column (``importance``, ``occurred_at`` (NaN if unknown), ``created_at``,
-        ``event_time``, ``salience``)."""
+        """Per-slot column (``importance``, ``created_at``, ``event_time`` (``occurred_at``
+        when known, else ``created_at``), ``salience``)."""
         return self._cols[name].view()
 
     @property
@@ -234,7 +233,6 @@ class HybridIndex:
                 self._expires.append(m.expires_at)
                 self._n_expiring += 1
             self._cols["importance"].append(m.importance)
-            self._cols["occurred_at"].append(math.nan if m.occurred_at is None else m.occurred_at)
             self._cols["created_at"].append(m.created_at)
             self._cols["event_time"].append(
                 m.created_at if m.occurred_at is None else m.occurred_at

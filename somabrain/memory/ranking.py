@@ -106,18 +106,21 @@ _NO_SLOTS = np.empty(0, dtype=np.int64)
 
 class _BuiltinViews(Mapping[str, F32]):
     """``RecallQuery.views``: the semantic scores, and the lexical ones normalised on first use
-    (most searches never read the dense array, only the candidates' scores)."""
+    and kept (most searches never read the dense array, only the candidates' scores)."""
 
-    __slots__ = ("_lex", "_scale", "_sem")
+    __slots__ = ("_lex", "_normalised", "_scale", "_sem")
 
     def __init__(self, sem: F32, lex: F32, scale: float) -> None:
         self._sem, self._lex, self._scale = sem, lex, scale
+        self._normalised: F32 | None = None
 
     def __getitem__(self, name: str) -> F32:
         if name == "semantic":
             return self._sem
         if name == "lexical":
-            return self._lex * np.float32(self._scale)
+            if self._normalised is None:
+                self._normalised = self._lex * np.float32(self._scale)
+            return self._normalised
         raise KeyError(name)
 
     def __iter__(self) -> Iterator[str]:
