@@ -13,6 +13,7 @@ Resources the node puts in ``system.resources`` for the actors: ``config`` (``So
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import sys
@@ -28,6 +29,7 @@ import sniffio
 from . import config as soma_config
 from .actors import ActorSystem, SomaError
 from .supervision import ConfigError, SupervisionTree
+from .supervision.config import NodeSettings
 
 __all__ = ["DEV_TENANT", "NodeInfo", "run_dev_node", "serve_node"]
 
@@ -71,6 +73,7 @@ async def serve_node(
         # the node gracefully instead of killing it half-started.
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             await tree.start()
+            _tune_gc(cfg.node)
             token = None
             if auth.can_sign:
                 token = auth.issuer().issue([DEV_TENANT], scopes=["admin"], subject="dev-node")
@@ -89,6 +92,26 @@ async def serve_node(
         with anyio.CancelScope(shield=True):
             await tree.stop()
     print("stopped", flush=True)
+
+
+def _tune_gc(node: NodeSettings) -> None:
+    """Collect cyclic garbage less often in a node process (``node.gc_threshold``,
+    ``node.gc_freeze``).
+
+    Why: a serving node allocates a few hundred container objects per request, so Python's
+    default young-generation threshold (700) runs a collection every few requests, and every
+    tenth of those scans the long-lived objects (modules, the tree, the indexes) again. Under
+    recall load that was 3-5% of the node's CPU and full collections of ~25 ms in the latency
+    tail. Almost everything a request allocates is freed by reference counting, so collecting
+    20x less often keeps little garbage for longer; freezing what exists once the tree has
+    started takes it out of every later full collection.
+    """
+    if node.gc_threshold:
+        _, older, oldest = gc.get_threshold()
+        gc.set_threshold(node.gc_threshold, older, oldest)
+    if node.gc_freeze:
+        gc.collect()
+        gc.freeze()
 
 
 def _quiet_cancelled_tasks() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import re
 import signal
 import subprocess
@@ -12,6 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from somabrain.node import _tune_gc
+from somabrain.supervision.config import NodeSettings
 from tests.edge.devnode import DevNode, NodeError
 
 pytestmark = pytest.mark.integration
@@ -152,3 +155,17 @@ def test_trio_backend(tmp_path: Path) -> None:
             node.wait_ready(client)
             assert client.get(f"/memory/{key}").json()["content"] == "trio works"
             assert node.stop(signal.SIGTERM) == 0
+
+
+@pytest.mark.parametrize(("threshold", "freeze"), [(20_000, True), (0, False)])
+def test_gc_tuning_follows_the_node_settings(threshold: int, freeze: bool) -> None:
+    before = gc.get_threshold()
+    frozen = gc.get_freeze_count()
+    try:
+        _tune_gc(NodeSettings(gc_threshold=threshold, gc_freeze=freeze))
+        expected = threshold or before[0]
+        assert gc.get_threshold() == (expected, *before[1:])
+        assert (gc.get_freeze_count() > frozen) is freeze
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)

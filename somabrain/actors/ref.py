@@ -51,6 +51,11 @@ class ActorRef:
         self._put_nowait(message, None)
 
     @property
+    def queued(self) -> int:
+        """Messages waiting in the mailbox (cheaper than ``statistics().mailbox.depth``)."""
+        return len(self._mailbox._queue)
+
+    @property
     def has_room(self) -> bool:
         """True when a ``tell`` or ``ask`` now would queue at once, without waiting for room."""
         mailbox = self._mailbox

@@ -241,8 +241,7 @@ class AuditWriter(Actor):
     # ------------------------------------------------------------------ writing
 
     def _mailbox_empty(self) -> bool:
-        depth: int = self.context.ref.statistics().mailbox.depth
-        return depth == 0
+        return self.context.ref.queued == 0
 
     async def _flush(self) -> None:
         batch, self.pending = self.pending, []

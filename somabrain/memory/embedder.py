@@ -146,33 +146,45 @@ class HashingEmbedder:
     def embed_tokens(self, token_lists: Sequence[Sequence[str]]) -> npt.NDArray[np.float32]:
         """``embed`` for texts already split by ``text.tokenize`` (saves tokenizing twice
         when the caller also indexes the tokens lexically, as ``TenantMemory`` does)."""
-        out = np.zeros((len(token_lists), self._dim), dtype=np.float32)
-        for start in range(0, len(token_lists), _CHUNK):
-            chunk = token_lists[start : start + _CHUNK]
-            out[start : start + len(chunk)] = self._embed_chunk(chunk)
+        if len(token_lists) == 1:  # a query: one bincount, no row bookkeeping
+            cols, vals = self._features(token_lists[0])
+            out = np.bincount(cols, weights=vals, minlength=self._dim).astype(np.float32)[None, :]
+        else:
+            out = np.zeros((len(token_lists), self._dim), dtype=np.float32)
+            for start in range(0, len(token_lists), _CHUNK):
+                chunk = token_lists[start : start + _CHUNK]
+                out[start : start + len(chunk)] = self._embed_chunk(chunk)
         norms = np.sqrt(np.einsum("ij,ij->i", out, out))  # 5x faster than linalg.norm here
         np.divide(out, norms[:, None], out=out, where=norms[:, None] > 0)
         return out
+
+    def _features(
+        self, tokens: Sequence[str], cols: list[int] | None = None, vals: list[float] | None = None
+    ) -> tuple[list[int], list[float]]:
+        """Append the (bucket, signed weight) features of one text to ``cols`` and ``vals``."""
+        cols = [] if cols is None else cols
+        vals = [] if vals is None else vals
+        words = self._words
+        for tok in tokens:
+            # Cache hits inline: this loop runs once per token of every memory.
+            feats = words.get(tok) or self._word_features(tok)
+            cols.extend(feats[0])
+            vals.extend(feats[1])
+        if self._bigram_weight != 0.0:
+            bigrams = self._bigrams
+            for pair in itertools.pairwise(tokens):
+                feat = bigrams.get(pair) or self._bigram_feature(pair)
+                cols.append(feat[0])
+                vals.append(feat[1])
+        return cols, vals
 
     def _embed_chunk(self, token_lists: Sequence[Sequence[str]]) -> npt.NDArray[np.float64]:
         cols: list[int] = []
         vals: list[float] = []
         counts: list[int] = []
-        words = self._words
-        bigrams = self._bigrams
-        use_bigrams = self._bigram_weight != 0.0
         for tokens in token_lists:
             before = len(cols)
-            for tok in tokens:
-                # Cache hits inline: this loop runs once per token of every memory.
-                feats = words.get(tok) or self._word_features(tok)
-                cols.extend(feats[0])
-                vals.extend(feats[1])
-            if use_bigrams:
-                for pair in itertools.pairwise(tokens):
-                    feat = bigrams.get(pair) or self._bigram_feature(pair)
-                    cols.append(feat[0])
-                    vals.append(feat[1])
+            self._features(tokens, cols, vals)
             counts.append(len(cols) - before)
         n = len(token_lists)
         if not cols:

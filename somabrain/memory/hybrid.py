@@ -335,10 +335,13 @@ class HybridIndex:
         weights: Mapping[str, float] | None = None,
         now: float = 0.0,
         at: float | None = None,
+        unit: bool = False,
     ) -> list[IndexHit]:
         """The ``top_k`` eligible memories by combined score, best first (see ``ranking``).
 
-        ``now`` decides expiry; ``at`` is the time the query is about (default ``now``)."""
+        ``now`` decides expiry; ``at`` is the time the query is about (default ``now``).
+        ``unit``: ``vector`` is already a float32 unit vector of the index's dimension (an
+        embedder's output), so it is used as given instead of validated and normalised."""
         w = validate_weights(DEFAULT_WEIGHTS if weights is None else weights, self.view_names)
         if top_k <= 0 or not self._slots:
             return []
@@ -349,7 +352,7 @@ class HybridIndex:
             self,
             self._views,
             mask,
-            self.vectors.normalise(vector)[0],
+            vector if unit else self.vectors.normalise(vector)[0],  # type: ignore[arg-type]
             tokens,
             top_k,
             text=text,

@@ -269,6 +269,7 @@ class TenantMemory:
             weights=weights,
             now=self._clock(),
             at=at,
+            unit=vector is None and isinstance(self.embedder, HashingEmbedder),
         )
         memories = self._state.memories
         return [

@@ -87,6 +87,12 @@ class NodeSettings(_Section):
     name: str = "soma"
     mailbox_size: PositiveInt = 1024
     overflow: OverflowName = "wait"
+    #: Allocations between two young-generation collections of the cyclic garbage collector
+    #: in a node process (Python's default is 700); 0 keeps the interpreter's setting.
+    gc_threshold: Annotated[int, Meta(ge=0)] = 20_000
+    #: Move everything alive once the node has started into the collector's permanent
+    #: generation (``gc.freeze``), so full collections stop re-scanning it.
+    gc_freeze: bool = True
 
 
 class _Child(_Section, tag_field="kind"):

@@ -142,8 +142,10 @@ async def test_overflow_policy_raise_counts_the_error() -> None:
         gate = anyio.Event()
         await ref.tell(("wait", gate))
         await anyio.wait_all_tasks_blocked()  # the actor holds the first message
+        assert ref.queued == 0
         await ref.tell(1)
         await ref.tell(1)
+        assert ref.queued == 2
         assert ref.has_room  # full, but a RAISE mailbox never makes a sender wait
         with pytest.raises(MailboxFullError) as info:
             await ref.tell(1)

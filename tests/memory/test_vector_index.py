@@ -116,3 +116,14 @@ def test_sparse_and_dense_queries_score_alike() -> None:
         np.testing.assert_allclose(index.unit_scores(q), expected, rtol=1e-5, atol=1e-6)
         assert index.unit_scores(q)[7] == 0.0
     assert not index.unit_scores(np.zeros(64, dtype=np.float32)).any()
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    arrays(np.float32, st.integers(1, 300), elements=st.sampled_from([0.0, 0.25, 0.5, 1.0])),
+    st.integers(1, 40),
+)
+def test_top_k_breaks_ties_by_lowest_index(scores, k) -> None:
+    """Few distinct values, so the k-th score is almost always tied past the selection."""
+    expected = sorted(range(len(scores)), key=lambda i: (-scores[i], i))[:k]
+    assert top_k(scores, k).tolist() == expected
