@@ -91,6 +91,8 @@ def edge_state(system: ActorSystem) -> EdgeState:
     state: EdgeState | None = system.resources.get(STATE_RESOURCE)
     if state is None:
         state = system.resources[STATE_RESOURCE] = EdgeState(system.resources["config"])
+        # Read by the telemetry publisher (``workers/telemetry.py``).
+        system.resources["edge.metrics"] = state.metrics
     return state
 
 

@@ -78,6 +78,27 @@ class Metrics:
     def request_count(self, route: str, method: str, status: int) -> int:
         return self._requests.get((route, method, status), 0)
 
+    def route_summary(self) -> list[dict[str, Any]]:
+        """Per route and method: answers by status, count, latency sum, and the upper bounds
+        of the buckets holding the median and the 99th percentile (telemetry)."""
+        statuses: dict[tuple[str, str], dict[str, int]] = {}
+        for (route, method, status), n in sorted(self._requests.items()):
+            statuses.setdefault((route, method), {})[str(status)] = n
+        out: list[dict[str, Any]] = []
+        for (route, method), hist in sorted(self._latency.items()):
+            out.append(
+                {
+                    "route": route,
+                    "method": method,
+                    "statuses": statuses.get((route, method), {}),
+                    "count": hist.count,
+                    "seconds_sum": hist.sum,
+                    "p50_seconds": _bucket_quantile(hist, 0.5),
+                    "p99_seconds": _bucket_quantile(hist, 0.99),
+                }
+            )
+        return out
+
     def render(self, extra: Iterable[str] = ()) -> str:
         lines: list[str] = [
             "# HELP soma_http_requests_total HTTP requests handled by the edge.",
@@ -107,6 +128,20 @@ class Metrics:
             lines.append(f"soma_rate_limited_total{_labels({'tenant': tenant})} {n}")
         lines.extend(extra)
         return "\n".join(lines) + "\n"
+
+
+def _bucket_quantile(hist: _Histogram, q: float) -> float:
+    """The upper bound of the bucket holding quantile ``q`` (0 when empty; the largest finite
+    bound stands for the overflow bucket, JSON having no infinity)."""
+    if not hist.count:
+        return 0.0
+    rank = q * hist.count
+    cumulative = 0
+    for bound, n in zip(LATENCY_BUCKETS, hist.buckets, strict=False):
+        cumulative += n
+        if cumulative >= rank:
+            return bound
+    return LATENCY_BUCKETS[-1]
 
 
 def _walk(node: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:

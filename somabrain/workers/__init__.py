@@ -1,3 +1,4 @@
-"""Background workers: the integrity worker and the reward worker (token ledger)."""
+"""Background workers: the integrity worker, the reward worker (token ledger) and the telemetry
+publisher."""
 
 __all__: list[str] = []

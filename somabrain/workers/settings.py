@@ -7,7 +7,7 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 
-__all__ = ["IntegritySettings", "RewardSettings", "WorkersSettings"]
+__all__ = ["IntegritySettings", "RewardSettings", "TelemetrySettings", "WorkersSettings"]
 
 PositiveFloat = Annotated[float, Meta(gt=0)]
 
@@ -46,6 +46,14 @@ class RewardSettings(_Section):
     correlation_window: PositiveFloat = 24 * 3600.0
 
 
+class TelemetrySettings(_Section):
+    #: Publish a snapshot of the node every ``interval`` seconds (else only on ``ask``).
+    enabled: bool = True
+    subject: str = "soma.telemetry"
+    interval: PositiveFloat = 10.0
+
+
 class WorkersSettings(_Section):
     integrity: IntegritySettings = msgspec.field(default_factory=IntegritySettings)
     reward: RewardSettings = msgspec.field(default_factory=RewardSettings)
+    telemetry: TelemetrySettings = msgspec.field(default_factory=TelemetrySettings)
