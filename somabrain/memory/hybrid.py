@@ -132,6 +132,7 @@ class HybridIndex:
         self._ranges: dict[str, tuple[int, float, float]] = {}
         #: Per-view state kept between searches, by view name (caches tagged with ``version``).
         self.view_state: dict[str, Any] = {}
+        self._weights_seen: dict[tuple[tuple[str, float], ...], dict[str, float]] = {}
 
     # --- introspection -------------------------------------------------------------------
 
@@ -299,8 +300,12 @@ class HybridIndex:
         return mask
 
     def eligible(self, namespace: str | None, flt: RecallFilter | None, now: float) -> Mask:
-        """The boolean mask of live memories that pass namespace, expiry and ``flt``."""
+        """The boolean mask of live memories that pass namespace, expiry and ``flt``
+        (read-only: without a restriction it is the live mask itself, not a copy)."""
         n = self.size
+        unrestricted = flt is None or flt.is_empty()
+        if namespace is None and not self._n_expiring and unrestricted:
+            return self.vectors.alive
         mask = self.vectors.alive.copy()
         if namespace is not None:
             code = self._ns_codes.get(namespace)
@@ -309,7 +314,7 @@ class HybridIndex:
             mask &= self._ns.view() == code
         if self._n_expiring:
             mask &= self._expires.view() > now
-        if flt is not None and not flt.is_empty():
+        if flt is not None and not unrestricted:
             for tag in flt.tags:
                 mask &= self._postings_mask(("t", tag.encode("utf-8")), n)
             if flt.any_tags:
@@ -322,6 +327,18 @@ class HybridIndex:
             for k, v in flt.meta.items():
                 mask &= self._postings_mask(_attr_key("m:" + k, v), n)
         return mask
+
+    def _validated_weights(self, weights: Mapping[str, float]) -> dict[str, float]:
+        """``validate_weights``, remembered: a tenant searches with a handful of weightings
+        (its adapted weights change only on feedback), so most searches skip the checks."""
+        key = tuple(weights.items())
+        valid = self._weights_seen.get(key)
+        if valid is None:
+            valid = validate_weights(weights, self.view_names)
+            if len(self._weights_seen) >= 64:
+                self._weights_seen.clear()
+            self._weights_seen[key] = valid
+        return valid
 
     def search(
         self,
@@ -342,7 +359,7 @@ class HybridIndex:
         ``now`` decides expiry; ``at`` is the time the query is about (default ``now``).
         ``unit``: ``vector`` is already a float32 unit vector of the index's dimension (an
         embedder's output), so it is used as given instead of validated and normalised."""
-        w = validate_weights(DEFAULT_WEIGHTS if weights is None else weights, self.view_names)
+        w = self._validated_weights(DEFAULT_WEIGHTS if weights is None else weights)
         if top_k <= 0 or not self._slots:
             return []
         mask = self.eligible(namespace, filter, now)

@@ -31,6 +31,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
+import msgspec
 import numpy as np
 import numpy.typing as npt
 
@@ -77,7 +78,9 @@ class RecallQuery(NamedTuple):
     scratch: dict[str, Any]
 
 
-class IndexHit(NamedTuple):
+class IndexHit(msgspec.Struct, frozen=True, gc=False):
+    """One ranked slot: its key, combined score and every view's score."""
+
     key: str
     score: float
     views: dict[str, float]
@@ -215,9 +218,10 @@ def rank(
         part = known[order] if known is not None else view.scores(index, query, slots)
         columns[view.name] = part.tolist()
     names = list(columns)
-    per_slot = zip(*columns.values(), strict=True)
+    # Every column has one entry per hit by construction; strict zips cost half the loop.
+    per_slot = zip(*columns.values(), strict=False)
     keys = index.keys_of(slots)
     return [
-        IndexHit(key, score, dict(zip(names, values, strict=True)))
-        for key, score, values in zip(keys, scores.tolist(), per_slot, strict=True)
+        IndexHit(key, score, dict(zip(names, values, strict=False)))
+        for key, score, values in zip(keys, scores.tolist(), per_slot, strict=False)
     ]

@@ -62,7 +62,8 @@ def top_k(scores: npt.NDArray[Any], k: int, mask: npt.NDArray[np.bool_] | None =
         cand = np.arange(n, dtype=np.int64)
     else:
         kth = np.partition(work, n - k)[n - k]
-        cand = np.flatnonzero(work >= kth)
+        # ``nonzero()[0]`` on these 1-D arrays: ``flatnonzero`` adds two wrapper calls.
+        cand = (work >= kth).nonzero()[0]
         if cand.shape[0] > k:  # entries tied with the k-th score: keep the lowest indices
             above = np.flatnonzero(work > kth)
             tied = np.flatnonzero(work == kth)[: k - above.shape[0]]
@@ -178,7 +179,7 @@ class VectorIndex:
         n = self._n
         if n == 0:
             return np.zeros(0, dtype=np.float32)
-        nonzero = np.flatnonzero(q)
+        nonzero = q.nonzero()[0]  # 1-D: ``flatnonzero``'s ravel is a wasted call
         if nonzero.shape[0] <= SPARSE_QUERY_FRACTION * self._dim:
             if nonzero.shape[0] == 0:
                 return np.zeros(n, dtype=np.float32)
