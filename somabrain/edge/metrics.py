@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
+
+from ..supervision.tree import inspected_nodes
 
 __all__ = ["LATENCY_BUCKETS", "Metrics", "render_sources", "render_tree_metrics"]
 
@@ -144,17 +146,11 @@ def _bucket_quantile(hist: _Histogram, q: float) -> float:
     return LATENCY_BUCKETS[-1]
 
 
-def _walk(node: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
-    yield node
-    for child in node.get("children", ()):
-        yield from _walk(child)
-
-
 def render_tree_metrics(
     tree: Mapping[str, Any], dead_letters: Mapping[str, Any], ready: bool
 ) -> list[str]:
     """Gauges and counters read from ``SupervisionTree.inspect()`` and the dead letters."""
-    nodes = list(_walk(tree))
+    nodes = list(inspected_nodes(tree))
     actors = [n for n in nodes if n.get("kind") == "actor"]
     out = [
         "# HELP soma_tree_ready 1 when every permanent child of the tree is running.",

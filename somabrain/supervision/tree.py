@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import importlib
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from ..actors import Actor, ActorSystem, OverflowPolicy
@@ -40,7 +40,7 @@ from .spec import (
 )
 from .supervisor import Child, Runner, Supervisor, _CellRunner
 
-__all__ = ["ActorResolver", "SupervisionTree", "import_actor"]
+__all__ = ["ActorResolver", "SupervisionTree", "import_actor", "inspected_nodes"]
 
 ActorResolver = Callable[[str], Callable[[], Actor]]
 
@@ -334,3 +334,10 @@ def _all_running(runner: Runner) -> bool:
             if child.running or child.spec.restart is Restart.PERMANENT
         )
     return True
+
+
+def inspected_nodes(node: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
+    """Every node of a ``SupervisionTree.inspect()`` result, depth first, ``node`` first."""
+    yield node
+    for child in node.get("children", ()):
+        yield from inspected_nodes(child)

@@ -28,6 +28,7 @@ import anyio
 import msgspec
 
 from ..actors import Actor, ActorRef, ActorStoppedError, MailboxFullError
+from ..supervision.tree import inspected_nodes
 from .settings import TelemetrySettings
 
 __all__ = [
@@ -100,13 +101,6 @@ def _rfc3339(epoch: float) -> str:
     )
 
 
-def _walk(node: dict[str, Any]) -> list[dict[str, Any]]:
-    out = [node]
-    for child in node.get("children", ()):
-        out += _walk(child)
-    return out
-
-
 class _Shared:
     """What outlives an incarnation: the ticker and the sequence of snapshots."""
 
@@ -168,7 +162,7 @@ class TelemetryPublisher(Actor):
                     mailbox_depth=n.get("mailbox_depth"),
                     mailbox_capacity=n.get("mailbox_capacity"),
                 )
-                for n in _walk(tree.inspect())
+                for n in inspected_nodes(tree.inspect())
             ]
         return TelemetrySnapshot(
             node=self.node,

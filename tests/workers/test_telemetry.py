@@ -61,7 +61,7 @@ async def test_a_snapshot_reports_the_edge_the_tree_and_registered_sources() -> 
     assert len(first.samples) == 1
 
 
-async def test_snapshots_are_published_every_interval_and_survive_a_restart() -> None:
+async def test_snapshots_are_published_every_interval_and_go_on_after_a_respawn() -> None:
     async with ActorSystem("telemetry") as system:
         system.resources["config"] = config(interval=0.05, subject="soma.telemetry")
         received: list[TelemetrySnapshot] = []
