@@ -20,8 +20,9 @@ memories that cost more length than they cover. Variants over ``max_prompt_chars
 The climb is steepest ascent from the empty prompt: every iteration scores every move (change
 one candidate's level, including removing it) and takes the best if it improves U by more than
 ``1e-9``; ties go to the lower (candidate, level) so the result is deterministic. It stops at a
-local optimum or after ``max_iterations``. Moves are scored in one vectorised pass each, so a
-plan over 25 candidates takes well under a millisecond.
+local optimum or after ``max_iterations``. Moves are scored in one vectorised pass each, and the
+chosen move's figures become the current ones (no rescoring): a plan over 20-25 candidates
+(about 20 moves) takes ~0.8 ms on the reference machine.
 """
 
 from __future__ import annotations
@@ -155,6 +156,11 @@ def plan(
         total = coverage - len_scale * length - count_scale * np.count_nonzero(levels)
         return total, coverage, length
 
+    # What no move changes, computed once: each column of ``sim`` at each level, whether a
+    # level puts a memory in the prompt, and the header cost of each candidate's section.
+    sim_at_level = value[:, None, None] * sim[None, :, :]  # (level, i, j)
+    now_in = (np.arange(3) > 0)[None, :]
+    header = sec_cost[sec_index][:, None]
     current, coverage, length = score(level)
     while iterations < cfg.max_iterations:
         # Coverage of row i by every column but j: the row's best, or its second best when
@@ -164,24 +170,21 @@ def plan(
         arg1 = contrib.argmax(axis=1)
         top1 = contrib[rows, arg1]
         without = np.where(arg1[:, None] == rows[None, :], top2[:, None], top1[:, None])
-        moved = np.maximum(without[None, :, :], sim[None, :, :] * value[:, None, None])
-        cov = np.einsum("i,lij->jl", w, moved)  # (n candidates, 3 levels)
-        counts = sec_onehot @ (level > 0)
-        d_len = cost - cost[rows, level][:, None]
-        was_in = (level > 0)[:, None]
-        now_in = (np.arange(3) > 0)[None, :]
+        cov = (w @ np.maximum(without[None, :, :], sim_at_level)).T  # (n candidates, 3 levels)
+        inside = level > 0
+        counts = sec_onehot @ inside
+        was_in = inside[:, None]
         own = counts[sec_index][:, None]  # members of j's section now
-        d_sec = np.where(
-            now_in & ~was_in & (own == 0), 1.0, np.where(~now_in & was_in & (own == 1), -1.0, 0.0)
-        )
-        d_len = d_len + d_sec * sec_cost[sec_index][:, None]
-        d_count = now_in.astype(np.float64) - was_in
-        total = (
-            cov - len_scale * (length + d_len) - count_scale * (np.count_nonzero(level) + d_count)
-        )
-        allowed = (length + d_len <= max_prompt_chars) & (rows[:, None] >= 0)
+        # A section's header is paid by its first member and freed with its last.
+        d_sec = (now_in & ~was_in & (own == 0)).astype(np.float64)
+        d_sec -= ~now_in & was_in & (own == 1)
+        d_len = cost - cost[rows, level][:, None] + d_sec * header
+        d_count: F64 = now_in - was_in.astype(np.float64)
+        members = np.count_nonzero(inside)
+        total = cov - len_scale * (length + d_len) - count_scale * (members + d_count)
+        allowed = length + d_len <= max_prompt_chars
         allowed[rows, level] = False
-        if np.count_nonzero(level) >= max_memories:
+        if members >= max_memories:
             allowed &= ~(now_in & ~was_in)
         variants += int(np.count_nonzero(allowed))
         if not allowed.any():
@@ -192,7 +195,8 @@ def plan(
         if masked[j, lv] <= current + _EPS:
             break
         level[j] = lv
-        current, coverage, length = score(level)
+        # The move's own figures: scoring the new variant from scratch gives the same ones.
+        current, coverage, length = float(total[j, lv]), float(cov[j, lv]), length + d_len[j, lv]
         iterations += 1
     order = sorted((j for j in range(n) if level[j] > 0), key=lambda j: (sec_index[j], -w[j], j))
     parts = [(candidates[j].section, texts[j][level[j]]) for j in order]

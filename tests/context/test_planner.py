@@ -80,6 +80,21 @@ def test_deterministic_within_limits_and_not_worse_than_empty(items, max_chars, 
     assert len(first.selected) <= max_n
     assert first.utility >= plan("question", [], None, max_prompt_chars=max_chars,
                                  max_memories=max_n).utility - 1e-9  # fmt: skip
+    # The figures the climb carried from move to move are those of the plan it returns.
+    if first.selected:
+        cfg = PlannerSettings()
+        f = {"short": cfg.short_value, "full": 1.0}
+        sim = np.clip(v @ v.T, 0, 1)
+        np.fill_diagonal(sim, 1.0)
+        w = np.array([c_.weight for c_ in c])
+        w = w / w.sum() if w.sum() > 0 else np.full(len(c), 1.0 / len(c))
+        index = {c_.key: i for i, c_ in enumerate(c)}
+        chosen = [(index[key], f[level]) for key, level in first.selected]
+        coverage = sum(w[i] * max(sim[i, j] * fj for j, fj in chosen) for i in range(len(c)))
+        assert abs(first.coverage - coverage) < 1e-9
+        utility = (coverage - cfg.length_penalty * len(first.prompt) / max_chars
+                   - cfg.count_penalty * len(first.selected) / max_n)  # fmt: skip
+        assert abs(first.utility - utility) < 1e-9
 
 
 def test_shorten() -> None:
