@@ -103,10 +103,15 @@ class Mailbox:
             self._senders.append(parker)
             try:
                 await parker.park()
-            finally:
-                # A cancelled or woken sender leaves the queue of waiters either way.
-                if parker in self._senders:
+            except BaseException:
+                if parker in self._senders:  # cancelled while waiting: leave the queue
                     self._senders.remove(parker)
+                elif self._senders and len(self._queue) < self.capacity:
+                    # Woken for a free slot, then cancelled before taking it (a plain asyncio
+                    # ``task.cancel()`` lands even after the wake-up): the slot goes to the
+                    # next sender, or it would wait for a reader that may never come again.
+                    self._senders.popleft().unpark()
+                raise
         self.put_nowait(item)
 
     # ------------------------------------------------------------------ reader
