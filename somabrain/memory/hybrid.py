@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import numpy as np
@@ -369,7 +369,7 @@ class HybridIndex:
             self,
             self._views,
             mask,
-            vector if unit else self.vectors.normalise(vector)[0],  # type: ignore[arg-type]
+            cast(F32, vector) if unit else self.vectors.normalise(vector)[0],
             tokens,
             top_k,
             text=text,
