@@ -147,7 +147,9 @@ class HashingEmbedder:
         """``embed`` for texts already split by ``text.tokenize`` (saves tokenizing twice
         when the caller also indexes the tokens lexically, as ``TenantMemory`` does)."""
         if len(token_lists) == 1:  # a query: one bincount, no row bookkeeping
-            cols, vals = self._features(token_lists[0])
+            cols: list[int] = []
+            vals: list[float] = []
+            self._features(token_lists[0], cols, vals)
             out = np.bincount(cols, weights=vals, minlength=self._dim).astype(np.float32)[None, :]
         else:
             out = np.zeros((len(token_lists), self._dim), dtype=np.float32)
@@ -158,12 +160,8 @@ class HashingEmbedder:
         np.divide(out, norms[:, None], out=out, where=norms[:, None] > 0)
         return out
 
-    def _features(
-        self, tokens: Sequence[str], cols: list[int] | None = None, vals: list[float] | None = None
-    ) -> tuple[list[int], list[float]]:
+    def _features(self, tokens: Sequence[str], cols: list[int], vals: list[float]) -> None:
         """Append the (bucket, signed weight) features of one text to ``cols`` and ``vals``."""
-        cols = [] if cols is None else cols
-        vals = [] if vals is None else vals
         words = self._words
         for tok in tokens:
             # Cache hits inline: this loop runs once per token of every memory.
@@ -176,7 +174,6 @@ class HashingEmbedder:
                 feat = bigrams.get(pair) or self._bigram_feature(pair)
                 cols.append(feat[0])
                 vals.append(feat[1])
-        return cols, vals
 
     def _embed_chunk(self, token_lists: Sequence[Sequence[str]]) -> npt.NDArray[np.float64]:
         cols: list[int] = []
