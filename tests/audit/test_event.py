@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import re
+import time
 from pathlib import Path
+from unittest import mock
 
 import jsonschema
 import msgspec
@@ -22,7 +26,7 @@ from somabrain.audit import (
     event_hash,
     request_meta,
 )
-from somabrain.audit.event import canonical
+from somabrain.audit.event import canonical, utc_now
 from tests.audit.strategies import drafts
 
 SCHEMA = json.loads(
@@ -132,3 +136,24 @@ def test_request_meta_remembers_which_names_are_secret() -> None:
     for _ in range(2):  # the second time from the cache
         attrs = request_meta(attributes={"password": "p", "keys": "k1,k2"}).attributes
         assert attrs == {"keys": "k1,k2", "password": "[redacted]"}
+
+
+def _utc_now_at(now: float) -> str:
+    with mock.patch.object(time, "time", return_value=now):
+        return utc_now()
+
+
+@given(st.floats(min_value=0, max_value=4102444799.0, allow_nan=False))
+@settings(max_examples=200)
+def test_utc_now_is_the_clock_in_rfc3339_utc_to_the_microsecond(now: float) -> None:
+    text = _utc_now_at(now)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", text), text
+    parsed = dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.UTC)
+    assert abs(parsed.timestamp() - now) <= 0.5e-6 + 1e-6  # rounding, plus float slack
+
+
+def test_utc_now_rounds_to_the_microsecond_and_carries_into_the_next_second() -> None:
+    assert _utc_now_at(1_700_000_000.75) == "2023-11-14T22:13:20.750000Z"
+    assert _utc_now_at(1_700_000_001.000002) == "2023-11-14T22:13:21.000002Z"
+    assert _utc_now_at(1_700_000_001.9999999) == "2023-11-14T22:13:22.000000Z"
+    assert _utc_now_at(1_700_000_002.5) == "2023-11-14T22:13:22.500000Z"  # the cached second
