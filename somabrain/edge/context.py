@@ -27,9 +27,9 @@ from ..context.messages import (
     Tokens,
 )
 from ..governance.http import BundleGovernance, evaluate_input
-from ..memory.types import DEFAULT_NAMESPACE
+from ..memory.types import DEFAULT_NAMESPACE, RecallFilter
 from .audited import AuditHandlers
-from .errors import HTTPError
+from .errors import HTTPError, from_validation
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -132,6 +132,13 @@ class ContextHandlers(AuditHandlers):
         body: EvaluateRequest = request.body
         tenant = self._tenant(request, body.tenant)
         assert request.principal is not None
+        if body.filters:
+            # Checked here, as recall does, so that a bad filter is a 422 naming its path
+            # (``filters.meta``); the planner builds the filter again from the mapping.
+            try:
+                RecallFilter.from_mapping(body.filters)
+            except msgspec.ValidationError as exc:
+                raise from_validation(exc, prefix="filters") from None
         namespace = body.namespace or DEFAULT_NAMESPACE
         request_input = evaluate_input(
             tenant, namespace=namespace, query=body.query, scopes=request.principal.scopes

@@ -118,6 +118,13 @@ async def test_bad_input_is_refused_with_the_right_status(tmp_path: Path) -> Non
         assert r.status_code == 422
         r = await c.post("/context/evaluate", json={"query": "x", "bogus": 1})
         assert r.status_code == 422
+        # A bad filter names its path, as in recall (not just "filters").
+        for filters, field in (({"meta": 5}, "filters.meta"), ({"tags": 5}, "filters.tags"),
+                               ({"any_tags": [1]}, "filters.any_tags[0]")):  # fmt: skip
+            r = await c.post("/context/evaluate", json={"query": "x", "filters": filters})
+            assert r.status_code == 422, r.text
+            assert r.json()["error"]["field"] == field
+            assert "$." not in r.json()["error"]["message"]
         r = await c.post("/context/evaluate", content=b"{nope")
         assert r.status_code == 400
         r = await c.post("/context/feedback", json={"query": "x"})
