@@ -194,11 +194,22 @@ def run_dev_node(
             ),
             backend=backend,
         )
-    except (OSError, RuntimeError, SomaError) as exc:
-        cause: BaseException = exc
+    except (OSError, RuntimeError, SomaError, BaseExceptionGroup) as exc:
+        error = _start_failure(exc)
+        if error is None:
+            raise
+        cause: BaseException = error
         while cause.__cause__ is not None:
             cause = cause.__cause__
-        detail = f" ({cause})" if cause is not exc else ""
-        print(f"error: {exc}{detail}", file=sys.stderr)
+        detail = f" ({cause})" if cause is not error else ""
+        print(f"error: {error}{detail}", file=sys.stderr)
         return 1
     return 0
+
+
+def _start_failure(exc: BaseException) -> BaseException | None:
+    """The one error a failed start reports (a port in use, a supervisor that could not
+    start), out of the task groups that wrap it; None when it is something else (a bug)."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc if isinstance(exc, OSError | RuntimeError | SomaError) else None

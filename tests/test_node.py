@@ -116,6 +116,12 @@ def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
         port = first.url.rsplit(":", 1)[1]
         with pytest.raises(NodeError, match="Address already in use"):
             DevNode(tmp_path / "two").start(port=int(port))
+        # As the user sees it: an `error:` line and exit 1, not a traceback.
+        result = cli("dev", "--port", port, "--data-dir", str(tmp_path / "three"))
+        assert result.returncode == 1
+        assert "Traceback" not in result.stderr
+        last = result.stderr.strip().splitlines()[-1]
+        assert last.startswith("error: ") and "Address already in use" in last, result.stderr
 
 
 def test_bad_config_is_exit_code_2(tmp_path: Path) -> None:
