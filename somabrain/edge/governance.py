@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from ..governance import http as gov
 from ..governance.policy import Decision, PolicyInput
-from .errors import HTTPError
+from .errors import HTTPError, from_validation
 
 if TYPE_CHECKING:
     from ..actors import ActorSystem
@@ -65,6 +67,8 @@ class GovernanceHandlers:
             return self.json(gov.constitution_validate(self.system.resources, request.body))
         except gov.GovernanceRefusal as refusal:
             raise http_error(refusal) from None
+        except msgspec.ValidationError as exc:
+            raise from_validation(exc, prefix="input") from None
 
     async def _h_constitution_load(self, request: Request) -> Response:
         guardian = self.system.lookup(gov.GUARDIAN_PATH)

@@ -44,6 +44,7 @@ __all__ = [
     "GovernanceRefusal",
     "LoadResponse",
     "PolicyField",
+    "ValidateInput",
     "ValidateRequest",
     "ValidateResponse",
     "VersionResponse",
@@ -86,6 +87,20 @@ class ValidateRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     ``tags``, ``scopes``, ``content_size`` (any other field is passed to the policies too)."""
 
     input: dict[str, Any]
+
+
+class ValidateInput(msgspec.Struct, kw_only=True):
+    """The fields of a validate ``input`` that the node itself always sends, with their types.
+    Checked before the policies see the input: a missing tenant or a wrong type would leave
+    the decision undefined or meaningless ("content of  bytes exceeds ..."), where the caller
+    needs a 422 naming the field. Other fields pass to the policies unchecked."""
+
+    action: Annotated[str, Meta(min_length=1)] = "validate"
+    tenant: Annotated[str, Meta(min_length=1)]
+    namespace: Annotated[str, Meta(min_length=1)] = "default"
+    tags: list[str] = []
+    scopes: list[str] = []
+    content_size: Annotated[int, Meta(ge=0)] = 0
 
 
 class PolicyField(msgspec.Struct, kw_only=True):
@@ -350,8 +365,13 @@ def constitution_version(resources: Mapping[str, Any]) -> VersionResponse:
 
 
 def constitution_validate(resources: Mapping[str, Any], body: ValidateRequest) -> ValidateResponse:
+    """The decision on ``body.input``. Raises ``msgspec.ValidationError`` (its path is within
+    ``input``) when a field the node always sends is missing or of the wrong type
+    (:class:`ValidateInput`), after the 503 of a node without a constitution."""
     governance = governance_of(resources)
     try:
+        governance.require()
+        msgspec.convert(body.input, ValidateInput)
         decision = governance.validate(body.input)
     except GovernanceUnavailableError as exc:
         raise GovernanceRefusal(503, "not_governed", str(exc), retry_after=5) from None

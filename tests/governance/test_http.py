@@ -186,6 +186,23 @@ async def test_policies_gate_remember_and_validate_explains(tmp_path: Path) -> N
         assert denied.json()["explain"] == 'tag "csam" is blocked by the constitution'
         missing = await client.post("/constitution/validate", json={"inputs": {}})
         assert missing.status_code == 422
+        # The fields the node always sends are checked, and a bad one is named, instead of
+        # an undefined decision ("the policies produced no decision") or a policy_error.
+        for given, code, field in (
+            ({"action": "remember"}, "missing_field", "input.tenant"),
+            ({"tenant": "acme", "tags": "pii"}, "invalid_field", "input.tags"),
+            ({"tenant": "acme", "tags": [1]}, "invalid_field", "input.tags[0]"),
+            ({"tenant": "acme", "action": 5}, "invalid_field", "input.action"),
+            ({"tenant": "acme", "content_size": "big"}, "invalid_field", "input.content_size"),
+            ({"tenant": "acme", "content_size": -1}, "out_of_range", "input.content_size"),
+        ):
+            bad = await client.post("/constitution/validate", json={"input": given})
+            assert bad.status_code == 422, (given, bad.text)
+            assert (error(bad)["code"], error(bad).get("field")) == (code, field), given
+        other = await client.post(
+            "/constitution/validate", json={"input": {"tenant": "acme", "purpose": "audit"}}
+        )
+        assert other.status_code == 200 and other.json()["allowed"]  # other fields pass through
 
 
 async def test_the_openapi_document_lists_the_governance_routes(tmp_path: Path) -> None:
