@@ -185,8 +185,8 @@ class PlannerActor(Actor):
         limits = self.settings.limits
         top_k = limits.default_top_k if request.top_k is None else request.top_k
         if not 1 <= top_k <= limits.max_memories:
-            raise _refuse(
-                422, "invalid_field", f"top_k must be between 1 and {limits.max_memories}", "top_k"
+            raise _refuse(  # the code of every other range error (``errors.from_validation``)
+                422, "out_of_range", f"top_k must be between 1 and {limits.max_memories}", "top_k"
             )
         if not request.query.strip():
             raise _refuse(422, "invalid_field", "query must not be blank", "query")

@@ -113,7 +113,9 @@ async def test_evaluate_feedback_state_reset(tmp_path: Path) -> None:
 async def test_bad_input_is_refused_with_the_right_status(tmp_path: Path) -> None:
     async with edge(tmp_path) as (app, auth), client(app, auth) as c:
         r = await c.post("/context/evaluate", json={"query": "x", "top_k": 500})
-        assert r.status_code == 422 and r.json()["error"]["field"] == "top_k"
+        assert r.status_code == 422
+        assert r.json()["error"]["field"] == "top_k"
+        assert r.json()["error"]["code"] == "out_of_range"  # as recall's top_k
         r = await c.post("/context/evaluate", json={"query": ""})
         assert r.status_code == 422
         r = await c.post("/context/evaluate", json={"query": "x", "bogus": 1})
