@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -57,12 +57,16 @@ MEMORY_PATH = "/root/memory"
 _CONTENT_FIELDS = ("text", "content", "task")
 
 
-def memory_error(exc: Exception) -> HTTPError | None:
-    """The HTTP answer for an error of the memory actor, or None for a bug (500)."""
+def memory_error(exc: Exception, key_fields: Mapping[str, str] | None = None) -> HTTPError | None:
+    """The HTTP answer for an error of the memory actor, or None for a bug (500).
+
+    ``key_fields``: the request field that named each key, so that an unknown key's 404
+    names it (``to_key``, ``links[0].to_key``)."""
     if isinstance(exc, HTTPError):
         return exc
     if isinstance(exc, UnknownMemoryError):
-        return HTTPError(404, "memory_not_found", str(exc))
+        field = key_fields.get(exc.key) if key_fields else None
+        return HTTPError(404, "memory_not_found", str(exc), field=field)
     if isinstance(exc, InvalidVectorError):
         return HTTPError(422, "invalid_field", str(exc), field="vector")
     if isinstance(exc, TenantMismatchError):
@@ -142,7 +146,9 @@ class Handlers(AuditHandlers):
             )
         return tenant
 
-    async def _ask(self, tenant: str, message: MemoryRequest) -> Any:
+    async def _ask(
+        self, tenant: str, message: MemoryRequest, key_fields: Mapping[str, str] | None = None
+    ) -> Any:
         runner = self.tree.find(MEMORY_PATH)
         if runner is None or not hasattr(runner, "ref"):
             raise HTTPError.retry_later(503, "unavailable", "no memory supervisor", 1)
@@ -155,7 +161,7 @@ class Handlers(AuditHandlers):
         try:
             return await ask_memory(ref, message, self.config.edge.request_timeout)
         except Exception as exc:
-            error = memory_error(exc)
+            error = memory_error(exc, key_fields)
             if error is None:
                 raise
             raise error from None
@@ -229,7 +235,9 @@ class Handlers(AuditHandlers):
         tenant = self._tenant(request, body.tenant)
         memory = self._memory(body, tenant, time.time())
         decision = await self._govern_memory(request, memory)
-        [(key, deduplicated)] = await self._ask(tenant, Remember((memory,)))
+        [(key, deduplicated)] = await self._ask(
+            tenant, Remember((memory,)), _link_fields([memory], lambda _: "")
+        )
         audit_id = await self._audit(
             request,
             tenant,
@@ -272,7 +280,9 @@ class Handlers(AuditHandlers):
                 )
             memories.append(self._memory(item, tenant, now, f"items[{i}]."))
             decision = await self._govern_memory(request, memories[-1], f"items[{i}]")
-        remembered = await self._ask(tenant, Remember(tuple(memories)))
+        remembered = await self._ask(
+            tenant, Remember(tuple(memories)), _link_fields(memories, lambda i: f"items[{i}].")
+        )
         results = [
             s.BatchItemResult(key=key, namespace=m.namespace, deduplicated=dedup)
             for (key, dedup), m in zip(remembered, memories, strict=True)
@@ -408,6 +418,7 @@ class Handlers(AuditHandlers):
             LinkMemories(
                 from_key=body.from_key, to_key=body.to_key, rel=body.rel, weight=body.weight
             ),
+            {body.to_key: "to_key", body.from_key: "from_key"},  # a self-link: from_key
         )
         audit_id = await self._audit(
             request,
@@ -469,3 +480,12 @@ class Handlers(AuditHandlers):
                 key=request.key, deleted=True, trace_id=request.trace_id, audit_id=audit_id
             )
         )
+
+
+def _link_fields(memories: Sequence[Memory], prefix: Callable[[int], str]) -> dict[str, str]:
+    """The request field of each link target (the first one naming it), for ``memory_error``."""
+    fields: dict[str, str] = {}
+    for i, memory in enumerate(memories):
+        for j, link in enumerate(memory.links):
+            fields.setdefault(link.to_key, f"{prefix(i)}links[{j}].to_key")
+    return fields

@@ -229,7 +229,14 @@ async def test_recall_ranks_recency_from_at(tmp_path: Path) -> None:
             {"content": "x", "links": [{"to_key": "ghost"}]},
             404,
             "memory_not_found",
-            None,
+            "links[0].to_key",
+        ),
+        (
+            "/memory/remember/batch",
+            {"items": [{"content": "x"}, {"content": "y", "links": [{"to_key": "ghost"}]}]},
+            404,
+            "memory_not_found",
+            "items[1].links[0].to_key",
         ),
         ("/memory/remember", {"content": "x", "tenant": "other"}, 403, "tenant_forbidden", None),
         ("/memory/remember", {"content": "x", "tenant": "a/b"}, 422, "invalid_field", "tenant"),
@@ -248,7 +255,7 @@ async def test_recall_ranks_recency_from_at(tmp_path: Path) -> None:
             "items[0].tenant",
         ),
         ("/memory/remember/batch", {"items": []}, 422, "out_of_range", "items"),
-        ("/memory/link", {"from_key": "a", "to_key": "b"}, 404, "memory_not_found", None),
+        ("/memory/link", {"from_key": "a", "to_key": "b"}, 404, "memory_not_found", "from_key"),
         ("/memory/link", {"from_key": "a"}, 422, "missing_field", "to_key"),
     ],
 )
@@ -262,6 +269,14 @@ async def test_bad_input_is_a_clear_4xx(
         assert (error["code"], error.get("field")) == (code, field)
 
 
+async def test_an_unknown_link_target_is_named_in_the_404(tmp_path: Path) -> None:
+    async with harness(tmp_path) as h, h.client() as client:
+        assert (await client.post("/memory/remember", json={"content": "a", "key": "a"})).is_success
+        r = await client.post("/memory/link", json={"from_key": "a", "to_key": "ghost"})
+        assert r.status_code == 404
+        assert (error_of(r)["code"], error_of(r)["field"]) == ("memory_not_found", "to_key")
+
+
 async def test_malformed_bodies(tmp_path: Path) -> None:
     async with harness(tmp_path, max_body_bytes=1000) as h, h.client() as client:
         for raw in (b'{"query": ', b"", b"\xff\xfe", b"not json"):
@@ -271,6 +286,45 @@ async def test_malformed_bodies(tmp_path: Path) -> None:
         assert r.status_code == 422
         r = await client.post("/memory/remember", json={"content": "x" * 2000})
         assert r.status_code == 413 and error_of(r)["code"] == "payload_too_large"
+
+
+async def test_bodies_that_break_the_decoder_are_400s(tmp_path: Path) -> None:
+    """Invalid UTF-8 inside a string and nesting past the recursion limit make msgspec raise
+    UnicodeDecodeError and RecursionError, not DecodeError; a Content-Length of thousands of
+    digits is more than int() parses. Each is a 4xx, not a 500."""
+    async with harness(tmp_path) as h, h.client() as client:
+        r = await client.post("/memory/recall", content=b'{"query": "\xed\xa0\x80"}')
+        assert r.status_code == 400 and error_of(r)["code"] == "malformed_json"
+        for deep in (b"[" * 5000 + b"]" * 5000, b'{"a":' * 5000 + b"1" + b"}" * 5000):
+            body = b'{"query": "x", "filters": {"a": %s}}' % deep
+            r = await client.post("/memory/recall", content=body)
+            assert r.status_code == 400 and error_of(r)["code"] == "bad_request", deep[:10]
+        r = await client.post(
+            "/memory/recall", content=b"{}", headers={"content-length": "9" * 5000}
+        )
+        assert r.status_code == 413 and error_of(r)["code"] == "payload_too_large"
+
+
+async def test_nesting_is_limited_so_every_stored_value_stays_encodable(tmp_path: Path) -> None:
+    """A value nested just short of the recursion limit would decode, be stored, and then
+    fail every recall that encodes it inside a response: the edge refuses bodies nested
+    deeper than MAX_DEPTH."""
+    from somabrain.edge.nesting import MAX_DEPTH
+
+    def remember(depth: int) -> bytes:  # the body's object, then meta, then arrays
+        arrays = depth - 2
+        return b'{"content": "deep", "meta": {"a": %s}}' % (b"[" * arrays + b"]" * arrays)
+
+    async with harness(tmp_path) as h, h.client() as client:
+        r = await client.post("/memory/remember", content=remember(MAX_DEPTH))
+        assert r.status_code == 200, r.text
+        r = await client.post("/memory/remember", content=remember(MAX_DEPTH + 1))
+        assert r.status_code == 400 and error_of(r)["code"] == "bad_request"
+        assert str(MAX_DEPTH) in error_of(r)["message"]
+        r = await client.post("/memory/remember", content=remember(950))
+        assert r.status_code == 400 and error_of(r)["code"] == "bad_request"
+        r = await client.post("/memory/recall", json={"query": "deep"})
+        assert r.status_code == 200 and len(r.json()["results"]) == 1
 
 
 async def test_routing_errors(tmp_path: Path) -> None:
