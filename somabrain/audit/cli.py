@@ -136,8 +136,9 @@ def _verify_command(args: argparse.Namespace) -> int:
 
         print(msgspec.json.encode({n: r for n, r in reports.items()}).decode())
     else:
-        if not reports:
-            print(f"no audit events in {source}")
+        if not reports:  # say where: a wrong --data-dir must not pass for an empty trail
+            where = f" ({_spool_dir(cfg, args.data_dir)})" if source == "spool" else ""
+            print(f"no audit events in {source}{where}")
         for report in reports.values():
             print(f"[{source}] {report.summary()}")
     return 1 if bad else 0

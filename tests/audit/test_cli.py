@@ -1,0 +1,54 @@
+"""``somabrain audit verify`` over a node's spool: a good chain, a gap, and no trail at all."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anyio
+import pytest
+
+from somabrain.audit import AuditDraft, Chain, encode_event
+from somabrain.audit.spool import Spool
+from somabrain.cli import main
+
+
+def verify(capsys: pytest.CaptureFixture[str], data_dir: Path) -> tuple[int, str]:
+    code = main(["audit", "verify", "--from", "spool", "--data-dir", str(data_dir)])
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+def write_spool(data_dir: Path, seqs: list[int]) -> None:
+    """Events 1..max(seqs) of one chain, of which those in ``seqs`` reach the spool."""
+    chain = Chain("n")
+    draft = AuditDraft(tenant="t", actor="a", action="x")
+    events = {e.seq: encode_event(e) for e in (chain.seal(draft) for _ in range(max(seqs)))}
+    spool = Spool(data_dir / "audit" / "spool")
+    spool.open()
+    for seq in seqs:
+        anyio.run(spool.append, [events[seq]], seq)
+    spool.close()
+
+
+def test_an_intact_chain_passes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_spool(tmp_path, [1, 2, 3])
+    code, out = verify(capsys, tmp_path)
+    assert code == 0, out
+    assert "[spool] node n: ok, 3 events, seq 1..3" in out
+
+
+def test_a_missing_event_fails_and_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_spool(tmp_path, [1, 2, 4])
+    code, out = verify(capsys, tmp_path)
+    assert code == 1, out
+    assert "BROKEN at seq 3" in out and "missing: seq 3" in out
+
+
+def test_no_trail_says_which_directory_it_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out = verify(capsys, tmp_path / "wrong")
+    assert code == 0
+    assert f"no audit events in spool ({tmp_path / 'wrong' / 'audit' / 'spool'})" in out
