@@ -322,6 +322,8 @@ class TenantMemory:
             raise TenantMismatchError(self.tenant, memory.tenant)
         if not memory.content.strip():
             raise ValueError("memory content must not be empty")
+        # Before deduplication: a malformed vector is refused even where it would be ignored.
+        vec = None if memory.vector is None else self.index.vectors.normalise(memory.vector)[0]
         state = self._state
         ns, content = memory.namespace, memory.content
         key = memory.key
@@ -336,9 +338,6 @@ class TenantMemory:
             if held is not None and (held.namespace, held.content) != (ns, content):
                 key = "m-" + uuid.uuid4().hex
         old = batch[key].memory if key in batch else state.memories.get(key)
-        vec = None
-        if memory.vector is not None:
-            vec = self.index.vectors.normalise(memory.vector)[0]
         created = memory.created_at or (old.created_at if old is not None else now)
         stored = msgspec.structs.replace(
             memory, key=key, tenant=self.tenant, created_at=created, links=(), vector=None

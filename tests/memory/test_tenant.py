@@ -77,6 +77,9 @@ async def test_dedupe_rules() -> None:
     # A keyless remember of content held under an explicit key finds a holder, not a twin.
     await tm.forget(k1)
     assert await tm.remember(Memory(content="same text")) == ("x", True)
+    # A malformed vector is refused even where deduplication would have ignored it.
+    with pytest.raises(InvalidVectorError):
+        await tm.remember(Memory(content="same text", vector=(1.0, 2.0)))
 
 
 async def test_upsert_keeps_created_at_and_replaces_content() -> None:
