@@ -2,11 +2,11 @@
 
 Per request: match the route (404/405), authenticate (401/403), read the body within
 ``edge.max_body_bytes`` (413, checked against Content-Length first and again while reading),
-decode it with the one reused msgspec decoder of its type (400 malformed, 422 naming the
-field), resolve the tenant and take a rate-limit token (429 with Retry-After), then the
-handler (``handlers.py``) asks the tenant's memory actor. Every refusal is an ``HTTPError`` in
-the error model; an unexpected exception is logged with the trace id and answered 500 without
-disturbing other requests.
+decode it with the one reused msgspec decoder of its type (400 malformed or nested deeper
+than ``nesting.MAX_DEPTH``, 422 naming the field), resolve the tenant and take a rate-limit
+token (429 with Retry-After), then the handler (``handlers.py``) asks the tenant's memory
+actor. Every refusal is an ``HTTPError`` in the error model; an unexpected exception is logged
+with the trace id and answered 500 without disturbing other requests.
 
 Each response carries ``X-Trace-Id`` (taken from ``X-Request-ID`` or ``traceparent`` when the
 client sends one). When the edge incarnation that owns this app has ended (``closing``), its
@@ -34,6 +34,7 @@ from .context import ContextHandlers
 from .errors import HTTPError, encode_error, from_decode_error, from_validation
 from .governance import GovernanceHandlers
 from .metrics import Metrics
+from .nesting import MAX_DEPTH, nests_too_deep
 from .ops import OpsHandlers
 from .ratelimit import RateLimiter
 from .routes import ROUTES, Route
@@ -53,6 +54,7 @@ _KEY_ROUTES = {
     "DELETE": Route("DELETE", "/memory/{key}", "forget", "Forget one memory"),
 }
 _TRACE = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
+_HUGE = 10**18  # a Content-Length over every limit
 
 
 class ClientDisconnectedError(Exception):
@@ -160,7 +162,7 @@ class EdgeApp(OpsHandlers, GovernanceHandlers, ContextHandlers):
                 authorization = value.decode("latin-1")
             elif name == b"content-length":
                 has_body = value != b"0"
-                content_length = int(value) if value.isdigit() else -1
+                content_length = _content_length(value)
             elif name == b"x-tenant-id":
                 tenant = value.decode("latin-1")
             elif name == b"transfer-encoding":
@@ -200,6 +202,13 @@ class EdgeApp(OpsHandlers, GovernanceHandlers, ContextHandlers):
             )
             error = HTTPError(500, "internal", f"internal error; trace id {trace_id}")
             response = Response(500, encode_error(error, trace_id))
+        except anyio.get_cancelled_exc_class():
+            # The server cancelled this request: its edge incarnation was killed (on asyncio,
+            # Hypercorn cancels its connection tasks on the way out) or the graceful timeout
+            # ran out. Hypercorn would answer a bare 500; the change may or may not have
+            # happened, and the agent should retry: a 503, on a connection that closes.
+            await self._answer_cancelled(send, trace_id, route_name, scope["method"], start)
+            raise
         close = False
         if has_body and not body_read:
             # Answered before its body was read (refused early, or a body nobody wanted):
@@ -228,6 +237,30 @@ class EdgeApp(OpsHandlers, GovernanceHandlers, ContextHandlers):
             if request is not None and request.after is not None:
                 with anyio.CancelScope(shield=True):
                     await request.after()
+
+    async def _answer_cancelled(
+        self, send: Send, trace_id: str, route_name: str, method: str, start: float
+    ) -> None:
+        error = HTTPError.retry_later(
+            503, "unavailable", "the edge stopped while handling this request; retry it", 1
+        )
+        body = encode_error(error, trace_id)
+        headers = [
+            (b"content-type", _JSON),
+            (b"content-length", str(len(body)).encode()),
+            (b"x-trace-id", trace_id.encode()),
+            *error.headers,
+            (b"connection", b"close"),
+        ]
+        # Shielded (trio and anyio cancel scopes cancel every await until the scope ends), and
+        # bounded: the connection may be gone too, or its peer may not read.
+        with anyio.CancelScope(shield=True), anyio.move_on_after(1.0):
+            try:
+                await send({"type": "http.response.start", "status": 503, "headers": headers})
+                await send({"type": "http.response.body", "body": body})
+            except Exception:  # the connection is closed: nobody to tell
+                pass
+        self.metrics.observe(route_name, method, 503, time.perf_counter() - start)
 
     async def _read_body(self, receive: Receive, content_length: int | None) -> bytes:
         limit = self.config.edge.max_body_bytes
@@ -273,14 +306,37 @@ class EdgeApp(OpsHandlers, GovernanceHandlers, ContextHandlers):
         if not raw.strip():
             raise HTTPError(400, "malformed_json", "the request body is empty: send a JSON object")
         try:
-            return self._decoders[kind].decode(raw)
+            body = self._decoders[kind].decode(raw)
         except msgspec.ValidationError as exc:
             raise from_validation(exc) from None
         except msgspec.DecodeError as exc:
             raise from_decode_error(exc) from None
+        except UnicodeDecodeError as exc:  # msgspec's error for bad UTF-8 inside a string
+            raise HTTPError(
+                400, "malformed_json", f"request body is not valid UTF-8: {exc}"
+            ) from None
+        except RecursionError:  # nested far beyond MAX_DEPTH: see nesting.py
+            raise _too_deep() from None
+        if nests_too_deep(raw):
+            raise _too_deep()
+        return body
 
     def json(self, value: Any, status: int = 200) -> Response:
         return Response(status, self.encoder.encode(value))
+
+
+def _content_length(value: bytes) -> int:
+    """The Content-Length header as a number (-1: not a number). int() refuses more than
+    4300 digits; any number over 18 digits is over every body limit, so it is not parsed."""
+    if not value.isdigit():
+        return -1
+    return int(value) if len(value) <= 18 else _HUGE
+
+
+def _too_deep() -> HTTPError:
+    return HTTPError(
+        400, "bad_request", f"the request body nests arrays and objects deeper than {MAX_DEPTH}"
+    )
 
 
 def _too_large(limit: int) -> HTTPError:

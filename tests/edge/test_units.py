@@ -19,6 +19,7 @@ from somabrain.config import AuthSettings, TenantRateLimit
 from somabrain.edge.auth import Authenticator, TokenIssuer, dev_secret
 from somabrain.edge.errors import HTTPError, from_decode_error, from_validation
 from somabrain.edge.metrics import Metrics, render_tree_metrics
+from somabrain.edge.nesting import json_depth, nests_too_deep
 from somabrain.edge.openapi import openapi_document, openapi_json
 from somabrain.edge.ratelimit import RateLimiter
 from somabrain.edge.schemas import RecallRequest, RememberBatchRequest
@@ -85,6 +86,23 @@ def test_malformed_json_is_400() -> None:
         msgspec.json.decode(b'{"content": ', type=Item)
     error = from_decode_error(info.value)
     assert (error.status, error.code) == (400, "malformed_json")
+
+
+@pytest.mark.parametrize(
+    ("raw", "depth"),
+    [
+        (b"1", 0),
+        (b'"[{"', 0),
+        (b"[]", 1),
+        (b'{"a": [1, {"b": []}], "c": {}}', 4),
+        (b'{"a": "]]]]", "b": [["[", "\\"", "\\\\"]]}', 3),  # brackets in strings, escapes
+        (b"[" * 100 + b"]" * 100, 100),
+    ],
+)
+def test_json_depth_counts_nesting_outside_strings(raw: bytes, depth: int) -> None:
+    assert json_depth(raw) == depth
+    assert not nests_too_deep(raw, limit=depth)
+    assert nests_too_deep(raw, limit=depth - 1) or depth == 0
 
 
 def test_retry_later_rounds_up_to_whole_seconds() -> None:
