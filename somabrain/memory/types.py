@@ -122,8 +122,11 @@ class RecallFilter(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
         reserved = {"tags", "any_tags", "meta", "session_id"}
         body: dict[str, Any] = {k: v for k, v in filters.items() if k in reserved}
         extra = {k: v for k, v in filters.items() if k not in reserved}
-        if extra:
-            body["meta"] = {**dict(body.get("meta") or {}), **extra}
+        meta = body.get("meta")
+        # A ``meta`` that is not an object stays as it is, for the conversion to refuse with
+        # its path (merging it would fail with a bare TypeError or ValueError instead).
+        if extra and (meta is None or isinstance(meta, Mapping)):
+            body["meta"] = {**(meta or {}), **extra}
         if isinstance(body.get("tags"), str):
             body["tags"] = [body["tags"]]
         return msgspec.convert(body, cls)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import msgspec
 import numpy as np
 import pytest
 
@@ -100,6 +101,14 @@ def test_filter_from_mapping() -> None:
     flt = RecallFilter.from_mapping({"tags": "pets", "kind": "note", "meta": {"n": 1}})
     assert flt == RecallFilter(tags=("pets",), meta={"n": 1, "kind": "note"})
     assert RecallFilter.from_mapping({}).is_empty()
+
+
+@pytest.mark.parametrize("meta", ["ab", [1], [["a", 1]], 5, True])
+def test_filter_from_mapping_refuses_a_meta_that_is_not_an_object(meta: object) -> None:
+    """Also beside flat keys, which are merged into ``meta``: the refusal names ``meta``."""
+    for filters in ({"meta": meta}, {"meta": meta, "kind": "note"}):
+        with pytest.raises(msgspec.ValidationError, match=r"at `\$\.meta`"):
+            RecallFilter.from_mapping(filters)
 
 
 def test_top_k_applies_after_filtering() -> None:
