@@ -121,11 +121,14 @@ class VectorIndex:
 
     def normalise(self, vectors: npt.ArrayLike) -> F32:
         """Validate and L2-normalise a batch (or one vector) into a fresh (m, dim) array."""
-        arr = np.array(vectors, dtype=np.float32, ndmin=2, copy=True)
+        # A component beyond float32's range becomes infinity in the cast: refused below with
+        # NaN and infinity (as a refusal, not an overflow warning).
+        with np.errstate(over="ignore"):
+            arr = np.array(vectors, dtype=np.float32, ndmin=2, copy=True)
         if arr.ndim != 2 or arr.shape[1] != self._dim:
             raise InvalidVectorError(self._dim, f"got shape {np.shape(vectors)}")
         if not np.isfinite(arr).all():
-            raise InvalidVectorError(self._dim, "contains NaN or infinity")
+            raise InvalidVectorError(self._dim, "contains NaN, infinity or a value beyond float32")
         # float64 accumulation: tiny float32 components would underflow when squared.
         norms = np.sqrt(np.einsum("ij,ij->i", arr, arr, dtype=np.float64))[:, None]
         np.divide(arr, norms, out=arr, where=norms > 0)

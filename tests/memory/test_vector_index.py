@@ -94,7 +94,13 @@ def test_views_are_read_only() -> None:
 
 
 @pytest.mark.parametrize(
-    "bad", [[[1.0, 2.0]], [[1.0, float("nan"), 0.0]], [[float("inf"), 0.0, 0.0]]]
+    "bad",
+    [
+        [[1.0, 2.0]],
+        [[1.0, float("nan"), 0.0]],
+        [[float("inf"), 0.0, 0.0]],
+        [[1e308, 0.0, 0.0]],  # finite, but infinite as float32: refused, no overflow warning
+    ],
 )
 def test_invalid_vectors_are_refused(bad) -> None:
     index = VectorIndex(3)
