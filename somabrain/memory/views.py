@@ -193,7 +193,10 @@ class RecencyView:
         return float(2.0 ** (-gap / self.half_life)) if math.isfinite(gap) else 1.0
 
     def scores(self, index: HybridIndex, query: RecallQuery, slots: I64) -> F32:
-        age = np.abs(index.column("event_time")[slots] - query.at) * (1.0 / self.half_life)
+        # Times ~1e308 apart (a client may send any finite epoch) overflow to an infinite age,
+        # whose score is 0: the right limit, so the overflow is no error.
+        with np.errstate(over="ignore"):
+            age = np.abs(index.column("event_time")[slots] - query.at) * (1.0 / self.half_life)
         out: F32 = np.exp2(-age).astype(np.float32)
         return out
 

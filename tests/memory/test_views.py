@@ -123,6 +123,21 @@ async def test_recency_decays_with_distance_to_the_query_time() -> None:
     assert views["old"] == pytest.approx(1.0) and views["new"] == pytest.approx(0.5)
 
 
+async def test_recency_of_times_at_the_ends_of_the_float_range() -> None:
+    """Any finite epoch is accepted: ages that overflow score 0 (no overflow warning)."""
+    memory = tm(views=(RecencyView(),))
+    await memory.remember_batch(
+        [
+            Memory(key="past", content="report one", occurred_at=-1e308),
+            Memory(key="future", content="report two", occurred_at=1e308),
+        ]
+    )
+    for at, near, far in ((1e308, "future", "past"), (-1e308, "past", "future")):
+        hits = memory.recall("report", weights={"recency": 1}, at=at)
+        views = {h.key: h.views["recency"] for h in hits}
+        assert views[near] == 1.0 and views.get(far, 0.0) == 0.0
+
+
 async def test_salience_follows_importance_and_reinforcement(tmp_path: Path) -> None:
     memory = await TenantMemory.open(tmp_path, "acme", embedder=EMB, views=(SalienceView(),))
     async with memory:
