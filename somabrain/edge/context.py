@@ -41,7 +41,6 @@ __all__ = [
     "ContextHandlers",
     "EvaluateRequest",
     "FeedbackRequest",
-    "ResetRequest",
     "TokensIn",
     "failure_error",
 ]
@@ -81,10 +80,6 @@ class FeedbackRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     latency_ms: Annotated[float, Meta(ge=0)] | None = None
     metadata: dict[str, Any] | None = None
     namespace: Annotated[str, Meta(min_length=1, max_length=128)] | None = None
-    tenant: TenantId | None = None
-
-
-class ResetRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     tenant: TenantId | None = None
 
 
@@ -242,8 +237,7 @@ class ContextHandlers(AuditHandlers):
         return self.json(view)
 
     async def _h_context_adaptation_reset(self, request: Request) -> Response:
-        body: ResetRequest | None = request.body
-        tenant = self._tenant(request, body.tenant if body is not None else None)
+        tenant = self._tenant(request, None)  # no body: the token's tenant or X-Tenant-ID
         view: AdaptationView = await self._context(AdaptationQuery(tenant=tenant, reset=True))
         await self._audit(request, tenant, "context.adaptation_reset")
         return self.json(view)

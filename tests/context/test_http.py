@@ -110,6 +110,33 @@ async def test_evaluate_feedback_state_reset(tmp_path: Path) -> None:
         assert state["history_length"] == 0
 
 
+async def test_reset_resets_the_tenant_the_request_names(tmp_path: Path) -> None:
+    async with edge(tmp_path) as (app, auth):
+        token = auth.issuer().issue(["acme", "beta"], scopes=["admin"])
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app),  # type: ignore[arg-type]
+            base_url="http://edge",
+            headers={"Authorization": f"Bearer {token}", "X-Tenant-ID": "acme"},
+        ) as c:
+            await remember(c, [{"key": "a", "content": "Caroline joined a support group"},
+                               {"key": "b", "content": "Melanie likes pottery"}])  # fmt: skip
+            r = await c.post("/context/feedback", json={
+                "session_id": "s", "query": "support group", "used_keys": ["a"], "utility": 1,
+            })  # fmt: skip
+            assert r.status_code == 200, r.text
+
+            async def history() -> int:
+                state = await c.get("/context/adaptation/state")
+                return int(state.json()["history_length"])
+
+            assert await history() == 1
+            r = await c.post("/context/adaptation/reset", headers={"X-Tenant-ID": "beta"})
+            assert r.status_code == 200, r.text
+            assert await history() == 1  # beta's weights were reset, not acme's
+            assert (await c.post("/context/adaptation/reset")).status_code == 200
+            assert await history() == 0
+
+
 async def test_bad_input_is_refused_with_the_right_status(tmp_path: Path) -> None:
     async with edge(tmp_path) as (app, auth), client(app, auth) as c:
         r = await c.post("/context/evaluate", json={"query": "x", "top_k": 500})
