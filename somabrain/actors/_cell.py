@@ -154,6 +154,10 @@ class ActorCell:
         budget = _CHECKPOINT_EVERY
         while True:
             if self._stop_requested:
+                if self._killed:
+                    # The cancellation has not landed yet (see ``kill``): end here, between
+                    # two messages, rather than after the rest of the mailbox.
+                    return Exit(ExitReason.KILLED, ActorKilledError(self.path))
                 self.state = ActorState.STOPPING
                 try:
                     await actor.on_stop()
@@ -202,10 +206,21 @@ class ActorCell:
         self.mailbox.wake_reader()
 
     def kill(self) -> None:
-        """Cancel the incarnation now; it ends with reason ``killed``."""
-        if self._scope is not None:
+        """Cancel the incarnation now; it ends with reason ``killed``.
+
+        The cancellation lands at the handler's next unshielded wait. A handler that does its
+        work in shielded sections (an fsync) may have none: on asyncio, anyio stops delivering
+        a cancellation while the task waits inside a shielded scope and retries a loop turn
+        after the shield ends, by when a busy actor is inside the next one; on trio it waits
+        for an unshielded checkpoint. So the message loop also checks the kill between two
+        messages (through ``_stop_requested``, the flag it already reads for every one), and
+        a killed incarnation no longer counts as running: a second kill is not taken for a
+        second restart, and readiness reflects the kill at once."""
+        if self._scope is not None and not self._killed:
             self._killed = True
+            self._stop_requested = True
             self._scope.cancel()
+            self.mailbox.wake_reader()
 
     async def wait_exited(self) -> None:
         if self._exited is not None:
@@ -213,7 +228,8 @@ class ActorCell:
 
     @property
     def running(self) -> bool:
-        return self._scope is not None
+        """An incarnation is running and was not killed (a killed one is ending)."""
+        return self._scope is not None and not self._killed
 
     def finish(self, reason: BaseException | None = None) -> None:
         """No incarnation will follow: close the mailbox and fail everything still queued."""

@@ -6,6 +6,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import pytest
 
 from somabrain.actors import (
@@ -244,3 +245,45 @@ async def test_an_ask_can_be_cancelled_by_an_enclosing_scope() -> None:
         assert scope.cancelled_caught
         gate.set()
         assert await ref.ask("get") == 0  # the actor is fine, the late reply was dropped
+
+
+class Shielded(Actor):
+    """Does each message's work in a shielded section, as the audit writer does its fsync."""
+
+    def __init__(self) -> None:
+        self.handled = 0
+
+    async def receive(self, message: Any) -> Any:
+        if isinstance(message, anyio.Event):
+            message.set()
+        with anyio.CancelScope(shield=True):
+            await anyio.lowlevel.checkpoint()
+        self.handled += 1
+
+
+async def test_a_kill_lands_between_messages_of_a_busy_actor_that_works_shielded() -> None:
+    """A kill must not wait for the mailbox to run dry. On asyncio, anyio stops delivering a
+    cancellation while its task waits inside a shielded scope and retries only on the next
+    loop turn after the shield ends, which an actor that goes straight into the next shielded
+    section never gives it; on trio, the cancellation waits for an unshielded checkpoint."""
+    async with ActorSystem() as system:
+        actors: list[Shielded] = []
+
+        def factory() -> Shielded:
+            actors.append(Shielded())
+            return actors[-1]
+
+        ref = await system.spawn(factory, "busy", mailbox_size=1000)
+        entered = anyio.Event()
+        ref.tell_nowait(entered)
+        for i in range(500):
+            ref.tell_nowait(i)
+        await entered.wait()
+        at_kill = actors[0].handled
+        ref.kill()
+        cell = system.cell("/user/busy")
+        assert cell is not None
+        with anyio.fail_after(10):
+            await cell.wait_exited()
+        assert actors[0].handled - at_kill <= 1  # the message in hand, at most
+        assert ref.statistics().state == "failed"
