@@ -11,7 +11,9 @@ A kill ends the incarnation without ``on_stop``. The server task watches the inc
 cell's exit) and cancels Hypercorn then, which closes the listening socket; the supervisor's
 next incarnation waits for that, and binds the same port again (SO_REUSEADDR). On trio the
 cancellation also cuts open connections; asyncio's connection tasks are not under our cancel
-scope and finish on their own: their responses say ``Connection: close`` (``EdgeApp.closing``).
+scope and finish on their own: their responses say ``Connection: close`` (``EdgeApp.end``, which
+also ends the app's lifespan, a task Hypercorn's cancelled cleanup would leave pending), and a
+request that Hypercorn cancels on the way out answers a 503 to retry, not a bare 500.
 
 The port (and the app's counters and rate-limit buckets) outlive incarnations in
 ``system.resources``: a restarted edge listens where the first one did, even if that was port 0.
@@ -198,6 +200,6 @@ class EdgeActor(Actor):
                 self._ended = True
                 tg.cancel_scope.cancel()
         finally:
-            self.app.closing = True
+            self.app.end()
             sock.close()
             released.set()

@@ -102,6 +102,8 @@ class EdgeApp(OpsHandlers, GovernanceHandlers, ContextHandlers):
         )
         self.edge_path = edge_path
         self.closing = False
+        self._ended = False
+        self._lifespan_ended: anyio.Event | None = None
         self._routes = {(r.method, r.path): r for r in ROUTES}
         self._methods: dict[str, list[str]] = {}
         for r in ROUTES:
@@ -121,15 +123,41 @@ class EdgeApp(OpsHandlers, GovernanceHandlers, ContextHandlers):
         if kind == "http":
             await self._http(scope, receive, send)
         elif kind == "lifespan":
+            await self._lifespan(receive, send)
+        else:  # websockets: not part of the API
+            await send({"type": "websocket.close", "code": 1003})
+
+    def end(self) -> None:
+        """The edge incarnation that serves this app has ended (stopped or killed): answer
+        with ``Connection: close`` from now on, and end the lifespan."""
+        self.closing = True
+        self._ended = True
+        if self._lifespan_ended is not None:
+            self._lifespan_ended.set()
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        """Nothing to do at startup or shutdown; the lifespan also ends with the incarnation
+        (``end``). A kill cancels Hypercorn's asyncio server in the middle of its cleanup, so
+        the shutdown message never comes, and Hypercorn runs the lifespan in a task of its own,
+        outside the kill's cancel scope: that task would stay pending for good."""
+        ended = self._lifespan_ended = anyio.Event()
+        if self._ended:
+            ended.set()
+        async with anyio.create_task_group() as task_group:
+
+            async def end_with_the_incarnation() -> None:
+                await ended.wait()
+                task_group.cancel_scope.cancel()
+
+            task_group.start_soon(end_with_the_incarnation)
             while True:
                 message = await receive()
                 if message["type"] == "lifespan.startup":
                     await send({"type": "lifespan.startup.complete"})
                 elif message["type"] == "lifespan.shutdown":
                     await send({"type": "lifespan.shutdown.complete"})
-                    return
-        else:  # websockets: not part of the API
-            await send({"type": "websocket.close", "code": 1003})
+                    break
+            task_group.cancel_scope.cancel()
 
     def _match(self, method: str, path: str) -> tuple[Route, str | None]:
         route = self._routes.get((method, path))

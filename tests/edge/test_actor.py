@@ -3,6 +3,7 @@ the same port, and a graceful stop lets the in-flight request finish."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -107,3 +108,63 @@ async def test_graceful_stop_finishes_the_request_in_flight(tmp_path: Path) -> N
             gate.set()
         assert results == [200]
         assert app.closing
+
+
+async def test_a_kill_answers_the_request_in_flight_with_a_retryable_503(tmp_path: Path) -> None:
+    """A killed edge cancels the requests it was handling (asyncio: Hypercorn cancels its
+    connection tasks on the way out; trio: the kill's cancel scope). The agent gets a 503 with
+    Retry-After on a connection that closes, not Hypercorn's bare 500."""
+    entered = anyio.Event()
+    async with edge_node(tmp_path) as (system, tree, url):
+        app = edge_state(system).app
+        assert app is not None
+
+        async def stuck(request: Any) -> Any:
+            entered.set()
+            await anyio.sleep_forever()
+
+        app._handlers["healthz"] = stuck
+        answers: list[httpx.Response] = []
+        async with httpx.AsyncClient(base_url=url) as client, anyio.create_task_group() as tg:
+
+            async def request() -> None:
+                answers.append(await client.get("/healthz"))
+
+            tg.start_soon(request)
+            with anyio.fail_after(10):
+                await entered.wait()
+            assert tree.kill("/root/edge")
+        [answer] = answers
+        assert answer.status_code == 503, answer.text
+        assert answer.json()["error"]["code"] == "unavailable"
+        assert answer.headers["retry-after"] == "1"
+        assert answer.headers["connection"] == "close"
+        async with httpx.AsyncClient(base_url=url) as client:
+            assert (await get(client, "/healthz")).status_code == 200  # the next incarnation
+
+
+def hypercorn_lifespans() -> set[asyncio.Task[Any]]:
+    return {
+        task
+        for task in asyncio.all_tasks()
+        if getattr(task.get_coro(), "__qualname__", "") == "Lifespan.handle_lifespan"
+    }
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_kill_leaves_no_server_task_behind(tmp_path: Path) -> None:
+    """asyncio: Hypercorn runs the app's lifespan in a task of its own, outside our cancel
+    scope, and its cleanup of that task is cut short by the kill's cancellation. The app's
+    lifespan must end with the incarnation, or each kill leaves a task pending for good (until
+    the garbage collector destroys it: 'Task was destroyed but it is pending!')."""
+    async with edge_node(tmp_path) as (_, tree, url):
+        killed: set[asyncio.Task[Any]] = set()  # held: the collector must not hide a leak
+        for _ in range(3):
+            lifespans = hypercorn_lifespans()
+            assert len(lifespans) == 1
+            killed |= lifespans
+            assert tree.kill("/root/edge")
+            async with httpx.AsyncClient(base_url=url) as client:
+                assert (await get(client, "/healthz")).status_code == 200
+        assert all(task.done() for task in killed)
+        assert len(hypercorn_lifespans()) == 1  # the running incarnation's

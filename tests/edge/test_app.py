@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import msgspec
 import pytest
@@ -497,3 +498,41 @@ async def test_remember_and_forget_are_audited(tmp_path: Path) -> None:
     assert "Paris" not in msgspec.json.encode(mine).decode()
     reports = await run_verify(soma_config.load(environ={}), "spool", str(tmp_path))
     assert reports and all(report.ok for report in reports.values())
+
+
+async def run_lifespan(app: Any, messages: list[dict[str, Any]], end: bool) -> list[str]:
+    """Drive the app's lifespan with ``messages``; then, if ``end``, end the incarnation while
+    the lifespan waits for the next message. What the app sent back."""
+    inbox = list(messages)
+    sent: list[str] = []
+    waiting = anyio.Event()
+
+    async def receive() -> dict[str, Any]:
+        if inbox:
+            return inbox.pop(0)
+        waiting.set()
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message["type"])
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(app, {"type": "lifespan"}, receive, send)
+            if end:
+                await waiting.wait()
+                app.end()
+    return sent
+
+
+async def test_the_lifespan_ends_with_the_incarnation(tmp_path: Path) -> None:
+    """Startup and shutdown are answered; and when the edge incarnation ends without the
+    shutdown message (a kill cuts Hypercorn's cleanup short), ``end`` ends the lifespan."""
+    startup, shutdown = {"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}
+    async with harness(tmp_path) as h:
+        sent = await run_lifespan(h.app, [startup, shutdown], end=False)
+        assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+        assert not h.app.closing
+        assert await run_lifespan(h.app, [startup], end=True) == ["lifespan.startup.complete"]
+        assert h.app.closing  # its answers say Connection: close from now on
