@@ -92,7 +92,7 @@ def _as_set(value: Any, name: str) -> frozenset[str]:
         return frozenset(value.split())
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         return frozenset(value)
-    raise HTTPError(401, "invalid_token", f"token claim {name!r} must be a list of strings")
+    raise _unauthorized("invalid_token", f"token claim {name!r} must be a list of strings")
 
 
 class Principal:

@@ -181,6 +181,9 @@ def test_bad_tokens_are_401(tmp_path: Path) -> None:
     expect("invalid_token", 401, auth.authenticate, f"Bearer {odd}")
     none_alg = jwt.encode({"tenants": ["a"], "exp": time.time() + 60}, None, algorithm="none")
     expect("invalid_token", 401, auth.authenticate, f"Bearer {none_alg}")
+    odd_type = jwt.encode({"tenants": [1], "exp": time.time() + 60}, secret, algorithm="HS256")
+    error = expect("invalid_token", 401, auth.authenticate, f"Bearer {odd_type}")
+    assert (b"www-authenticate", b"Bearer") in error.headers  # as every other 401
 
 
 def test_cached_tokens_still_expire(tmp_path: Path) -> None:
