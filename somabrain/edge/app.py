@@ -243,14 +243,7 @@ class EdgeApp(OpsHandlers, GovernanceHandlers, ContextHandlers):
             # drain a small body so the connection can stay open; a large or chunked one
             # closes the connection instead.
             close = content_length is None or not await self._drain(receive, content_length)
-        headers = [
-            (b"content-type", response.content_type),
-            (b"content-length", str(len(response.body)).encode()),
-            (b"x-trace-id", trace_id.encode()),
-            *response.headers,
-        ]
-        if close or self.closing:
-            headers.append((b"connection", b"close"))
+        headers = _headers(response, trace_id, close or self.closing)
         try:
             await send(
                 {"type": "http.response.start", "status": response.status, "headers": headers}
@@ -273,13 +266,7 @@ class EdgeApp(OpsHandlers, GovernanceHandlers, ContextHandlers):
             503, "unavailable", "the edge stopped while handling this request; retry it", 1
         )
         body = encode_error(error, trace_id)
-        headers = [
-            (b"content-type", _JSON),
-            (b"content-length", str(len(body)).encode()),
-            (b"x-trace-id", trace_id.encode()),
-            *error.headers,
-            (b"connection", b"close"),
-        ]
+        headers = _headers(Response(503, body, headers=error.headers), trace_id, close=True)
         # Shielded (trio and anyio cancel scopes cancel every await until the scope ends), and
         # bounded: the connection may be gone too, or its peer may not read.
         with anyio.CancelScope(shield=True), anyio.move_on_after(1.0):
@@ -351,6 +338,18 @@ class EdgeApp(OpsHandlers, GovernanceHandlers, ContextHandlers):
 
     def json(self, value: Any, status: int = 200) -> Response:
         return Response(status, self.encoder.encode(value))
+
+
+def _headers(response: Response, trace_id: str, close: bool) -> list[tuple[bytes, bytes]]:
+    headers = [
+        (b"content-type", response.content_type),
+        (b"content-length", str(len(response.body)).encode()),
+        (b"x-trace-id", trace_id.encode()),
+        *response.headers,
+    ]
+    if close:
+        headers.append((b"connection", b"close"))
+    return headers
 
 
 def _content_length(value: bytes) -> int:
