@@ -148,6 +148,10 @@ class MemorySettings(_Section):
     #: Default recall weights per view name; empty: the tuned ``MULTIVIEW_WEIGHTS`` restricted
     #: to the enabled views. A request (or a tenant's adapted weights) may override them.
     weights: dict[str, Annotated[float, Meta(ge=0)]] = msgspec.field(default_factory=dict)
+    #: A tenant with at least this many memories is searched in the node's search worker
+    #: process, a core apart from the event loop (``somabrain.memory.search_offload``);
+    #: 0 keeps every search in the node's process.
+    offload_min_memories: Annotated[int, Meta(ge=0)] = 2000
 
     def __post_init__(self) -> None:
         enabled = {"semantic", "lexical", *self.extra_views}

@@ -61,6 +61,7 @@ from .messages import (
     WriteTicket,
 )
 from .recall import ContextRecallResult, context_recall
+from .replica import TenantReplica, view_params
 from .tenant import TenantMemory
 from .text import tokenize
 from .types import Link, Memory, Remembered
@@ -94,13 +95,14 @@ class TenantUnavailableError(MemoryStoreError):
 class _OpenStore:
     """A ``TenantMemory`` plus the writes in flight on it."""
 
-    __slots__ = ("_idle", "associations", "inflight", "memory", "system", "working")
+    __slots__ = ("_idle", "associations", "inflight", "memory", "replica", "system", "working")
 
     def __init__(self, system: ActorSystem, memory: TenantMemory) -> None:
         self.system = system
         self.memory = memory
         self.working: DurableWorkingMemory | None = None
         self.associations: AssociationStore | None = None
+        self.replica: TenantReplica | None = None
         self.inflight = 0
         self._idle: anyio.Event | None = None
 
@@ -139,6 +141,8 @@ class _OpenStore:
                     self.memory.tenant,
                     self.inflight,
                 )
+            if self.replica is not None:
+                self.replica.close()
             await self.memory.aclose()
             if self.working is not None:
                 await self.working.aclose()
@@ -219,6 +223,15 @@ class MemoryActor(Actor):
         self.store = stores[tenant] = _OpenStore(system, memory)
         self.events = Announcer(system, memory)  # after each acknowledged change (events.py)
         self.store.associations = associations
+        self.replica: TenantReplica | None = None
+        if settings.offload_min_memories:
+            self.replica = self.store.replica = TenantReplica(
+                system,
+                memory,
+                associations,
+                view_params(settings.extra_views, v, ctx.associations),
+                settings.offload_min_memories,
+            )
         wm = ctx.working_memory
         self.working = self.store.working = await DurableWorkingMemory.open(
             working_journal_path(tenant_data_dir(system), tenant),
@@ -248,6 +261,10 @@ class MemoryActor(Actor):
             case Recall(query=query, top_k=top_k, namespace=ns, filters=flt, weights=w, at=at):
                 if self.batcher is not None:  # embed the query off the event loop
                     return self.store.write(self._recall, message)
+                if self.replica is not None:
+                    ticket = self.replica.recall(message, w or self.weights)
+                    if ticket is not None:
+                        return ticket
                 return memory.recall(query, top_k, ns, flt, weights=w or self.weights, at=at)
             case ContextRecall():
                 if self.batcher is not None:
@@ -279,6 +296,10 @@ class MemoryActor(Actor):
     async def _recall(self, message: Recall) -> Any:
         assert self.batcher is not None
         [vector] = await self.batcher.embed([message.query])
+        if self.replica is not None:
+            ticket = self.replica.recall(message, message.weights or self.weights, vector)
+            if ticket is not None:
+                return await ticket.result()
         return self.memory.recall(message.query, message.top_k, message.namespace,
                                   message.filters, weights=message.weights or self.weights,
                                   vector=vector, at=message.at)  # fmt: skip

@@ -78,6 +78,7 @@ from .ranking import F32, I64, Mask, RecallQuery
 
 if TYPE_CHECKING:
     from .hybrid import HybridIndex
+    from .search_protocol import ChangeFeed
     from .tenant import TenantMemory
 
 __all__ = [
@@ -177,6 +178,8 @@ class AssociationStore:
         self._journal: RecordJournal[Record] | None = None
         #: Serialises read-modify-write of co-use link weights (``FeedbackLearner``).
         self.lock = anyio.Lock()
+        #: Told every change, in order, when a replica is kept (``search_offload``).
+        self.feed: ChangeFeed | None = None
 
     @classmethod
     def in_memory(cls, dim: int, *, capacity: int = 4096) -> AssociationStore:
@@ -243,6 +246,15 @@ class AssociationStore:
     def durable(self) -> bool:
         return self._journal is not None and self._journal.durable
 
+    def snapshot(self) -> list[tuple[str, F32, tuple[str, ...], float]]:
+        """(query, unit vector, keys, at) of every association, oldest first: ``add`` them in
+        this order to an empty store of the same capacity to get the same associations."""
+        n = len(self._queries)
+        start = self._next if n == self.capacity else 0
+        order = [(start + i) % n for i in range(n)] if n else []
+        return [(self._queries[i], self._vectors[i].copy(), self._keys[i], self._at[i])
+                for i in order]  # fmt: skip
+
     def entries(self) -> list[tuple[str, tuple[str, ...]]]:
         """(query, keys) of every association, oldest first."""
         n = len(self._queries)
@@ -281,6 +293,8 @@ class AssociationStore:
         at = time.time() if at is None else at
         self._put(query, vec, keys, at)
         self._append(Associated(query, list(keys), at))
+        if self.feed is not None:
+            self.feed.associate(query, vec, keys, at)
 
     def discard(self, key: str) -> None:
         """Forget ``key`` in every association (its memory was forgotten)."""
@@ -292,6 +306,8 @@ class AssociationStore:
                 touched = True
         if touched:
             self._append(Dissociated(key))
+            if self.feed is not None:
+                self.feed.dissociate(key)
 
     # --- reads -----------------------------------------------------------------------------
 

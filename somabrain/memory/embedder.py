@@ -32,7 +32,7 @@ import hashlib
 import itertools
 import math
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -86,6 +86,14 @@ class HashingEmbedder:
         self._char_weight = float(char_weight)
         self._n = char_ngram
         self._key = hashlib.blake2b(seed.encode("utf-8"), digest_size=32).digest()
+        #: The arguments that rebuild an embedder giving the same vectors (``search_worker``).
+        self.settings: dict[str, Any] = {
+            "dim": dim,
+            "bigram_weight": self._bigram_weight,
+            "char_weight": self._char_weight,
+            "char_ngram": char_ngram,
+            "seed": seed,
+        }
         # Hashing is the slow part; vocabularies are Zipfian, so caching per distinct word and
         # bigram makes embedding cost mostly dictionary lookups. Cleared wholesale when full:
         # results do not depend on the cache, only speed does.

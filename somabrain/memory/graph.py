@@ -9,8 +9,12 @@ between. ``remove_node`` drops every edge touching a key (what forgetting a memo
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from .types import Link
+
+if TYPE_CHECKING:
+    from .search_protocol import ChangeFeed
 
 __all__ = ["LinkGraph"]
 
@@ -22,6 +26,8 @@ class LinkGraph:
         self._out: dict[str, dict[tuple[str, str], Link]] = {}
         self._in: dict[str, set[tuple[str, str]]] = {}
         self._count = 0
+        #: Told every change, in order, when a replica is kept (``search_offload``).
+        self.feed: ChangeFeed | None = None
 
     def __len__(self) -> int:
         return self._count
@@ -36,6 +42,8 @@ class LinkGraph:
             self._count += 1
             self._in.setdefault(link.to_key, set()).add((link.from_key, link.rel))
         edges[(link.to_key, link.rel)] = link
+        if self.feed is not None:
+            self.feed.link(link)
 
     def remove(self, from_key: str, to_key: str, rel: str) -> bool:
         edges = self._out.get(from_key)
@@ -48,6 +56,8 @@ class LinkGraph:
         if not incoming:
             del self._in[to_key]
         self._count -= 1
+        if self.feed is not None:
+            self.feed.unlink(from_key, to_key, rel)
         return True
 
     def remove_node(self, key: str) -> int:

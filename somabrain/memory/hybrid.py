@@ -32,6 +32,7 @@ from ._growable import Growable
 from .bm25 import BM25Index
 from .graph import LinkGraph
 from .ranking import BUILTIN_VIEWS, IndexHit, RecallQuery, ScoreView, rank
+from .search_protocol import ChangeFeed
 from .types import Memory, RecallFilter
 from .vector_index import VectorIndex
 
@@ -133,6 +134,8 @@ class HybridIndex:
         #: Per-view state kept between searches, by view name (caches tagged with ``version``).
         self.view_state: dict[str, Any] = {}
         self._weights_seen: dict[tuple[tuple[str, float], ...], dict[str, float]] = {}
+        #: Told every change, in order, when a replica of this index is kept (``search_offload``).
+        self.feed: ChangeFeed | None = None
 
     # --- introspection -------------------------------------------------------------------
 
@@ -192,6 +195,8 @@ class HybridIndex:
             return False
         self._cols["salience"].view()[slot] = strength
         self._version += 1
+        if self.feed is not None:
+            self.feed.set_salience(key, strength)
         return True
 
     def vector_of(self, key: str) -> F32:
@@ -245,6 +250,8 @@ class HybridIndex:
                     postings = self._attrs[attr] = Growable(np.int32)
                 postings.append(slot)
         self._version += 1
+        if self.feed is not None:
+            self.feed.add(memories, arr)
         self._maybe_compact()
 
     def remove(self, key: str) -> bool:
@@ -252,6 +259,8 @@ class HybridIndex:
         if slot is None:
             return False
         self._remove_slot(slot)
+        if self.feed is not None:
+            self.feed.remove(key)
         self._maybe_compact()
         return True
 

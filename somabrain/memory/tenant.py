@@ -31,7 +31,7 @@ import math
 import os
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import anyio
@@ -44,7 +44,7 @@ from ._sequencer import Sequencer
 from ._state import MemoryState, Prepared, content_key, expired, links_of
 from .embedder import Embedder, HashingEmbedder
 from .errors import TenantMismatchError, UnknownMemoryError
-from .hybrid import HybridIndex, ScoreView
+from .hybrid import HybridIndex, IndexHit, ScoreView
 from .log import FsyncPolicy, LogStatistics, MemoryLog
 from .text import tokenize
 from .types import (
@@ -271,10 +271,32 @@ class TenantMemory:
             at=at,
             unit=vector is None and isinstance(self.embedder, HashingEmbedder),
         )
+        return self.recall_hits(hits)
+
+    def now(self) -> float:
+        """The tenant's clock (expiry is decided against it)."""
+        return self._clock()
+
+    def recall_hits(self, hits: Iterable[IndexHit]) -> list[RecallHit]:
+        """The ``RecallHit`` of each index hit whose memory is still held (a replica's hits
+        may name a memory forgotten since: it is left out)."""
         memories = self._state.memories
         return [
-            RecallHit(key=h.key, score=h.score, views=h.views, memory=memories[h.key]) for h in hits
+            RecallHit(key=h.key, score=h.score, views=h.views, memory=m)
+            for h in hits
+            if (m := memories.get(h.key)) is not None
         ]
+
+    def replica_snapshot(
+        self,
+    ) -> tuple[list[Memory], npt.NDArray[np.float32], list[Link], dict[str, float]]:
+        """What a replica of the index starts from (``replica``): the indexed memories with
+        their unit vectors, the links and the salience strengths."""
+        index = self.index
+        slots = np.flatnonzero(index.vectors.alive)
+        memories = [self._state.memories[key] for key in index.keys_of(slots)]
+        vectors = np.ascontiguousarray(index.vectors.matrix[slots])
+        return memories, vectors, list(self._state.graph), dict(self._state.salience)
 
     def salience(self, key: str) -> float:
         """The salience strength feedback gave ``key`` (0 when never reinforced)."""

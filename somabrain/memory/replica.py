@@ -1,0 +1,169 @@
+"""A memory actor's replica in the node's search worker (see ``search_offload``).
+
+``TenantReplica`` decides when a tenant's recalls go to the worker (at least
+``memory.offload_min_memories`` memories, a worker running, a replica built and in step),
+opens the replica when it is missing or lost, and turns a recall into a ``WriteTicket`` the
+worker's answer resolves. Whenever the worker cannot answer, the recall runs locally, with the
+same arguments, so a caller sees the same hits either way.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from .associations import ASSOCIATION, AssociationStore
+from .embedder import HashingEmbedder
+from .messages import Recall, WriteTicket
+from .search_offload import OffloadUnavailable, ReplicaFeed, SearchOffload
+from .search_protocol import AssociationParams, ViewParams
+from .tenant import MAX_TOP_K, TenantMemory
+
+__all__ = ["OFFLOAD_RESOURCE", "TenantReplica", "shared_offload", "view_params"]
+
+logger = logging.getLogger("somabrain.memory.offload")
+
+OFFLOAD_RESOURCE = "memory.offload"
+
+
+def shared_offload(system: Any) -> SearchOffload:
+    """The node's search worker, started on first use and stopped at shutdown."""
+    offload: SearchOffload | None = system.resources.get(OFFLOAD_RESOURCE)
+    if offload is None:
+        offload = system.resources[OFFLOAD_RESOURCE] = SearchOffload()
+        system.start_soon(offload.run, name="search worker")
+        system.add_finalizer(offload.close)
+    return offload
+
+
+def view_params(extra_views: Any, views: Any, associations: Any) -> ViewParams:
+    """The replica's views, from ``memory.extra_views`` and ``context.views`` /
+    ``context.associations`` (as the memory actor builds its own)."""
+    assoc = None
+    if ASSOCIATION in extra_views:
+        a = associations
+        assoc = AssociationParams(a.capacity, a.neighbours, a.min_similarity, a.sharpness)
+    return ViewParams(
+        tuple(extra_views), views.graph_seeds, views.graph_damping, views.graph_steps,
+        views.recency_half_life, views.salience_gain, assoc,
+    )  # fmt: skip
+
+
+class TenantReplica:
+    """The replica of one memory actor's tenant, opened when the tenant is large enough."""
+
+    def __init__(
+        self,
+        system: Any,
+        memory: TenantMemory,
+        associations: AssociationStore | None,
+        views: ViewParams,
+        min_memories: int,
+    ) -> None:
+        self._system = system
+        self.memory = memory
+        self.associations = associations
+        self.views = views
+        self.min_memories = min_memories
+        self.feed: ReplicaFeed | None = None
+
+    def _usable_feed(self) -> ReplicaFeed | None:
+        feed = self.feed
+        if feed is not None and feed.usable:
+            return feed
+        if feed is not None and not feed.broken:
+            return None  # the worker is still building it
+        if len(self.memory) < self.min_memories:
+            return None
+        offload = shared_offload(self._system)
+        if offload.running:
+            self._open(offload)
+        return None
+
+    def _open(self, offload: SearchOffload) -> None:
+        self._detach()
+        memory = self.memory
+        memories, vectors, links, salience = memory.replica_snapshot()
+        embedder = memory.embedder
+        try:
+            feed = offload.open_replica(
+                memory.index.dim,
+                self.views,
+                memories=memories,
+                vectors=vectors,
+                links=links,
+                salience=salience,
+                associations=self.associations.snapshot() if self.associations else (),
+                hashing=embedder.settings if isinstance(embedder, HashingEmbedder) else None,
+            )
+        except OffloadUnavailable:
+            return
+        # From here on every change is sent after the snapshot, in the order applied.
+        memory.index.feed = memory.index.graph.feed = feed  # type: ignore[union-attr]
+        if self.associations is not None:
+            self.associations.feed = feed
+        self.feed = feed
+        logger.info(
+            "tenant %s: %d memories searched in the search worker", memory.tenant, len(memories)
+        )
+
+    def _detach(self) -> None:
+        memory = self.memory
+        memory.index.feed = None
+        if memory.index.graph is not None:
+            memory.index.graph.feed = None
+        if self.associations is not None:
+            self.associations.feed = None
+        if self.feed is not None:
+            self.feed.close()
+            self.feed = None
+
+    def close(self) -> None:
+        self._detach()
+
+    def recall(
+        self,
+        message: Recall,
+        weights: Mapping[str, float],
+        vector: npt.NDArray[Any] | None = None,
+    ) -> WriteTicket | None:
+        """The recall as a ticket the worker resolves; None when it must run locally now."""
+        memory = self.memory
+        if not 0 <= message.top_k <= MAX_TOP_K:  # the local recall says what is wrong
+            return None
+        if vector is None and not isinstance(memory.embedder, HashingEmbedder):
+            return None  # the worker embeds with the built-in embedder only
+        feed = self._usable_feed()
+        if feed is None:
+            return None
+        ticket = WriteTicket()
+
+        def answered(hits: Any, error: BaseException | None) -> None:
+            if error is None:
+                ticket.set_result(memory.recall_hits(hits))
+                return
+            try:  # the worker could not answer: the same recall, locally
+                ticket.set_result(memory.recall(
+                    message.query, message.top_k, message.namespace, message.filters,
+                    weights=weights, vector=vector, at=message.at,
+                ))  # fmt: skip
+            except Exception as exc:
+                ticket.set_exception(exc)
+
+        raw = b"" if vector is None else np.asarray(vector, dtype=np.float32).tobytes()
+        feed.search(
+            answered,
+            text=message.query,
+            vector=raw,
+            top_k=message.top_k,
+            namespace=message.namespace,
+            filter=message.filters,
+            weights=dict(weights),
+            now=memory.now(),
+            at=message.at,
+        )
+        return ticket
