@@ -87,6 +87,9 @@ class SearchOffload:
         self.generation = 0
         #: Worker starts so far (restarts are ``starts - 1``).
         self.starts = 0
+        #: Searches the worker answered, and those sent back to the node to run locally.
+        self.answered = 0
+        self.failed_over = 0
         self._process: anyio.abc.Process | None = None
         self._closed = False
 
@@ -164,6 +167,7 @@ class SearchOffload:
                 if isinstance(response, Hits):
                     callback = pending.pop(response.id, None)
                     if callback is not None:
+                        self.answered += 1
                         callback(response.hits, None)
                 elif isinstance(response, Opened):
                     feed = feeds.get(response.replica)
@@ -180,6 +184,7 @@ class SearchOffload:
                 logger.error("search replica %d dropped: %s", failure.replica, failure.error)
         callback = self._pending.pop(failure.id, None)
         if callback is not None:
+            self.failed_over += 1
             callback(None, OffloadUnavailable(failure.error))
 
     def _lost(self, why: str) -> None:
@@ -188,6 +193,7 @@ class SearchOffload:
         for feed in feeds.values():
             feed.broken = True
         pending, self._pending = self._pending, {}
+        self.failed_over += len(pending)
         for callback in pending.values():
             callback(None, OffloadUnavailable(why))
 

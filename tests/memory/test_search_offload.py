@@ -1,0 +1,183 @@
+"""The search worker as the memory actors use it: a real worker process, kept in step with
+every change, killed mid-load, stopped with the node."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import msgspec
+import pytest
+
+from somabrain.actors import ActorSystem
+from somabrain.config import SomaConfig
+from somabrain.memory import Memory, RecallFilter, RecallHit
+from somabrain.memory.actor import STORES_RESOURCE
+from somabrain.memory.messages import Forget, LinkMemories, Recall, Reinforce, Remember, ask_memory
+from somabrain.memory.replica import OFFLOAD_RESOURCE
+from somabrain.memory.search_offload import SearchOffload
+from somabrain.supervision import DynamicSupervisor, SupervisionTree
+from tests.memory.test_actor import tree_config
+
+pytestmark = pytest.mark.anyio
+
+#: Explicit weights, so that the local recall the tests compare with weighs alike.
+WEIGHTS = {"semantic": 0.3, "lexical": 0.3, "graph": 0.2, "recency": 0.1, "salience": 0.1}
+WORDS = "river stone garden lamp winter coffee train violin harbor lemon candle forest".split()
+
+
+def memories(n: int, start: int = 0) -> tuple[Memory, ...]:
+    return tuple(
+        Memory(
+            key=f"k{i}",
+            content=f"{WORDS[i % 12]} {WORDS[(i * 5) % 12]} {WORDS[(i * 7) % 11]} note {i}",
+            tags=("even",) if i % 2 == 0 else (),
+        )
+        for i in range(start, start + n)
+    )
+
+
+@asynccontextmanager
+async def offloading_tree(
+    data_dir: Path, min_memories: int = 1
+) -> AsyncIterator[tuple[ActorSystem, DynamicSupervisor]]:
+    config = msgspec.convert(
+        {"memory": {"offload_min_memories": min_memories}}, SomaConfig, strict=False
+    )
+    async with ActorSystem() as system:
+        system.resources["data_dir"] = data_dir
+        system.resources["config"] = config
+        tree = SupervisionTree(system, tree_config())
+        await tree.start()
+        supervisor = tree.find("/root/memory")
+        assert isinstance(supervisor, DynamicSupervisor)
+        try:
+            yield system, supervisor
+        finally:
+            await tree.stop()
+
+
+async def ask(sup: DynamicSupervisor, message: object, tenant: str = "acme") -> Any:
+    return await ask_memory(sup.ref(tenant), message, timeout=10)  # type: ignore[arg-type]
+
+
+def offload_of(system: ActorSystem) -> SearchOffload:
+    offload = system.resources[OFFLOAD_RESOURCE]
+    assert isinstance(offload, SearchOffload)
+    return offload
+
+
+async def recall_remotely(system: ActorSystem, sup: DynamicSupervisor, recall: Recall) -> Any:
+    """Recall until the worker answers (the first recalls open the replica, and run locally
+    until the worker has built it)."""
+    with anyio.fail_after(20):
+        while True:
+            offload = system.resources.get(OFFLOAD_RESOURCE)
+            before = offload.answered if offload is not None else 0
+            hits = await ask(sup, recall)
+            if offload is not None and offload.answered > before:
+                return hits
+            await anyio.sleep(0.01)
+
+
+def local_recall(system: ActorSystem, recall: Recall, tenant: str = "acme") -> list[RecallHit]:
+    memory = system.resources[STORES_RESOURCE][tenant].memory
+    return memory.recall(  # type: ignore[no-any-return]
+        recall.query, recall.top_k, recall.namespace, recall.filters, weights=WEIGHTS
+    )
+
+
+def same_hits(a: list[RecallHit], b: list[RecallHit]) -> bool:
+    return [h.key for h in a] == [h.key for h in b] and all(
+        abs(x.score - y.score) < 1e-5 for x, y in zip(a, b, strict=True)
+    )
+
+
+async def test_the_worker_answers_as_the_local_index_would(tmp_path: Path) -> None:
+    async with offloading_tree(tmp_path) as (system, sup):
+        await ask(sup, Remember(memories(300)))
+        await ask(sup, LinkMemories(from_key="k3", to_key="k200", rel="next"))
+        await ask(sup, Reinforce(keys=("k7", "k9"), amount=2.0))
+        queries = [Recall(query=f"{a} {b}", weights=WEIGHTS) for a, b in zip(WORDS, WORDS[3:])]
+        queries.append(
+            Recall(
+                query="lamp note", top_k=5, filters=RecallFilter(tags=("even",)), weights=WEIGHTS
+            )
+        )
+        first = await recall_remotely(system, sup, queries[0])
+        assert same_hits(first, local_recall(system, queries[0]))
+        offload = offload_of(system)
+        for recall in queries:
+            before = offload.answered
+            remote = await ask(sup, recall)
+            assert offload.answered == before + 1  # answered by the worker, not locally
+            assert same_hits(remote, local_recall(system, recall))
+            assert all(h.memory.key == h.key for h in remote)
+
+
+async def test_every_acknowledged_change_is_in_the_next_recall(tmp_path: Path) -> None:
+    async with offloading_tree(tmp_path) as (system, sup):
+        await ask(sup, Remember(memories(100)))
+        await recall_remotely(system, sup, Recall(query="river"))
+        offload = offload_of(system)
+        before = offload.answered
+        await ask(sup, Remember((Memory(key="new", content="zeppelin over the harbor"),)))
+        [hit, *_] = await ask(sup, Recall(query="zeppelin"))
+        assert hit.key == "new"
+        await ask(sup, LinkMemories(from_key="new", to_key="k5", rel="seen"))
+        hits = await ask(sup, Recall(query="zeppelin", top_k=3, weights=WEIGHTS))
+        assert hits[0].key == "new" and any(h.key == "k5" for h in hits)  # the graph view
+        assert same_hits(
+            hits, local_recall(system, Recall(query="zeppelin", top_k=3, weights=WEIGHTS))
+        )
+        assert await ask(sup, Forget("new")) is True
+        assert all(h.key != "new" for h in await ask(sup, Recall(query="zeppelin")))
+        assert offload.answered == before + 3 and offload.failed_over == 0
+
+
+async def test_a_killed_worker_fails_over_to_local_search_and_comes_back(
+    tmp_path: Path,
+) -> None:
+    async with offloading_tree(tmp_path) as (system, sup):
+        await ask(sup, Remember(memories(500)))
+        recall = Recall(query="violin lemon", weights=WEIGHTS)
+        expected = await recall_remotely(system, sup, recall)
+        offload = offload_of(system)
+        pid = offload.pid
+        assert pid is not None
+        answers: list[Any] = []
+
+        async def agent(n: int) -> None:
+            for _ in range(n):
+                answers.append(await ask(sup, recall))
+                await anyio.sleep(0)
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(8):
+                tg.start_soon(agent, 40)
+            await anyio.sleep(0.01)
+            os.kill(pid, signal.SIGKILL)
+        assert len(answers) == 320
+        assert all(same_hits(a, expected) for a in answers)  # none lost, none different
+        assert offload.failed_over >= 1  # some were in the worker when it died
+        with anyio.fail_after(20):
+            while offload.starts < 2 or not offload.running:
+                await anyio.sleep(0.05)
+        assert offload.pid != pid
+        assert same_hits(await recall_remotely(system, sup, recall), expected)
+    assert offload.pid is None  # the node stopped its worker
+
+
+async def test_small_tenants_stay_local(tmp_path: Path) -> None:
+    async with offloading_tree(tmp_path, min_memories=50) as (system, sup):
+        await ask(sup, Remember(memories(49)))
+        for _ in range(3):
+            assert await ask(sup, Recall(query="river"))
+        assert OFFLOAD_RESOURCE not in system.resources  # no worker process at all
+        await ask(sup, Remember(memories(1, start=49)))
+        await recall_remotely(system, sup, Recall(query="river"))
