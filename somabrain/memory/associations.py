@@ -264,9 +264,12 @@ class AssociationStore:
 
     # --- changes ---------------------------------------------------------------------------
 
-    def _put(self, query: str, vector: F32, keys: tuple[str, ...], at: float) -> None:
-        norm = float(np.linalg.norm(vector))
-        unit = vector / norm if norm > 0.0 else vector
+    def _put(
+        self, query: str, vector: F32, keys: tuple[str, ...], at: float, unit: bool = False
+    ) -> None:
+        if not unit:
+            norm = float(np.linalg.norm(vector))
+            vector = vector / norm if norm > 0.0 else vector
         if len(self._queries) < self.capacity:
             i = len(self._queries)
             self._queries.append(query)
@@ -277,7 +280,7 @@ class AssociationStore:
             self._next = (i + 1) % self.capacity
             self._emptied -= not self._keys[i]
             self._queries[i], self._keys[i], self._at[i] = query, keys, at
-        self._vectors[i] = unit
+        self._vectors[i] = vector
 
     def add(
         self, query: str, vector: npt.ArrayLike, keys: Sequence[str], at: float | None = None
@@ -295,6 +298,17 @@ class AssociationStore:
         self._append(Associated(query, list(keys), at))
         if self.feed is not None:
             self.feed.associate(query, vec, keys, at)
+
+    def restore(self, snapshot: Sequence[tuple[str, npt.ArrayLike, Sequence[str], float]]) -> None:
+        """Fill this empty store with another's ``snapshot`` (a replica, ``search_worker``):
+        the same unit vectors, bit for bit, and the entries whose keys were all forgotten too,
+        since they still hold their place in the ring (``add`` would skip them, and the
+        replica would then keep an entry the original dropped)."""
+        if self._queries:
+            raise RuntimeError("restore() needs an empty store")
+        for query, vector, keys, at in snapshot[-self.capacity :]:
+            self._put(query, np.asarray(vector, dtype=np.float32), tuple(keys), at, unit=True)
+            self._emptied += not keys
 
     def discard(self, key: str) -> None:
         """Forget ``key`` in every association (its memory was forgotten)."""
@@ -327,6 +341,13 @@ class AssociationStore:
             sims[[i for i, keys in enumerate(self._keys) if not keys]] = -np.inf
         k = min(neighbours, n)
         best = np.argpartition(-sims, k - 1)[:k] if k < n else np.arange(n)
+        if k < n:  # equal similarities at the cut: the newest entries, wherever the ring put
+            kth = sims[best].min()  # them (a replica's ring starts elsewhere: same answer)
+            tied = np.flatnonzero(sims == kth)
+            if tied.shape[0] > 1:
+                start = self._next if n == self.capacity else 0
+                newest = tied[np.argsort(-((tied - start) % n), kind="stable")]
+                best = np.concatenate([np.flatnonzero(sims > kth), newest])[:k]
         best = best[np.argsort(-sims[best], kind="stable")]
         floor = max(0.0, min_similarity)
         top = float(sims[best[0]])

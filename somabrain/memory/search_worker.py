@@ -80,8 +80,11 @@ class Replica:
             self.graph.put(link)
         for key, strength in spec.salience.items():
             self.index.set_salience(key, strength)
-        for association in spec.associations:
-            self._associate(association)
+        if self.associations is not None:
+            self.associations.restore([
+                (a.query, np.frombuffer(a.vector, dtype=np.float32), a.keys, a.at)
+                for a in spec.associations
+            ])  # fmt: skip
 
     def _add(self, memories: list[Memory], raw: bytes) -> None:
         if memories:

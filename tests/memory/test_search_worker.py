@@ -1,0 +1,395 @@
+"""The search worker's replica kept in step with a tenant, without a subprocess.
+
+``Loopback`` plays the worker's side of ``SearchOffload``: every frame is packed, split back out
+of a byte buffer, applied by ``search_worker.handle``, and its answer packed and read back as the
+offload's reader does. Replicas are opened by ``TenantReplica`` (as the memory actor does), so
+the snapshot, the feeds and the protocol are the real ones; only the pipe is missing.
+"""
+
+from __future__ import annotations
+
+import random
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+
+from somabrain.memory import HashingEmbedder, Link, Memory, RecallFilter, RecallHit, TenantMemory
+from somabrain.memory.associations import AssociationStore, AssociationView
+from somabrain.memory.hybrid import DEFAULT_WEIGHTS, HybridIndex, IndexHit
+from somabrain.memory.replica import OFFLOAD_RESOURCE, TenantReplica
+from somabrain.memory.search_offload import OffloadUnavailable, ReplicaFeed, SearchOffload
+from somabrain.memory.search_protocol import (
+    Add,
+    Associate,
+    AssociationParams,
+    Failed,
+    Hits,
+    Opened,
+    Remove,
+    Search,
+    ViewParams,
+    frames,
+    pack,
+    read_responses,
+)
+from somabrain.memory.search_worker import Replica, handle
+from somabrain.memory.views import multiview
+
+DIM = 64
+ASSOC = AssociationParams(capacity=8, neighbours=3, min_similarity=0.0, sharpness=2.0)
+VIEWS = ViewParams(("graph", "recency", "salience", "association"), 4, 0.85, 2, 3600.0, 1.0, ASSOC)
+WORDS = ("cat", "dog", "sun", "moon", "tax", "report", "river", "stone", "paint", "sunrise",
+         "garden", "train", "coffee", "letter", "music", "storm", "bread", "violin", "harbor",
+         "lamp")  # fmt: skip
+VIEW_NAMES = ("semantic", "lexical", "graph", "recency", "salience", "association")
+
+
+class Clock:
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Loopback(SearchOffload):
+    """A ``SearchOffload`` whose worker is ``handle`` in this process, answered at once."""
+
+    running = True  # no process: every frame is answered as it is sent
+
+    def __init__(self) -> None:
+        super().__init__(command=["unused"])
+        self.replicas: dict[int, Replica] = {}
+        self.failures: list[Failed] = []
+
+    def send(self, frame: Any) -> None:
+        buffer, answers = bytearray(pack(frame)), bytearray()
+        for request in frames(buffer):
+            answer = handle(self.replicas, request)
+            if answer is not None:
+                answers += pack(answer)
+        assert not buffer
+        for response in read_responses(answers):  # what ``SearchOffload._read`` does
+            if isinstance(response, Hits):
+                self._pending.pop(response.id)(response.hits, None)
+            elif isinstance(response, Opened):
+                self._feeds[response.replica].ready = True
+            else:
+                self.failures.append(response)
+                self._failed(response)
+
+
+def tenant(clock: Clock) -> tuple[TenantMemory, AssociationStore]:
+    """A tenant with every view of ``VIEWS``, built as the memory actor builds it."""
+    v, a = VIEWS, ASSOC
+    store = AssociationStore.in_memory(DIM, capacity=a.capacity)
+    views = [*multiview(graph_seeds=v.graph_seeds, graph_damping=v.graph_damping,
+                        graph_steps=v.graph_steps, recency_half_life=v.recency_half_life,
+                        salience_gain=v.salience_gain),
+             AssociationView(store, neighbours=a.neighbours, min_similarity=a.min_similarity,
+                             sharpness=a.sharpness)]  # fmt: skip
+    embedder = HashingEmbedder(dim=DIM)
+    return TenantMemory.in_memory("acme", embedder=embedder, clock=clock, views=views), store
+
+
+def open_replica(tm: TenantMemory, store: AssociationStore, offload: Loopback) -> TenantReplica:
+    system = SimpleNamespace(resources={OFFLOAD_RESOURCE: offload})
+    replica = TenantReplica(system, tm, store, VIEWS, min_memories=1)
+    assert replica._usable_feed() is None  # opens it; the loopback answers Opened at once
+    assert replica._usable_feed() is replica.feed is not None and replica.feed.usable
+    return replica
+
+
+def search(feed: ReplicaFeed, tm: TenantMemory, query: str, **kw: Any) -> list[IndexHit]:
+    """The replica's answer to ``tm.recall(query, **kw)``."""
+    got: list[tuple[Any, BaseException | None]] = []
+    vector = kw.get("vector")
+    feed.search(
+        lambda hits, error: got.append((hits, error)),
+        text=query,
+        vector=b"" if vector is None else np.asarray(vector, np.float32).tobytes(),
+        top_k=kw.get("top_k", 10),
+        namespace=kw.get("namespace"),
+        filter=kw.get("filters"),
+        weights=dict(kw.get("weights") or DEFAULT_WEIGHTS),
+        now=tm.now(),
+        at=kw.get("at"),
+    )
+    [(hits, error)] = got
+    if error is not None:
+        raise error
+    return list(hits)
+
+
+def check(feed: ReplicaFeed, tm: TenantMemory, query: str, **kw: Any) -> list[RecallHit]:
+    """The replica answers ``tm.recall(query, **kw)`` with the same hits, in the same order."""
+    local, remote = tm.recall(query, **kw), search(feed, tm, query, **kw)
+    assert [h.key for h in remote] == [h.key for h in local]
+    for a, b in zip(local, remote, strict=True):
+        assert b.score == pytest.approx(a.score, abs=1e-5)
+        assert b.views.keys() == a.views.keys()
+        for name, score in a.views.items():
+            assert b.views[name] == pytest.approx(score, abs=1e-5), (a.key, name)
+    return local
+
+
+def text(rng: random.Random, n: tuple[int, int] = (3, 7)) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(rng.randint(*n)))
+
+
+def random_memory(rng: random.Random, clock: Clock, keys: list[str]) -> Memory:
+    kw: dict[str, Any] = {
+        "content": text(rng),
+        "namespace": rng.choice(("default", "default", "work")),
+        "tags": tuple(rng.sample(("a", "b", "c"), rng.randint(0, 2))),
+        "session_id": rng.choice((None, "s1", "s2")),
+        "importance": round(rng.random(), 3),
+    }
+    if rng.random() < 0.3:  # an upsert of an explicit key
+        kw["key"] = f"k{rng.randrange(30)}"
+    if rng.random() < 0.5:
+        kw["meta"] = {"kind": rng.choice(("note", "log")), "n": rng.randrange(3)}
+    if rng.random() < 0.5:
+        kw["occurred_at"] = clock.now - rng.uniform(0, 20_000)
+    if rng.random() < 0.15:
+        kw["expires_at"] = clock.now + rng.uniform(1, 300)
+    if keys and rng.random() < 0.3:
+        kw["links"] = (Link(to_key=rng.choice(keys), weight=round(rng.uniform(0.1, 2), 2)),)
+    return Memory(**kw)
+
+
+def random_recall(rng: random.Random, clock: Clock) -> dict[str, Any]:
+    kw: dict[str, Any] = {"top_k": rng.choice((0, 1, 3, 5, 10, 20))}
+    kw["namespace"] = rng.choice((None, None, "default", "work", "nope"))
+    if rng.random() < 0.4:
+        kw["filters"] = rng.choice((
+            RecallFilter(tags=("a",)), RecallFilter(any_tags=("b", "c")),
+            RecallFilter(session_id="s1"), RecallFilter(meta={"kind": "note"}),
+            RecallFilter(meta={"n": 1}, tags=("c",)),
+        ))  # fmt: skip
+    if rng.random() < 0.7:
+        names = rng.sample(VIEW_NAMES, rng.randint(1, len(VIEW_NAMES)))
+        kw["weights"] = {name: round(rng.uniform(0.1, 1.0), 2) for name in names}
+    if rng.random() < 0.3:
+        kw["at"] = clock.now + rng.uniform(-30_000, 1_000)
+    if rng.random() < 0.15:
+        kw["vector"] = np.random.default_rng(rng.randrange(1 << 30)).normal(size=DIM)
+    return kw
+
+
+def count_compactions(index: HybridIndex) -> list[int]:
+    counted: list[int] = []
+    compact = index.compact
+
+    def counting() -> None:
+        counted.append(index.size)
+        compact()
+
+    index.compact = counting  # type: ignore[method-assign]
+    return counted
+
+
+async def change(
+    rng: random.Random, clock: Clock, tm: TenantMemory, store: AssociationStore
+) -> bool:
+    """One random change through the tenant's API (False: none this time, recall instead)."""
+    clock.now += rng.uniform(0, 20)
+    keys = list(tm.keys())
+    op = rng.random()
+    if op < 0.2:
+        await tm.remember(random_memory(rng, clock, keys))
+    elif op < 0.3:
+        await tm.remember_batch([random_memory(rng, clock, keys) for _ in range(4)])
+    elif op < 0.45 and keys:
+        key = rng.choice(keys)
+        store.discard(key)  # as the memory actor forgets
+        await tm.forget(key)
+    elif op < 0.52 and len(keys) > 1:
+        a, b = rng.sample(keys, 2)
+        await tm.link(a, b, rng.choice(("related", "co_used")), rng.uniform(-0.5, 2))
+    elif op < 0.56 and tm.link_count:
+        ln = rng.choice(list(tm.links()))
+        await tm.unlink(ln.from_key, ln.to_key, ln.rel)
+    elif op < 0.62 and keys:
+        await tm.reinforce(rng.sample(keys, min(3, len(keys))), rng.choice((-1.5, 0.5, 2)))
+    elif op < 0.7 and keys:  # few distinct queries: equal similarities, the ring wraps
+        query = text(rng, (1, 2))
+        used = rng.sample(keys, min(len(keys), rng.randint(1, 2)))
+        store.add(query, tm.embedder.embed([query])[0], used, clock.now)
+    else:
+        return False
+    return True
+
+
+@pytest.mark.anyio
+async def test_replica_stays_equivalent_under_random_changes() -> None:
+    rng, clock = random.Random(20240607), Clock()
+    tm, store = tenant(clock)
+    await tm.remember_batch([random_memory(rng, clock, []) for _ in range(30)])
+    for _ in range(200):  # a history before the snapshot: links, salience, associations
+        await change(rng, clock, tm, store)
+    assert tm.link_count and tm.statistics().index_dead_slots and len(store) == ASSOC.capacity
+    for key in store.entries()[1][1]:  # an entry left empty, not the ring's oldest
+        store.discard(key)
+        await tm.forget(key)
+    offload = Loopback()
+    feed = open_replica(tm, store, offload).feed
+    assert feed is not None
+    worker = next(iter(offload.replicas.values()))
+    # Compact early, on both sides at different times: slot numbers diverge between them.
+    tm.index._compact_min, worker.index._compact_min = 8, 12
+    local_compactions = count_compactions(tm.index)
+    worker_compactions = count_compactions(worker.index)
+    recalls = 0
+    for _ in range(400):
+        if not await change(rng, clock, tm, store):
+            recalls += 1
+            check(feed, tm, text(rng, (1, 3)), **random_recall(rng, clock))
+    assert not offload.failures and feed.usable
+    assert recalls > 100
+    assert local_compactions and worker_compactions, (local_compactions, worker_compactions)
+    assert len(worker.index) == len(tm.index) and worker.graph is not None
+    assert sorted(map(str, worker.graph)) == sorted(map(str, tm.links()))
+    assert worker.associations is not None
+    assert worker.associations.entries() == store.entries()
+
+
+@pytest.mark.anyio
+async def test_replica_of_an_existing_state_answers_like_the_index() -> None:
+    clock = Clock()
+    tm, store = tenant(clock)
+    contents = ["the cat sat on the mat", "the dog chased the cat",
+                "a cat watched the sunrise over the river", "quarterly tax report",
+                "coffee with a letter and a cat", "violin music for a cat in a storm",
+                "bread from the harbor", "a lamp in the garden"]  # fmt: skip
+    keys = [k for k, _ in await tm.remember_batch(
+        [Memory(content=c, occurred_at=clock.now - 900 * i) for i, c in enumerate(contents)]
+    )]  # fmt: skip
+    await tm.link(keys[0], keys[4], weight=2.0)
+    await tm.link(keys[2], keys[5], "co_used", 0.5)
+    await tm.reinforce([keys[1], keys[6]], 2.0)
+    await tm.reinforce([keys[7]], -1.0)
+
+    def associate(query: str, *used: int) -> None:
+        clock.now += 1
+        store.add(query, tm.embedder.embed([query])[0], [keys[i] for i in used], clock.now)
+
+    # The ring (capacity 8) wraps: the first is dropped, the second is the oldest kept. The
+    # third loses its only memory, and five equal queries tie beyond the 3 neighbours read.
+    for query, used in [("lamp garden", 7), ("sunrise", 2), ("tax", 3), ("cat", 0), ("cat", 1),
+                        ("cat", 2), ("cat", 4), ("cat", 5), ("music", 5)]:  # fmt: skip
+        associate(query, used)
+    store.discard(keys[3])  # a memory forgotten: its associations lose it
+    await tm.forget(keys[3])
+    assert len(store) == ASSOC.capacity and ("tax", ()) in store.entries()
+    offload = Loopback()
+    feed = open_replica(tm, store, offload).feed
+    assert feed is not None
+    for _ in range(2):  # the snapshot as it is, then after the ring dropped its oldest
+        seen: dict[str, float] = dict.fromkeys(VIEW_NAMES, 0.0)
+        for query in ["cat", "the cat", "sunrise", "tax report", "music storm", "harbor", "lamp"]:
+            for weights in [None, *({v: 1.0} for v in VIEW_NAMES), dict.fromkeys(VIEW_NAMES, 1.0)]:
+                for at in (None, clock.now - 5_000):
+                    for hit in check(feed, tm, query, weights=weights, at=at):
+                        for v in VIEW_NAMES:  # how far from an unreinforced memory's score
+                            seen[v] = max(seen[v], abs(hit.views[v] - 0.5 * (v == "salience")))
+        assert all(seen.values()), seen  # every view took part
+        associate("harbor", 6)
+    worker = offload.replicas[feed.replica].associations
+    assert worker is not None and worker.entries() == store.entries()
+    assert not offload.failures
+
+
+@pytest.mark.anyio
+async def test_a_change_that_fails_drops_the_replica_and_never_answers_stale() -> None:
+    clock = Clock()
+    tm, store = tenant(clock)
+    await tm.remember_batch([Memory(content=f"note {w}") for w in WORDS])
+    offload = Loopback()
+    replica = open_replica(tm, store, offload)
+    tm2, store2 = tenant(clock)
+    await tm2.remember(Memory(content="dog"))
+    other = open_replica(tm2, store2, offload).feed  # another tenant's, unharmed
+    feed = replica.feed
+    assert feed is not None and other is not None and len(offload.replicas) == 2
+    feed.associate("cat", np.ones(DIM + 1, np.float32), ("x",), 0.0)  # wrong dimension
+    assert [(f.id, f.replica) for f in offload.failures] == [(0, feed.replica)]
+    assert "replica dropped" in offload.failures[0].error
+    assert feed.broken and not feed.usable and feed.replica not in offload.replicas
+    assert other.usable and other.replica in offload.replicas
+    with pytest.raises(OffloadUnavailable):  # the node searches locally instead
+        search(feed, tm, "note cat")
+    # Later changes meant for it land nowhere; a search naming it fails, never stale hits.
+    for frame in (Add(feed.replica, [Memory(key="x", content="cat")], bytes(4 * DIM)),
+                  Remove(feed.replica, "x")):  # fmt: skip
+        assert handle(offload.replicas, frame) is None
+    answer = handle(offload.replicas, Search(7, feed.replica, "cat", b"", 5, None, None,
+                                             dict(DEFAULT_WEIGHTS), clock.now, None))  # fmt: skip
+    assert isinstance(answer, Failed) and answer.id == 7 and "no replica" in answer.error
+    # A bad Add drops a replica too.
+    other.add([Memory(key="y", content="dog")], np.zeros((2, DIM), np.float32))
+    assert other.broken and not offload.replicas
+    # The next recall opens a new replica (a new number), in step with the tenant.
+    await tm.forget(tm.recall("note cat")[0].key)
+    assert replica._usable_feed() is None and replica.feed is not feed
+    new = replica._usable_feed()
+    assert new is not None and new.replica not in (feed.replica, other.replica)
+    check(new, tm, "note cat")
+
+
+@pytest.mark.anyio
+async def test_a_search_without_vector_needs_the_hashing_settings() -> None:
+    clock = Clock()
+    tm, _ = tenant(clock)
+    await tm.remember_batch([Memory(content=text(random.Random(i))) for i in range(20)])
+    memories, vectors, links, salience = tm.replica_snapshot()
+    offload = Loopback()
+    for hashing in (None, HashingEmbedder(dim=DIM).settings):
+        feed = offload.open_replica(DIM, VIEWS, memories=memories, vectors=vectors,
+                                    links=links, salience=salience, hashing=hashing)  # fmt: skip
+        assert feed.usable
+        vector = tm.embedder.embed(["cat sun"])[0] * 3.0
+        check(feed, tm, "cat sun", vector=vector)
+        if hashing is None:  # not a crash: this search fails and the replica stays
+            with pytest.raises(OffloadUnavailable, match="embedder"):
+                search(feed, tm, "cat sun")
+            assert feed.usable and feed.replica in offload.replicas
+            assert offload.failures[-1].replica == 0
+        else:
+            assert check(feed, tm, "cat sun")
+            assert check(feed, tm, "garden train", namespace="default", top_k=3)
+
+
+def test_frames_survive_any_chunking() -> None:
+    rng = random.Random(5)
+    vec = np.arange(2 * DIM, dtype=np.float32)
+    requests: list[Any] = [
+        Add(3, [Memory(key="a", content="x", tags=("t",)), Memory(key="b", content="y")],
+            vec.tobytes()),
+        Search(1, 3, "cat", b"", 5, "ns", RecallFilter(meta={"n": 1}), {"semantic": 1.0}, 2.5,
+               None),
+        Associate(3, "q", vec[:DIM].tobytes(), ("a", "b"), 1.0),
+        Remove(3, "a" * 70_000),
+    ]  # fmt: skip
+    responses: list[Any] = [Hits(1, [IndexHit("a", 0.5, {"semantic": 0.5})]), Opened(3),
+                            Failed(2, "boom", 3)]  # fmt: skip
+    for sent, split in ((requests, frames), (responses, read_responses)):
+        data = b"".join(pack(f) for f in sent)
+        for chunking in ("bytes", "random", "random", "whole"):
+            buffer, i = bytearray(), 0
+            got: list[Any] = []
+            while i < len(data):
+                n = {"bytes": 1, "whole": len(data)}.get(chunking) or rng.randint(1, 9000)
+                buffer += data[i : i + n]
+                i += n
+                got.extend(split(buffer))
+                done = sum(len(pack(f)) for f in got)
+                assert bytes(buffer) == data[done:i]  # the partial frame stays, whole
+            assert got == sent and not buffer
+        # A frame cut anywhere, its length included, waits for the rest.
+        last = len(pack(sent[-1]))
+        for cut in (1, 3, 4, 5, last - 1):
+            buffer = bytearray(data[: len(data) - last + cut])
+            assert list(split(buffer)) == sent[:-1] and len(buffer) == cut
