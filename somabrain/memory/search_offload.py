@@ -22,9 +22,10 @@ so changes meant for an older incarnation can never land in a newer one.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
-import subprocess
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -91,6 +92,7 @@ class SearchOffload:
         self.answered = 0
         self.failed_over = 0
         self._process: anyio.abc.Process | None = None
+        self._fd = self._from_worker = -1  # our ends of the pipes to and from the worker
         self._closed = False
 
     @property
@@ -118,9 +120,23 @@ class SearchOffload:
                 await anyio.sleep(RESTART_PAUSE)
 
     async def _run_once(self, task_status: anyio.abc.TaskStatus[None]) -> None:
-        process = await anyio.open_process(
-            self._command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None
-        )
+        # Our own pipes, non-blocking on our side: a search is written at once from the
+        # actor (one system call, no task switch) and read when the loop says it is readable.
+        to_worker, self._fd = os.pipe()
+        self._from_worker, from_worker = os.pipe()
+        try:
+            process = await anyio.open_process(
+                self._command, stdin=to_worker, stdout=from_worker, stderr=None
+            )
+        except BaseException:
+            for fd in (self._fd, self._from_worker):
+                os.close(fd)
+            raise
+        finally:
+            os.close(to_worker)
+            os.close(from_worker)
+        os.set_blocking(self._fd, False)
+        os.set_blocking(self._from_worker, False)
         self.generation += 1
         self.starts += 1
         self._out.clear()
@@ -128,12 +144,15 @@ class SearchOffload:
         task_status.started()
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(self._write, process, tg.cancel_scope)
-                await self._read(process)
+                tg.start_soon(self._write, tg.cancel_scope)
+                await self._read()
                 tg.cancel_scope.cancel()
         finally:
             self._process = None
             self._lost("the search worker stopped")
+            os.close(self._fd)
+            os.close(self._from_worker)
+            self._fd = self._from_worker = -1
             with anyio.CancelScope(shield=True):
                 if process.returncode is None:
                     process.kill()
@@ -141,28 +160,33 @@ class SearchOffload:
             if not self._closed:
                 logger.error("search worker exited (code %s): restarting", process.returncode)
 
-    async def _write(self, process: anyio.abc.Process, scope: anyio.CancelScope) -> None:
-        assert process.stdin is not None
+    async def _write(self, scope: anyio.CancelScope) -> None:
+        """Write what ``send`` could not (the pipe was full)."""
         try:
             while True:
                 if not self._out:
                     self._wake = anyio.Event()
                     await self._wake.wait()
                     continue
-                data, self._out = bytes(self._out), bytearray()
-                await process.stdin.send(data)
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-            scope.cancel()  # the reader sees the end too; the worker is restarted
+                await anyio.wait_writable(self._fd)
+                with contextlib.suppress(BlockingIOError):
+                    del self._out[: os.write(self._fd, self._out)]
+        except OSError:
+            scope.cancel()  # the worker is gone: the reader sees the end too
 
-    async def _read(self, process: anyio.abc.Process) -> None:
-        assert process.stdout is not None
+    async def _read(self) -> None:
         buffer = bytearray()
         pending, feeds = self._pending, self._feeds
+        fd = self._from_worker
         while True:
+            await anyio.wait_readable(fd)
             try:
-                buffer += await process.stdout.receive(1 << 20)
-            except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                chunk = os.read(fd, 1 << 20)
+            except BlockingIOError:
+                continue
+            if not chunk:
                 return
+            buffer += chunk
             for response in read_responses(buffer):
                 if isinstance(response, Hits):
                     callback = pending.pop(response.id, None)
@@ -209,7 +233,18 @@ class SearchOffload:
     # --- what the memory actors call ------------------------------------------------------
 
     def send(self, frame: Any) -> None:
-        self._out += pack(frame)
+        data = pack(frame)
+        if not self._out and self._process is not None:
+            try:
+                written = os.write(self._fd, data)
+            except BlockingIOError:
+                written = 0
+            except OSError:  # the worker died: the reader sees it and fails everything over
+                return
+            if written == len(data):
+                return
+            data = data[written:]
+        self._out += data
         self._wake.set()
 
     def open_replica(
