@@ -342,14 +342,26 @@ def _busy_seconds() -> float | None:
     return (sum(values) - values[3] - values[4]) / _CLOCK_TICKS
 
 
-def _process_seconds(pid: int) -> float:
-    """CPU seconds used by process ``pid`` (0 if it is gone)."""
+def _stat(pid: int | str) -> list[str] | None:
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
+            return stat.read().rsplit(")", 1)[1].split()
     except OSError:
+        return None
+
+
+def _process_seconds(pid: int) -> float:
+    """CPU seconds used by process ``pid`` and its children, live (the node's search worker)
+    or reaped (0 if it is gone)."""
+    fields = _stat(pid)
+    if fields is None:
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS  # utime, stime
+    # utime, stime, then cutime, cstime: the children it has waited for.
+    ticks = sum(int(f) for f in fields[11:15])
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (child := _stat(entry)) is not None and child[1] == str(pid):
+            ticks += int(child[11]) + int(child[12])
+    return ticks / _CLOCK_TICKS
 
 
 @dataclass

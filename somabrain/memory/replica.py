@@ -37,6 +37,7 @@ def shared_offload(system: Any) -> SearchOffload:
         offload = system.resources[OFFLOAD_RESOURCE] = SearchOffload()
         system.start_soon(offload.run, name="search worker")
         system.add_finalizer(offload.close)
+        system.resources.setdefault("metrics.sources", {})[OFFLOAD_RESOURCE] = offload.metrics
     return offload
 
 

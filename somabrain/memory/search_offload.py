@@ -103,6 +103,20 @@ class SearchOffload:
     def pid(self) -> int | None:
         return self._process.pid if self._process is not None else None
 
+    def metrics(self) -> list[tuple[str, str, str, list[tuple[dict[str, str], float]]]]:
+        """Prometheus families for ``/metrics`` (see ``somabrain.edge.metrics``)."""
+        return [
+            ("soma_search_worker_searches_total", "counter",
+             "Recalls answered by the search worker process.", [({}, self.answered)]),
+            ("soma_search_worker_failovers_total", "counter",
+             "Recalls sent to the search worker that ran locally instead.",
+             [({}, self.failed_over)]),
+            ("soma_search_worker_starts_total", "counter",
+             "Search worker processes started (restarts are starts - 1).", [({}, self.starts)]),
+            ("soma_search_worker_replicas", "gauge",
+             "Tenant index replicas held by the search worker.", [({}, len(self._feeds))]),
+        ]  # fmt: skip
+
     # --- the node's task ------------------------------------------------------------------
 
     async def run(

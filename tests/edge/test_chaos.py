@@ -66,10 +66,14 @@ PROGRESS_PER_ROUND = 2
 #: A request (with its retries) or a wait for the node gives up after this long.
 PATIENCE = 20.0
 
+# Every tenant is searched in the search worker (replicas reopened after each memory kill).
 CONFIG = """
 [edge.rate_limit]
 rate = 100000.0
 burst = 100000
+
+[memory]
+offload_min_memories = 1
 """
 
 WORDS = [
@@ -573,7 +577,10 @@ def test_kills_under_load_lose_nothing_acknowledged(
             tree = call(ledger, admin, "GET", "/admin/tree")
             assert tree is not None
             assert shape(tree.json()) == initial
-            restarts = restarts_in_metrics(admin.get("/metrics").text)
+            metrics = admin.get("/metrics").text
+            restarts = restarts_in_metrics(metrics)
+            searched = re.search(r"^soma_search_worker_searches_total (\d+)", metrics, re.M)
+            assert searched and int(searched[1]) > 0, "no recall went to the search worker"
             short = {p: (restarts.get(p), n) for p, n in chaos.kills.items() if restarts[p] < n}
             assert not short, f"restarts in /metrics below the kills (got, killed): {short}"
         assert node.stop() == 0

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import msgspec
 import pytest
 
@@ -28,7 +29,8 @@ pytestmark = pytest.mark.anyio
 
 #: Explicit weights, so that the local recall the tests compare with weighs alike.
 WEIGHTS = {"semantic": 0.3, "lexical": 0.3, "graph": 0.2, "recency": 0.1, "salience": 0.1}
-WORDS = "river stone garden lamp winter coffee train violin harbor lemon candle forest".split()
+WORDS = ["river", "stone", "garden", "lamp", "winter", "coffee",
+         "train", "violin", "harbor", "lemon", "candle", "forest"]  # fmt: skip
 
 
 def memories(n: int, start: int = 0) -> tuple[Memory, ...]:
@@ -103,7 +105,10 @@ async def test_the_worker_answers_as_the_local_index_would(tmp_path: Path) -> No
         await ask(sup, Remember(memories(300)))
         await ask(sup, LinkMemories(from_key="k3", to_key="k200", rel="next"))
         await ask(sup, Reinforce(keys=("k7", "k9"), amount=2.0))
-        queries = [Recall(query=f"{a} {b}", weights=WEIGHTS) for a, b in zip(WORDS, WORDS[3:])]
+        queries = [
+            Recall(query=f"{a} {b}", weights=WEIGHTS)
+            for a, b in zip(WORDS, WORDS[3:], strict=False)
+        ]
         queries.append(
             Recall(
                 query="lamp note", top_k=5, filters=RecallFilter(tags=("even",)), weights=WEIGHTS
@@ -155,7 +160,7 @@ async def test_a_killed_worker_fails_over_to_local_search_and_comes_back(
         async def agent(n: int) -> None:
             for _ in range(n):
                 answers.append(await ask(sup, recall))
-                await anyio.sleep(0)
+                await anyio.lowlevel.checkpoint()
 
         async with anyio.create_task_group() as tg:
             for _ in range(8):
@@ -166,7 +171,7 @@ async def test_a_killed_worker_fails_over_to_local_search_and_comes_back(
         assert all(same_hits(a, expected) for a in answers)  # none lost, none different
         assert offload.failed_over >= 1  # some were in the worker when it died
         with anyio.fail_after(20):
-            while offload.starts < 2 or not offload.running:
+            while offload.starts < 2 or not offload.running:  # noqa: ASYNC110 (no event to wait on)
                 await anyio.sleep(0.05)
         assert offload.pid != pid
         assert same_hits(await recall_remotely(system, sup, recall), expected)
