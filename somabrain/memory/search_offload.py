@@ -78,7 +78,10 @@ class SearchOffload:
 
     def __init__(self, command: Sequence[str] | None = None) -> None:
         self._command = list(command or [sys.executable, "-m", "somabrain.memory.search_worker"])
+        # What ``send`` could not write yet (the pipe was full), from ``_out_at`` on: an offset
+        # rather than deleting what was written, so a 100 MB snapshot is not moved per write.
         self._out = bytearray()
+        self._out_at = 0
         self._wake = anyio.Event()
         self._pending: dict[int, Callback] = {}
         self._feeds: dict[int, ReplicaFeed] = {}
@@ -154,6 +157,7 @@ class SearchOffload:
         self.generation += 1
         self.starts += 1
         self._out.clear()
+        self._out_at = 0
         self._process = process
         task_status.started()
         try:
@@ -178,13 +182,16 @@ class SearchOffload:
         """Write what ``send`` could not (the pipe was full)."""
         try:
             while True:
-                if not self._out:
+                if self._out_at >= len(self._out):
+                    self._out.clear()
+                    self._out_at = 0
                     self._wake = anyio.Event()
                     await self._wake.wait()
                     continue
                 await anyio.wait_writable(self._fd)
-                with contextlib.suppress(BlockingIOError):
-                    del self._out[: os.write(self._fd, self._out)]
+                with memoryview(self._out) as view, view[self._out_at :] as rest:
+                    with contextlib.suppress(BlockingIOError):
+                        self._out_at += os.write(self._fd, rest)
         except OSError:
             scope.cancel()  # the worker is gone: the reader sees the end too
 
@@ -248,7 +255,7 @@ class SearchOffload:
 
     def send(self, frame: Any) -> None:
         data = pack(frame)
-        if not self._out and self._process is not None:
+        if self._out_at >= len(self._out) and self._process is not None:
             try:
                 written = os.write(self._fd, data)
             except BlockingIOError:

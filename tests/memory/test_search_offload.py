@@ -13,6 +13,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import msgspec
+import numpy as np
 import pytest
 
 from somabrain.actors import ActorSystem
@@ -22,6 +23,7 @@ from somabrain.memory.actor import STORES_RESOURCE
 from somabrain.memory.messages import Forget, LinkMemories, Recall, Reinforce, Remember, ask_memory
 from somabrain.memory.replica import OFFLOAD_RESOURCE
 from somabrain.memory.search_offload import SearchOffload
+from somabrain.memory.search_protocol import ViewParams
 from somabrain.supervision import DynamicSupervisor, SupervisionTree
 from tests.memory.test_actor import tree_config
 
@@ -186,3 +188,41 @@ async def test_small_tenants_stay_local(tmp_path: Path) -> None:
         assert OFFLOAD_RESOURCE not in system.resources  # no worker process at all
         await ask(sup, Remember(memories(1, start=49)))
         await recall_remotely(system, sup, Recall(query="river"))
+
+
+async def test_a_snapshot_larger_than_the_pipe_arrives_whole() -> None:
+    """20k memories with their vectors (~25 MB): most of the snapshot waits for the pipe to
+    drain, and the searches queued behind it are answered from the whole replica."""
+    n, dim = 20_000, 64
+    rng = np.random.default_rng(7)
+    vectors = rng.standard_normal((n, dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    stored = [Memory(key=f"k{i}", content=f"memory {i}", created_at=1.0) for i in range(n)]
+    views = ViewParams((), 8, 0.85, 2, 86400.0, 1.0, None)
+    offload = SearchOffload()
+    async with anyio.create_task_group() as tg:
+        await tg.start(offload.run)
+        feed = offload.open_replica(
+            dim, views, memories=stored, vectors=vectors, links=[], salience={}
+        )
+        with anyio.fail_after(60):
+            while not feed.ready:  # noqa: ASYNC110 (the reader task sets it)
+                await anyio.sleep(0.01)
+        answers: list[Any] = []
+        done = anyio.Event()
+
+        def answered(hits: Any, error: BaseException | None) -> None:
+            answers.append((hits, error))
+            if len(answers) == 3:
+                done.set()
+
+        for i in (0, n // 2, n - 1):  # each memory's own vector finds it first
+            feed.search(answered, text="", vector=vectors[i].tobytes(), top_k=1,
+                        namespace=None, filter=None, weights={"semantic": 1.0},
+                        now=2.0, at=None)  # fmt: skip
+        with anyio.fail_after(20):
+            await done.wait()
+        assert [(hits[0].key, error) for hits, error in answers] == [
+            ("k0", None), (f"k{n // 2}", None), (f"k{n - 1}", None)
+        ]  # fmt: skip
+        await offload.close()
