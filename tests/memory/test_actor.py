@@ -52,11 +52,15 @@ def tree_config(idle_timeout: float = 0.0, backoff: float = 0.0) -> SupervisorNo
 
 @asynccontextmanager
 async def memory_tree(
-    data_dir: Path, *, idle_timeout: float = 0.0, clock: VirtualClock | None = None
+    data_dir: Path,
+    *,
+    idle_timeout: float = 0.0,
+    clock: VirtualClock | None = None,
+    config: SomaConfig | None = None,
 ) -> AsyncIterator[tuple[SupervisionTree, DynamicSupervisor]]:
     async with ActorSystem() as system:
         system.resources["data_dir"] = data_dir
-        system.resources["config"] = SomaConfig()
+        system.resources["config"] = config or SomaConfig()
         tree = SupervisionTree(system, tree_config(idle_timeout), clock=clock)
         await tree.start()
         supervisor = tree.find("/root/memory")

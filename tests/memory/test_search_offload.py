@@ -24,8 +24,8 @@ from somabrain.memory.messages import Forget, LinkMemories, Recall, Reinforce, R
 from somabrain.memory.replica import OFFLOAD_RESOURCE
 from somabrain.memory.search_offload import SearchOffload
 from somabrain.memory.search_protocol import ViewParams
-from somabrain.supervision import DynamicSupervisor, SupervisionTree
-from tests.memory.test_actor import tree_config
+from somabrain.supervision import DynamicSupervisor
+from tests.memory.test_actor import memory_tree
 
 pytestmark = pytest.mark.anyio
 
@@ -53,17 +53,8 @@ async def offloading_tree(
     config = msgspec.convert(
         {"memory": {"offload_min_memories": min_memories}}, SomaConfig, strict=False
     )
-    async with ActorSystem() as system:
-        system.resources["data_dir"] = data_dir
-        system.resources["config"] = config
-        tree = SupervisionTree(system, tree_config())
-        await tree.start()
-        supervisor = tree.find("/root/memory")
-        assert isinstance(supervisor, DynamicSupervisor)
-        try:
-            yield system, supervisor
-        finally:
-            await tree.stop()
+    async with memory_tree(data_dir, config=config) as (tree, supervisor):
+        yield tree.system, supervisor
 
 
 async def ask(sup: DynamicSupervisor, message: object, tenant: str = "acme") -> Any:
