@@ -28,7 +28,7 @@ def http_error(refusal: gov.GovernanceRefusal) -> HTTPError:
         return HTTPError.retry_later(
             refusal.status, refusal.code, refusal.message, refusal.retry_after
         )
-    return HTTPError(refusal.status, refusal.code, refusal.message)
+    return HTTPError(refusal.status, refusal.code, refusal.message, field=refusal.field)
 
 
 class GovernanceHandlers:

@@ -25,6 +25,7 @@ and ``constitution_checksum``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Annotated, Any
 
@@ -70,13 +71,20 @@ class GovernanceRefusal(Exception):
     """An HTTP refusal: ``status`` (403, 422, 503), a stable ``code``, a message."""
 
     def __init__(
-        self, status: int, code: str, message: str, *, retry_after: float | None = None
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        field: str | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.retry_after = retry_after
+        self.field = field
 
 
 # ------------------------------------------------------------------------------ bodies
@@ -382,6 +390,26 @@ def constitution_validate(resources: Mapping[str, Any], body: ValidateRequest) -
     )
 
 
+#: The field of a ``LoadRequest`` a refusal is about, by refusal code.
+_LOAD_REFUSAL_FIELDS = {
+    "version_conflict": "document.version",
+    "version_not_newer": "document.version",
+    "wrong_previous": "document.previous",
+    "insufficient_signatures": "signatures",
+    "rotation_not_approved": "signatures",
+}
+#: How a document check names its field (msgspec's path style): "... - at `$.signers`".
+_DOCUMENT_PATH = re.compile(r"at `\$\.([^`]+)`")
+
+
+def load_refusal_field(code: str | None, reason: str) -> str | None:
+    """The request field a refused load is about (``None``: the document as a whole)."""
+    if code in _LOAD_REFUSAL_FIELDS:
+        return _LOAD_REFUSAL_FIELDS[code]
+    path = _DOCUMENT_PATH.search(reason)
+    return f"document.{path[1]}" if path else None
+
+
 async def constitution_load(
     guardian: ActorRef | None, body: SignedConstitution, *, timeout: float = 10.0
 ) -> LoadResponse:
@@ -400,7 +428,8 @@ async def constitution_load(
     if not result.accepted:
         detail = f"{result.reason}" if result.reason else "refused"
         status = 503 if result.code in ("audit_unavailable", "storage_failed") else 422
-        raise GovernanceRefusal(status, result.code or "refused", detail)
+        field = None if status == 503 else load_refusal_field(result.code, detail)
+        raise GovernanceRefusal(status, result.code or "refused", detail, field=field)
     return LoadResponse(
         accepted=True,
         version=result.version,

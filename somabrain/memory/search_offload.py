@@ -189,9 +189,12 @@ class SearchOffload:
                     await self._wake.wait()
                     continue
                 await anyio.wait_writable(self._fd)
-                with memoryview(self._out) as view, view[self._out_at :] as rest:
-                    with contextlib.suppress(BlockingIOError):
-                        self._out_at += os.write(self._fd, rest)
+                with (
+                    memoryview(self._out) as view,
+                    view[self._out_at :] as rest,
+                    contextlib.suppress(BlockingIOError),
+                ):
+                    self._out_at += os.write(self._fd, rest)
         except OSError:
             scope.cancel()  # the worker is gone: the reader sees the end too
 

@@ -129,7 +129,23 @@ async def test_load_needs_admin_and_refusals_say_why(tmp_path: Path) -> None:
             refused = await admin.post("/constitution/load", content=msgspec.json.encode(short))
             assert refused.status_code == 422
             assert error(refused)["code"] == "insufficient_signatures"
+            assert error(refused)["field"] == "signatures"
             assert "1 valid signature(s) of the 2 required" in error(refused)["message"]
+            again = await admin.post("/constitution/load", content=msgspec.json.encode(v1.signed()))
+            assert again.status_code == 200  # the active version again: unchanged
+            stale = make("abc", 1, sign_with="a", previous=None)
+            refused = await admin.post("/constitution/load", content=msgspec.json.encode(stale))
+            assert (error(refused)["code"], error(refused)["field"]) == (
+                "version_conflict",
+                "document.version",
+            )
+            bad = v1.signed()
+            bad.document["threshold"] = 9
+            refused = await admin.post("/constitution/load", content=msgspec.json.encode(bad))
+            assert (error(refused)["code"], error(refused)["field"]) == (
+                "invalid_field",
+                "document.threshold",
+            )
             usurped = make("def", 2, sign_with="def", previous=v1)
             refused = await admin.post("/constitution/load", content=msgspec.json.encode(usurped))
             assert error(refused)["code"] == "rotation_not_approved"
