@@ -60,8 +60,12 @@ __all__ = ["OffloadUnavailable", "ReplicaFeed", "SearchOffload"]
 
 logger = logging.getLogger("somabrain.memory.offload")
 
-#: Seconds between a worker's death and its restart.
+#: Seconds between a worker's death and its restart; doubled (up to ``MAX_RESTART_PAUSE``)
+#: while workers die within ``STABLE_AFTER`` seconds of their start (one that cannot start,
+#: say, is retried without flooding the log).
 RESTART_PAUSE = 1.0
+MAX_RESTART_PAUSE = 30.0
+STABLE_AFTER = 30.0
 
 F32 = npt.NDArray[np.float32]
 
@@ -76,8 +80,16 @@ class OffloadUnavailable(Exception):
 class SearchOffload:
     """One search worker process and the replicas in it (``run`` keeps it running)."""
 
-    def __init__(self, command: Sequence[str] | None = None) -> None:
+    def __init__(
+        self,
+        command: Sequence[str] | None = None,
+        *,
+        restart_pause: float = RESTART_PAUSE,
+        max_restart_pause: float = MAX_RESTART_PAUSE,
+    ) -> None:
         self._command = list(command or [sys.executable, "-m", "somabrain.memory.search_worker"])
+        self._restart_pause = restart_pause
+        self._max_restart_pause = max_restart_pause
         # What ``send`` could not write yet (the pipe was full), from ``_out_at`` on: an offset
         # rather than deleting what was written, so a 100 MB snapshot is not moved per write.
         self._out = bytearray()
@@ -127,14 +139,20 @@ class SearchOffload:
     ) -> None:
         """Keep a worker running until ``close`` or cancellation; ``started`` once the first
         worker runs."""
+        pause = self._restart_pause
         while not self._closed:
+            started = anyio.current_time()
             try:
                 await self._run_once(task_status)
                 task_status = anyio.TASK_STATUS_IGNORED
             except OSError as exc:
                 logger.error("search worker failed to start: %r", exc)
-            if not self._closed:
-                await anyio.sleep(RESTART_PAUSE)
+            if self._closed:
+                break
+            stable = anyio.current_time() - started >= STABLE_AFTER
+            pause = self._restart_pause if stable else pause
+            await anyio.sleep(pause)
+            pause = min(pause * 2, self._max_restart_pause)
 
     async def _run_once(self, task_status: anyio.abc.TaskStatus[None]) -> None:
         # Our own pipes, non-blocking on our side: a search is written at once from the

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -217,3 +218,30 @@ async def test_a_snapshot_larger_than_the_pipe_arrives_whole() -> None:
             ("k0", None), (f"k{n // 2}", None), (f"k{n - 1}", None)
         ]  # fmt: skip
         await offload.close()
+
+
+async def test_a_worker_that_cannot_start_is_retried_and_searches_stay_local(
+    tmp_path: Path,
+) -> None:
+    broken = SearchOffload(
+        [sys.executable, "-c", "raise SystemExit(3)"], restart_pause=0.001, max_restart_pause=0.01
+    )
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(broken.run)
+        with anyio.fail_after(20):
+            while broken.starts < 4:  # noqa: ASYNC110 (no event to wait on)
+                await anyio.sleep(0.01)
+        await broken.close()
+    assert broken.answered == 0 and not broken.running
+    # A node whose worker cannot start still answers every recall, from its own index.
+    async with offloading_tree(tmp_path) as (system, sup):
+        system.resources[OFFLOAD_RESOURCE] = broken_node_offload = SearchOffload(
+            [sys.executable, "-c", "raise SystemExit(3)"], restart_pause=0.001
+        )
+        system.start_soon(broken_node_offload.run)
+        await ask(sup, Remember(memories(50)))
+        for _ in range(20):
+            [hit, *_] = await ask(sup, Recall(query="violin note 7", weights=WEIGHTS))
+            assert hit.key == "k7"
+        assert broken_node_offload.answered == 0
+        await broken_node_offload.close()
