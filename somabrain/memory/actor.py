@@ -60,11 +60,11 @@ from .messages import (
     Unlink,
     WriteTicket,
 )
-from .recall import ContextRecallResult, context_recall
+from .recall import ContextRecallResult, context_recall, query_embedding, with_working_memory
 from .replica import TenantReplica, view_params
 from .tenant import TenantMemory
 from .text import tokenize
-from .types import Link, Memory, Remembered
+from .types import Link, Memory, RecallHit, Remembered
 from .views import multiview, resolve_weights
 from .working import WMItem
 from .working_journal import DurableWorkingMemory, working_journal_path
@@ -269,6 +269,9 @@ class MemoryActor(Actor):
             case ContextRecall():
                 if self.batcher is not None:
                     return self.store.write(self._context_recall, message)
+                ticket = self._context_recall_remote(message, None)
+                if ticket is not None:
+                    return ticket
                 return self._context_recall_now(message, None)
             case GetMemory(key=key):
                 return memory.get(key)
@@ -307,7 +310,23 @@ class MemoryActor(Actor):
     async def _context_recall(self, message: ContextRecall) -> ContextRecallResult:
         assert self.batcher is not None
         [vector] = await self.batcher.embed([message.query])
+        ticket = self._context_recall_remote(message, vector)
+        if ticket is not None:
+            result: ContextRecallResult = await ticket.result()
+            return result
         return self._context_recall_now(message, vector)
+
+    def _context_recall_remote(self, message: ContextRecall, vector: Any) -> WriteTicket | None:
+        """The context recall with its long-term part in the search worker (None: not now)."""
+        if self.replica is None or message.top_k == 0 or not self.replica.available:
+            return None  # (top_k 0: working memory only, nothing to search)
+        qvec = query_embedding(self.memory, message.query, vector)
+
+        def then(hits: list[RecallHit]) -> ContextRecallResult:
+            return with_working_memory(self.memory, self.working, hits, message.query, qvec,
+                                       message.session_id, message.wm_top_k)  # fmt: skip
+
+        return self.replica.recall(message, message.weights or self.weights, qvec, then)
 
     def _context_recall_now(self, message: ContextRecall, vector: Any) -> ContextRecallResult:
         return context_recall(

@@ -20,7 +20,7 @@ from .text import tokenize
 from .types import Memory, RecallFilter, RecallHit
 from .working import WMHit, WorkingMemory
 
-__all__ = ["ContextRecallResult", "context_recall"]
+__all__ = ["ContextRecallResult", "context_recall", "query_embedding", "with_working_memory"]
 
 F32 = npt.NDArray[np.float32]
 
@@ -56,20 +56,39 @@ def context_recall(
     """Recall ``top_k`` memories (with their vectors) and the session's best working-memory
     items. ``query_vector``: the query's embedding when the caller computed it already (the
     memory actor embeds off the event loop)."""
-    dim = memory.embedder.dim
-    tokens = tokenize(query)
-    if query_vector is None:
-        qvec = np.asarray(memory.embedder.embed([query])[0], dtype=np.float32)
-    else:
-        qvec = np.asarray(query_vector, dtype=np.float32)
+    qvec = query_embedding(memory, query, query_vector)
     hits = memory.recall(query, top_k, namespace, filters, weights=weights, vector=qvec, at=at)
+    return with_working_memory(memory, working, hits, query, qvec, session_id, wm_top_k)
+
+
+def query_embedding(
+    memory: TenantMemory, query: str, query_vector: npt.ArrayLike | None = None
+) -> F32:
+    """The query's embedding: ``query_vector`` when the caller has it, else the tenant's."""
+    if query_vector is None:
+        return np.asarray(memory.embedder.embed([query])[0], dtype=np.float32)
+    return np.asarray(query_vector, dtype=np.float32)
+
+
+def with_working_memory(
+    memory: TenantMemory,
+    working: WorkingMemory | None,
+    hits: list[RecallHit],
+    query: str,
+    qvec: F32,
+    session_id: str | None,
+    wm_top_k: int,
+) -> ContextRecallResult:
+    """The long-term ``hits`` (recalled with ``qvec``, here or in the search worker) with their
+    vectors, and the session's best working-memory items."""
+    dim = memory.embedder.dim
     vectors = np.zeros((len(hits), dim), dtype=np.float32)
     for i, h in enumerate(hits):
         vectors[i] = memory.index.vector_of(h.key)
     wm_hits: list[WMHit] = []
     wm_vectors = np.zeros((0, dim), dtype=np.float32)
     if working is not None and session_id is not None and wm_top_k > 0:
-        wm_hits = working.search(session_id, qvec, tokens, wm_top_k)
+        wm_hits = working.search(session_id, qvec, tokenize(query), wm_top_k)
         by_key = {it.key: it.vector for it in working.items(session_id)}
         if wm_hits:
             wm_vectors = np.stack([by_key[h.key] for h in wm_hits]).astype(np.float32)

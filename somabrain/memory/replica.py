@@ -10,7 +10,7 @@ same arguments, so a caller sees the same hits either way.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -18,10 +18,11 @@ import numpy.typing as npt
 
 from .associations import ASSOCIATION, AssociationStore
 from .embedder import HashingEmbedder
-from .messages import Recall, WriteTicket
+from .messages import ContextRecall, Recall, WriteTicket
 from .search_offload import OffloadUnavailable, ReplicaFeed, SearchOffload
 from .search_protocol import AssociationParams, ViewParams
 from .tenant import MAX_TOP_K, TenantMemory
+from .types import RecallHit
 
 __all__ = ["OFFLOAD_RESOURCE", "TenantReplica", "shared_offload", "view_params"]
 
@@ -85,6 +86,11 @@ class TenantReplica:
             self._open(offload)
         return None
 
+    @property
+    def available(self) -> bool:
+        """A search can go to the worker now (opens the replica when it is due)."""
+        return self._usable_feed() is not None
+
     def _open(self, offload: SearchOffload) -> None:
         self._detach()
         memory = self.memory
@@ -128,11 +134,14 @@ class TenantReplica:
 
     def recall(
         self,
-        message: Recall,
+        message: Recall | ContextRecall,
         weights: Mapping[str, float],
         vector: npt.NDArray[Any] | None = None,
+        then: Callable[[list[RecallHit]], Any] | None = None,
     ) -> WriteTicket | None:
-        """The recall as a ticket the worker resolves; None when it must run locally now."""
+        """The recall as a ticket the worker's answer resolves (with ``then(hits)`` when
+        given, else the hits); None when it must run locally now. ``vector``: the query's
+        embedding (the worker embeds with the built-in embedder when it is None)."""
         memory = self.memory
         if not 0 <= message.top_k <= MAX_TOP_K:  # the local recall says what is wrong
             return None
@@ -144,14 +153,15 @@ class TenantReplica:
         ticket = WriteTicket()
 
         def answered(hits: Any, error: BaseException | None) -> None:
-            if error is None:
-                ticket.set_result(memory.recall_hits(hits))
-                return
-            try:  # the worker could not answer: the same recall, locally
-                ticket.set_result(memory.recall(
-                    message.query, message.top_k, message.namespace, message.filters,
-                    weights=weights, vector=vector, at=message.at,
-                ))  # fmt: skip
+            try:
+                if error is None:
+                    found = memory.recall_hits(hits)
+                else:  # the worker could not answer: the same recall, locally
+                    found = memory.recall(
+                        message.query, message.top_k, message.namespace, message.filters,
+                        weights=weights, vector=vector, at=message.at,
+                    )  # fmt: skip
+                ticket.set_result(found if then is None else then(found))
             except Exception as exc:
                 ticket.set_exception(exc)
 

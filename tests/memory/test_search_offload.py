@@ -21,7 +21,16 @@ from somabrain.actors import ActorSystem
 from somabrain.config import SomaConfig
 from somabrain.memory import Memory, RecallFilter, RecallHit
 from somabrain.memory.actor import STORES_RESOURCE
-from somabrain.memory.messages import Forget, LinkMemories, Recall, Reinforce, Remember, ask_memory
+from somabrain.memory.messages import (
+    ContextRecall,
+    Forget,
+    LinkMemories,
+    Recall,
+    Reinforce,
+    Remember,
+    ask_memory,
+)
+from somabrain.memory.recall import context_recall
 from somabrain.memory.replica import OFFLOAD_RESOURCE
 from somabrain.memory.search_offload import SearchOffload
 from somabrain.memory.search_protocol import ViewParams
@@ -68,7 +77,9 @@ def offload_of(system: ActorSystem) -> SearchOffload:
     return offload
 
 
-async def recall_remotely(system: ActorSystem, sup: DynamicSupervisor, recall: Recall) -> Any:
+async def recall_remotely(
+    system: ActorSystem, sup: DynamicSupervisor, recall: Recall | ContextRecall
+) -> Any:
     """Recall until the worker answers (the first recalls open the replica, and run locally
     until the worker has built it)."""
     with anyio.fail_after(20):
@@ -245,3 +256,15 @@ async def test_a_worker_that_cannot_start_is_retried_and_searches_stay_local(
             assert hit.key == "k7"
         assert broken_node_offload.answered == 0
         await broken_node_offload.close()
+
+
+async def test_a_context_recall_searches_in_the_worker_too(tmp_path: Path) -> None:
+    async with offloading_tree(tmp_path) as (system, sup):
+        await ask(sup, Remember(memories(200)))
+        message = ContextRecall(query="harbor lemon", top_k=8, weights=WEIGHTS, wm_top_k=3)
+        remote = await recall_remotely(system, sup, message)
+        store = system.resources[STORES_RESOURCE]["acme"]
+        local = context_recall(store.memory, store.working, "harbor lemon", 8, weights=WEIGHTS)
+        assert same_hits(remote.hits, local.hits)
+        assert np.array_equal(remote.vectors, local.vectors)
+        assert np.array_equal(remote.query_vector, local.query_vector)
