@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from ..governance.http import governance_health, readiness
+from ..memory.replica import OFFLOAD_RESOURCE
 from . import schemas as s
 from .errors import HTTPError
 from .handlers import Handlers
@@ -53,6 +54,9 @@ class OpsHandlers(Handlers):
         components["dead_letters"] = {"total": self.system.dead_letters.total}
         components["tree"] = {"ready": tree.ready, "state": info["state"]}
         components["governance"] = governance_health(self.system.resources)
+        offload = self.system.resources.get(OFFLOAD_RESOURCE)
+        if offload is not None:  # started with the first tenant large enough to need it
+            components["search_worker"] = offload.health()
         healthy = tree.ready and components["governance"]["ready"]
         return self.json(
             s.HealthResponse(status="ok" if healthy else "degraded", components=components)

@@ -118,6 +118,17 @@ class SearchOffload:
     def pid(self) -> int | None:
         return self._process.pid if self._process is not None else None
 
+    def health(self) -> dict[str, Any]:
+        """The ``search_worker`` component of ``/health``."""
+        return {
+            "running": self.running,
+            "pid": self.pid,
+            "starts": self.starts,
+            "replicas": len(self._feeds),
+            "searches": self.answered,
+            "failovers": self.failed_over,
+        }
+
     def metrics(self) -> list[tuple[str, str, str, list[tuple[dict[str, str], float]]]]:
         """Prometheus families for ``/metrics`` (see ``somabrain.edge.metrics``)."""
         return [

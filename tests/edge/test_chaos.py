@@ -581,6 +581,8 @@ def test_kills_under_load_lose_nothing_acknowledged(
             restarts = restarts_in_metrics(metrics)
             searched = re.search(r"^soma_search_worker_searches_total (\d+)", metrics, re.M)
             assert searched and int(searched[1]) > 0, "no recall went to the search worker"
+            worker = admin.get("/health").json()["components"]["search_worker"]
+            assert worker["running"] and worker["replicas"] >= 1, worker
             short = {p: (restarts.get(p), n) for p, n in chaos.kills.items() if restarts[p] < n}
             assert not short, f"restarts in /metrics below the kills (got, killed): {short}"
         assert node.stop() == 0
