@@ -158,6 +158,8 @@ class SearchOffload:
                 task_status = anyio.TASK_STATUS_IGNORED
             except OSError as exc:
                 logger.error("search worker failed to start: %r", exc)
+            except Exception:  # a bug or a garbled frame: a new worker, never a dead node
+                logger.exception("search worker connection failed")
             if self._closed:
                 break
             stable = anyio.current_time() - started >= STABLE_AFTER

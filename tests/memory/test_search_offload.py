@@ -268,3 +268,23 @@ async def test_a_context_recall_searches_in_the_worker_too(tmp_path: Path) -> No
         assert same_hits(remote.hits, local.hits)
         assert np.array_equal(remote.vectors, local.vectors)
         assert np.array_equal(remote.query_vector, local.query_vector)
+
+
+async def test_a_garbled_answer_restarts_the_worker_and_not_the_node(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    garbling = SearchOffload(
+        [
+            sys.executable,
+            "-c",
+            "import os, time; os.write(1, b'\\x05\\0\\0\\0junk!'); time.sleep(9)",
+        ],
+        restart_pause=0.001,
+    )
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(garbling.run)
+        with anyio.fail_after(20):
+            while garbling.starts < 3:  # noqa: ASYNC110 (no event to wait on)
+                await anyio.sleep(0.01)
+        await garbling.close()
+    assert "search worker connection failed" in caplog.text
