@@ -10,6 +10,8 @@ same arguments, so a caller sees the same hits either way.
 from __future__ import annotations
 
 import logging
+import math
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -29,6 +31,10 @@ __all__ = ["OFFLOAD_RESOURCE", "TenantReplica", "shared_offload", "view_params"]
 logger = logging.getLogger("somabrain.memory.offload")
 
 OFFLOAD_RESOURCE = "memory.offload"
+
+#: Seconds between two snapshots of one tenant: a replica the worker keeps dropping (or a
+#: worker that keeps dying) costs a snapshot at most this often, not one per recall.
+REOPEN_PAUSE = 5.0
 
 
 def shared_offload(system: Any) -> SearchOffload:
@@ -72,6 +78,7 @@ class TenantReplica:
         self.views = views
         self.min_memories = min_memories
         self.feed: ReplicaFeed | None = None
+        self._reopen_after = -math.inf
 
     def _usable_feed(self) -> ReplicaFeed | None:
         feed = self.feed
@@ -79,7 +86,7 @@ class TenantReplica:
             return feed
         if feed is not None and not feed.broken:
             return None  # the worker is still building it
-        if len(self.memory) < self.min_memories:
+        if len(self.memory) < self.min_memories or time.monotonic() < self._reopen_after:
             return None
         offload = shared_offload(self._system)
         if offload.running:
@@ -93,6 +100,7 @@ class TenantReplica:
 
     def _open(self, offload: SearchOffload) -> None:
         self._detach()
+        self._reopen_after = time.monotonic() + REOPEN_PAUSE
         memory = self.memory
         memories, vectors, links, salience = memory.replica_snapshot()
         embedder = memory.embedder

@@ -8,6 +8,7 @@ the snapshot, the feeds and the protocol are the real ones; only the pipe is mis
 
 from __future__ import annotations
 
+import math
 import random
 from types import SimpleNamespace
 from typing import Any
@@ -331,8 +332,10 @@ async def test_a_change_that_fails_drops_the_replica_and_never_answers_stale() -
     # A bad Add drops a replica too.
     other.add([Memory(key="y", content="dog")], np.zeros((2, DIM), np.float32))
     assert other.broken and not offload.replicas
-    # The next recall opens a new replica (a new number), in step with the tenant.
+    # The next recall after the reopen pause opens a new replica (a new number), in step.
     await tm.forget(tm.recall("note cat")[0].key)
+    assert replica._usable_feed() is None and replica.feed is feed  # within the pause
+    replica._reopen_after = -math.inf  # the pause is over
     assert replica._usable_feed() is None and replica.feed is not feed
     new = replica._usable_feed()
     assert new is not None and new.replica not in (feed.replica, other.replica)
