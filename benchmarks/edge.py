@@ -8,11 +8,12 @@ What it measures, in one run (rates in requests per second, latencies in millise
 * ``recall``: ``POST /memory/recall`` (top_k 10, a different query each time, bearer token)
   against ``somabrain dev`` with 10,000 memories preloaded into the tenant: routing, JWT,
   rate-limit check, decode, ask the tenant's memory actor, hybrid recall (semantic + lexical
-  over every memory), encode.
+  over every memory, in the node's search worker process: the tenant is above
+  ``memory.offload_min_memories``), encode.
 * ``recall_100``: the same recall requests against a tenant of 100 memories: the same
-  response (10 results with their views), a search that costs next to nothing. What the edge
-  and Hypercorn cost for a recall response of this size, so the distance to ``recall`` is what
-  the search at 10,000 memories costs.
+  response (10 results with their views), a search that costs next to nothing (in the node:
+  the tenant is below the search worker's threshold). What the edge and Hypercorn cost for a
+  recall response of this size.
 * ``remember``: ``POST /memory/remember`` (a new memory each time, so no deduplication) into
   another tenant, acknowledged only once durable (group-commit fsync, the default).
 * ``evaluate``: ``POST /context/evaluate`` (top_k 10, a different query each time) on the same
