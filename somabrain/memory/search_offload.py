@@ -25,8 +25,10 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import math
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -66,6 +68,10 @@ logger = logging.getLogger("somabrain.memory.offload")
 RESTART_PAUSE = 1.0
 MAX_RESTART_PAUSE = 30.0
 STABLE_AFTER = 30.0
+#: A search unanswered this long runs in the node instead, and searches stay in the node for
+#: as long again: the worker handles frames in order, so building a large tenant's replica
+#: (seconds at 100k memories) would otherwise hold up every search queued behind it.
+STALL_AFTER = 0.5
 
 F32 = npt.NDArray[np.float32]
 
@@ -95,7 +101,9 @@ class SearchOffload:
         self._out = bytearray()
         self._out_at = 0
         self._wake = anyio.Event()
-        self._pending: dict[int, Callback] = {}
+        # Pending searches by id, in the order sent, with the time each was sent.
+        self._pending: dict[int, tuple[Callback, float]] = {}
+        self._stalled_until = -math.inf
         self._feeds: dict[int, ReplicaFeed] = {}
         self._ids = itertools.count(1)
         self._replica_ids = itertools.count(1)
@@ -194,6 +202,7 @@ class SearchOffload:
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._write, tg.cancel_scope)
+                tg.start_soon(self._watch_stalls)
                 await self._read()
                 tg.cancel_scope.cancel()
         finally:
@@ -244,10 +253,10 @@ class SearchOffload:
             buffer += chunk
             for response in read_responses(buffer):
                 if isinstance(response, Hits):
-                    callback = pending.pop(response.id, None)
-                    if callback is not None:
+                    entry = pending.pop(response.id, None)
+                    if entry is not None:
                         self.answered += 1
-                        callback(response.hits, None)
+                        entry[0](response.hits, None)
                 elif isinstance(response, Opened):
                     feed = feeds.get(response.replica)
                     if feed is not None:
@@ -261,10 +270,10 @@ class SearchOffload:
             if feed is not None:
                 feed.broken = True
                 logger.error("search replica %d dropped: %s", failure.replica, failure.error)
-        callback = self._pending.pop(failure.id, None)
-        if callback is not None:
+        entry = self._pending.pop(failure.id, None)
+        if entry is not None:
             self.failed_over += 1
-            callback(None, OffloadUnavailable(failure.error))
+            entry[0](None, OffloadUnavailable(failure.error))
 
     def _lost(self, why: str) -> None:
         """The worker is gone: every replica with it, and every pending search fails over."""
@@ -273,8 +282,29 @@ class SearchOffload:
             feed.broken = True
         pending, self._pending = self._pending, {}
         self.failed_over += len(pending)
-        for callback in pending.values():
+        for callback, _ in pending.values():
             callback(None, OffloadUnavailable(why))
+
+    async def _watch_stalls(self) -> None:
+        """Fail over the searches the worker has not answered within ``STALL_AFTER``."""
+        while True:
+            await anyio.sleep(STALL_AFTER / 4)
+            pending, now = self._pending, time.monotonic()
+            overdue = []
+            for qid, (_, sent) in pending.items():  # oldest first
+                if now - sent < STALL_AFTER:
+                    break
+                overdue.append(qid)
+            if overdue:
+                self._stalled_until = now + STALL_AFTER
+                self.failed_over += len(overdue)
+                for qid in overdue:
+                    pending.pop(qid)[0](None, OffloadUnavailable("the search worker is busy"))
+
+    @property
+    def stalled(self) -> bool:
+        """The worker left a search unanswered for ``STALL_AFTER`` moments ago."""
+        return time.monotonic() < self._stalled_until
 
     async def close(self) -> None:
         """Stop the worker for good (``run`` returns)."""
@@ -330,7 +360,7 @@ class SearchOffload:
 
     def search(self, replica: int, callback: Callback, fields: dict[str, Any]) -> None:
         qid = next(self._ids)
-        self._pending[qid] = callback
+        self._pending[qid] = (callback, time.monotonic())
         self.send(Search(qid, replica, **fields))
 
     def close_replica(self, replica: int) -> None:
@@ -351,7 +381,7 @@ class ReplicaFeed:
 
     @property
     def usable(self) -> bool:
-        return self.ready and not self.broken
+        return self.ready and not self.broken and not self.offload.stalled
 
     def _send(self, frame: Any) -> None:
         if not self.broken:

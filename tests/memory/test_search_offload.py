@@ -32,7 +32,7 @@ from somabrain.memory.messages import (
 )
 from somabrain.memory.recall import context_recall
 from somabrain.memory.replica import OFFLOAD_RESOURCE
-from somabrain.memory.search_offload import SearchOffload
+from somabrain.memory.search_offload import OffloadUnavailable, SearchOffload
 from somabrain.memory.search_protocol import ViewParams
 from somabrain.supervision import DynamicSupervisor
 from tests.memory.test_actor import memory_tree
@@ -288,3 +288,28 @@ async def test_a_garbled_answer_restarts_the_worker_and_not_the_node(
                 await anyio.sleep(0.01)
         await garbling.close()
     assert "search worker connection failed" in caplog.text
+
+
+async def test_a_search_the_busy_worker_leaves_unanswered_runs_in_the_node() -> None:
+    silent = SearchOffload([sys.executable, "-c", "import time; time.sleep(30)"])
+    async with anyio.create_task_group() as tg:
+        await tg.start(silent.run)
+        views = ViewParams((), 8, 0.85, 2, 86400.0, 1.0, None)
+        feed = silent.open_replica(
+            4, views, memories=[], vectors=np.zeros((0, 4), np.float32), links=[], salience={}
+        )
+        feed.ready = True  # as if built: the worker is busy with something else
+        failed = anyio.Event()
+        errors: list[BaseException | None] = []
+
+        def answered(hits: Any, error: BaseException | None) -> None:
+            errors.append(error)
+            failed.set()
+
+        feed.search(answered, text="x", vector=b"", top_k=1, namespace=None, filter=None,
+                    weights={"semantic": 1.0}, now=1.0, at=None)  # fmt: skip
+        with anyio.fail_after(10):
+            await failed.wait()
+        assert isinstance(errors[0], OffloadUnavailable) and silent.failed_over == 1
+        assert silent.stalled and not feed.usable  # the next searches stay in the node
+        await silent.close()

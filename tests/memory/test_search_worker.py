@@ -74,7 +74,7 @@ class Loopback(SearchOffload):
         assert not buffer
         for response in read_responses(answers):  # what ``SearchOffload._read`` does
             if isinstance(response, Hits):
-                self._pending.pop(response.id)(response.hits, None)
+                self._pending.pop(response.id)[0](response.hits, None)
             elif isinstance(response, Opened):
                 self._feeds[response.replica].ready = True
             else:
