@@ -39,7 +39,6 @@ from ..tenancy import valid_tenant
 from .associations import (
     ASSOCIATION,
     AssociationStore,
-    AssociationView,
     FeedbackLearner,
     association_journal_path,
     with_association,
@@ -61,11 +60,11 @@ from .messages import (
     WriteTicket,
 )
 from .recall import ContextRecallResult, context_recall, query_embedding, with_working_memory
-from .replica import TenantReplica, view_params
+from .replica import TenantReplica
 from .tenant import TenantMemory
 from .text import tokenize
 from .types import Link, Memory, RecallHit, Remembered
-from .views import multiview, resolve_weights
+from .views import build_views, resolve_weights, view_params
 from .working import WMItem
 from .working_journal import DurableWorkingMemory, working_journal_path
 
@@ -172,29 +171,15 @@ class MemoryActor(Actor):
         if previous is not None:  # the last incarnation was killed: hand its log over
             await previous.close(settings.drain_timeout)
         ctx = _context_settings(system)
-        v = ctx.views
-        views = [
-            view
-            for view in multiview(
-                graph_seeds=v.graph_seeds,
-                graph_damping=v.graph_damping,
-                graph_steps=v.graph_steps,
-                recency_half_life=v.recency_half_life,
-                salience_gain=v.salience_gain,
-            )
-            if view.name in settings.extra_views
-        ]
+        params = view_params(settings.extra_views, ctx.views, ctx.associations)
         embedder = await shared_embedder(system.resources, ctx.embedder, ctx.embedding)
         self.batcher = embedder if isinstance(embedder, BatchingEmbedder) else None
         self.embedder = embedder.embedder if self.batcher is not None else embedder
         self.broken: BaseException | None = None
         associations: AssociationStore | None = None
-        if ASSOCIATION in settings.extra_views:  # filled from its journal below
-            a = ctx.associations
-            associations = AssociationStore(embedder.dim, capacity=a.capacity)
-            views.append(AssociationView(associations, neighbours=a.neighbours,
-                                         min_similarity=a.min_similarity,
-                                         sharpness=a.sharpness))  # fmt: skip
+        if params.association is not None:  # filled from its journal below
+            associations = AssociationStore(embedder.dim, capacity=params.association.capacity)
+        views = build_views(params, associations)
         try:
             memory = await TenantMemory.open(
                 tenant_data_dir(system),
@@ -229,7 +214,7 @@ class MemoryActor(Actor):
                 system,
                 memory,
                 associations,
-                view_params(settings.extra_views, v, ctx.associations),
+                params,
                 settings.offload_min_memories,
             )
         wm = ctx.working_memory

@@ -246,21 +246,23 @@ class AssociationStore:
     def durable(self) -> bool:
         return self._journal is not None and self._journal.durable
 
+    def _ring_start(self) -> int:
+        """The ring position of the oldest association."""
+        return self._next if len(self._queries) == self.capacity else 0
+
+    def _oldest_first(self) -> list[int]:
+        n, start = len(self._queries), self._ring_start()
+        return [(start + i) % n for i in range(n)]
+
     def snapshot(self) -> list[tuple[str, F32, tuple[str, ...], float]]:
-        """(query, unit vector, keys, at) of every association, oldest first: ``add`` them in
-        this order to an empty store of the same capacity to get the same associations."""
-        n = len(self._queries)
-        start = self._next if n == self.capacity else 0
-        order = [(start + i) % n for i in range(n)] if n else []
+        """(query, unit vector, keys, at) of every association, oldest first: ``restore``
+        gives an empty store of the same capacity the same associations."""
         return [(self._queries[i], self._vectors[i].copy(), self._keys[i], self._at[i])
-                for i in order]  # fmt: skip
+                for i in self._oldest_first()]  # fmt: skip
 
     def entries(self) -> list[tuple[str, tuple[str, ...]]]:
         """(query, keys) of every association, oldest first."""
-        n = len(self._queries)
-        start = self._next if n == self.capacity else 0
-        order = [(start + i) % n for i in range(n)] if n else []
-        return [(self._queries[i], self._keys[i]) for i in order]
+        return [(self._queries[i], self._keys[i]) for i in self._oldest_first()]
 
     # --- changes ---------------------------------------------------------------------------
 
@@ -345,8 +347,7 @@ class AssociationStore:
             kth = sims[best].min()  # them (a replica's ring starts elsewhere: same answer)
             tied = np.flatnonzero(sims == kth)
             if tied.shape[0] > 1:
-                start = self._next if n == self.capacity else 0
-                newest = tied[np.argsort(-((tied - start) % n), kind="stable")]
+                newest = tied[np.argsort(-((tied - self._ring_start()) % n), kind="stable")]
                 best = np.concatenate([np.flatnonzero(sims > kth), newest])[:k]
         best = best[np.argsort(-sims[best], kind="stable")]
         floor = max(0.0, min_similarity)
@@ -367,12 +368,9 @@ class AssociationStore:
     # --- the journal -----------------------------------------------------------------------
 
     def _snapshot(self) -> list[Record]:
-        n = len(self._queries)
-        start = self._next if n == self.capacity else 0
-        order = ((start + j) % n for j in range(n))
         return [
             Associated(self._queries[i], list(self._keys[i]), self._at[i])
-            for i in order
+            for i in self._oldest_first()
             if self._keys[i]
         ]
 

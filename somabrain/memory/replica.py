@@ -18,15 +18,15 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from .associations import ASSOCIATION, AssociationStore
+from .associations import AssociationStore
 from .embedder import HashingEmbedder
 from .messages import ContextRecall, Recall, WriteTicket
 from .search_offload import OffloadUnavailable, ReplicaFeed, SearchOffload
-from .search_protocol import AssociationParams, ViewParams
+from .search_protocol import ViewParams
 from .tenant import MAX_TOP_K, TenantMemory
 from .types import RecallHit
 
-__all__ = ["OFFLOAD_RESOURCE", "TenantReplica", "shared_offload", "view_params"]
+__all__ = ["OFFLOAD_RESOURCE", "TenantReplica", "shared_offload"]
 
 logger = logging.getLogger("somabrain.memory.offload")
 
@@ -46,19 +46,6 @@ def shared_offload(system: Any) -> SearchOffload:
         system.add_finalizer(offload.close)
         system.resources.setdefault("metrics.sources", {})[OFFLOAD_RESOURCE] = offload.metrics
     return offload
-
-
-def view_params(extra_views: Any, views: Any, associations: Any) -> ViewParams:
-    """The replica's views, from ``memory.extra_views`` and ``context.views`` /
-    ``context.associations`` (as the memory actor builds its own)."""
-    assoc = None
-    if ASSOCIATION in extra_views:
-        a = associations
-        assoc = AssociationParams(a.capacity, a.neighbours, a.min_similarity, a.sharpness)
-    return ViewParams(
-        tuple(extra_views), views.graph_seeds, views.graph_damping, views.graph_steps,
-        views.recency_half_life, views.salience_gain, assoc,
-    )  # fmt: skip
 
 
 class TenantReplica:

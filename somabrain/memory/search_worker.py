@@ -24,7 +24,7 @@ import traceback
 import numpy as np
 import numpy.typing as npt
 
-from .associations import AssociationStore, AssociationView
+from .associations import AssociationStore
 from .embedder import HashingEmbedder
 from .graph import LinkGraph
 from .hybrid import HybridIndex
@@ -48,7 +48,7 @@ from .search_protocol import (
 )
 from .text import tokenize
 from .types import Memory
-from .views import multiview
+from .views import build_views
 
 __all__ = ["Replica", "main", "serve"]
 
@@ -59,18 +59,11 @@ class Replica:
     """One tenant's read replica (built from an ``Open`` frame, changed by the others)."""
 
     def __init__(self, spec: Open) -> None:
-        v = spec.views
-        views = [view for view in multiview(
-            graph_seeds=v.graph_seeds, graph_damping=v.graph_damping, graph_steps=v.graph_steps,
-            recency_half_life=v.recency_half_life, salience_gain=v.salience_gain,
-        ) if view.name in v.enabled]  # fmt: skip
         self.associations: AssociationStore | None = None
-        if v.association is not None:
-            a = v.association
-            self.associations = AssociationStore.in_memory(spec.dim, capacity=a.capacity)
-            views.append(AssociationView(self.associations, neighbours=a.neighbours,
-                                         min_similarity=a.min_similarity,
-                                         sharpness=a.sharpness))  # fmt: skip
+        if spec.views.association is not None:
+            capacity = spec.views.association.capacity
+            self.associations = AssociationStore.in_memory(spec.dim, capacity=capacity)
+        views = build_views(spec.views, self.associations)
         self.dim = spec.dim
         self.embedder = HashingEmbedder(**spec.hashing) if spec.hashing is not None else None
         self.index = HybridIndex(spec.dim, views=views)

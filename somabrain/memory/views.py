@@ -27,12 +27,14 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
+from .associations import ASSOCIATION, AssociationStore, AssociationView
 from .ranking import F32, I64, Mask, RecallQuery, ScoreView
+from .search_protocol import AssociationParams, ViewParams
 
 if TYPE_CHECKING:
     from .hybrid import HybridIndex
@@ -44,9 +46,11 @@ __all__ = [
     "GraphView",
     "RecencyView",
     "SalienceView",
+    "build_views",
     "default_weights",
     "multiview",
     "resolve_weights",
+    "view_params",
 ]
 
 VIEW_NAMES = ("semantic", "lexical", "graph", "recency", "salience")
@@ -251,3 +255,41 @@ def multiview(
         SalienceView(salience_gain),
         GraphView(seeds=graph_seeds, damping=graph_damping, steps=graph_steps),
     )
+
+
+def view_params(extra_views: Sequence[str], views: Any, associations: Any) -> ViewParams:
+    """The extra views of a tenant's index, from ``memory.extra_views``, ``context.views`` and
+    ``context.associations``: what ``build_views`` builds, in the node and in the search
+    worker alike."""
+    assoc = None
+    if ASSOCIATION in extra_views:
+        a = associations
+        assoc = AssociationParams(a.capacity, a.neighbours, a.min_similarity, a.sharpness)
+    return ViewParams(
+        tuple(extra_views), views.graph_seeds, views.graph_damping, views.graph_steps,
+        views.recency_half_life, views.salience_gain, assoc,
+    )  # fmt: skip
+
+
+def build_views(params: ViewParams, associations: AssociationStore | None) -> list[ScoreView]:
+    """The extra views ``params`` names, in the order they run; the association view reads
+    ``associations`` (needed when ``params.association`` is set)."""
+    views: list[ScoreView] = [
+        view
+        for view in multiview(
+            graph_seeds=params.graph_seeds,
+            graph_damping=params.graph_damping,
+            graph_steps=params.graph_steps,
+            recency_half_life=params.recency_half_life,
+            salience_gain=params.salience_gain,
+        )
+        if view.name in params.enabled
+    ]
+    a = params.association
+    if a is not None:
+        if associations is None:
+            raise ValueError("the association view needs an association store")
+        views.append(AssociationView(associations, neighbours=a.neighbours,
+                                     min_similarity=a.min_similarity,
+                                     sharpness=a.sharpness))  # fmt: skip
+    return views
