@@ -153,8 +153,10 @@ def _banner(info: NodeInfo) -> None:
             "  try:",
             f"    export SOMA_TOKEN={info.token}",
             f'    curl -s {info.url}/memory/remember -H "Authorization: Bearer $SOMA_TOKEN"'
+            ' -H "Content-Type: application/json"'
             ' -d \'{"content": "Paris is the capital of France"}\'',
             f'    curl -s {info.url}/memory/recall -H "Authorization: Bearer $SOMA_TOKEN"'
+            ' -H "Content-Type: application/json"'
             ' -d \'{"query": "capital of France", "top_k": 3}\'',
         ]
     else:

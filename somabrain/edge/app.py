@@ -1,6 +1,8 @@
 """The edge's ASGI application: HTTP in, actor messages out, JSON back.
 
-Per request: match the route (404/405), authenticate (401/403), read the body within
+Per request: match the route (404/405), authenticate (401/403), check the body's media type
+(415 unless JSON: ``application/json`` or ``+json``, UTF-8; a request without Content-Type is
+taken as JSON), read the body within
 ``edge.max_body_bytes`` (413, checked against Content-Length first and again while reading),
 decode it with the one reused msgspec decoder of its type (400 malformed or nested deeper
 than ``nesting.MAX_DEPTH``, 422 naming the field), resolve the tenant and take a rate-limit
@@ -183,6 +185,7 @@ class EdgeApp(OpsHandlers, GovernanceHandlers, ContextHandlers):
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         start = time.perf_counter()
         authorization = tenant = trace = None
+        media_type: bytes | None = None
         content_length: int | None = None
         has_body = False
         for name, value in scope["headers"]:
@@ -193,6 +196,8 @@ class EdgeApp(OpsHandlers, GovernanceHandlers, ContextHandlers):
                 content_length = _content_length(value)
             elif name == b"x-tenant-id":
                 tenant = value.decode("latin-1")
+            elif name == b"content-type":
+                media_type = value
             elif name == b"transfer-encoding":
                 has_body = True
             elif name == b"x-request-id" or (name == b"traceparent" and trace is None):
@@ -214,6 +219,8 @@ class EdgeApp(OpsHandlers, GovernanceHandlers, ContextHandlers):
                     principal.require_scope(route.scope)
             body = None
             if route.request is not None:
+                if media_type is not None:
+                    _check_media_type(media_type)
                 raw = await self._read_body(receive, content_length)
                 body_read = True
                 body = self._decode(route.request, raw)
@@ -358,6 +365,35 @@ def _content_length(value: bytes) -> int:
     if not value.isdigit():
         return -1
     return int(value) if len(value) <= 18 else _HUGE
+
+
+def _check_media_type(value: bytes) -> None:
+    """Refuse (415) a body declared as anything but UTF-8 JSON. Why refuse rather than try to
+    parse it: ``curl -d`` without a Content-Type header sends form encoding, and a client that
+    declares XML, a form or Latin-1 text has a bug that a JSON parse error would hide behind a
+    misleading message."""
+    media, _, params = value.decode("latin-1").partition(";")
+    media = media.strip().lower()
+    if media != "application/json" and not (
+        media.startswith("application/") and media.endswith("+json")
+    ):
+        shown = media or "(empty)"
+        raise HTTPError(
+            415,
+            "unsupported_media_type",
+            f"Content-Type {shown!r} is not supported: send a JSON body with "
+            "'Content-Type: application/json'",
+        )
+    for param in params.split(";"):
+        name, _, arg = param.partition("=")
+        if name.strip().lower() == "charset":
+            charset = arg.strip().strip('"').lower()
+            if charset not in ("utf-8", "utf8"):
+                raise HTTPError(
+                    415,
+                    "unsupported_media_type",
+                    f"charset {charset!r} is not supported: JSON bodies are UTF-8",
+                )
 
 
 def _too_deep() -> HTTPError:

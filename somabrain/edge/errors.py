@@ -11,6 +11,7 @@ a message for people and, when one field of the request is at fault, its path in
     405  method_not_allowed
     409  not_running, refused
     413  payload_too_large
+    415  unsupported_media_type
     422  invalid_field, missing_field, unknown_field, out_of_range, batch_too_large,
          invalid_config
     429  rate_limited                       (with Retry-After)

@@ -29,6 +29,7 @@ _STATUS_TEXT = {
     404: "Unknown memory key (or actor path)",
     409: "The target is not in a state that allows this",
     413: "Request body larger than edge.max_body_bytes",
+    415: "The body is declared as something other than UTF-8 JSON (Content-Type)",
     422: "A field is invalid; error.field names it",
     429: "Tenant rate limit exceeded; see Retry-After",
     503: "Not ready, actor unavailable or timed out; see Retry-After",
@@ -66,7 +67,8 @@ def _operation(route: Route, names: dict[type, str]) -> dict[str, Any]:
         }
     else:
         ok = {"description": "OK", "content": _json({"type": "object"})}
-    op["responses"] = {"200": ok, **{str(code): _error(code) for code in route.errors}}
+    errors = sorted({*route.errors, *((415,) if route.request is not None else ())})
+    op["responses"] = {"200": ok, **{str(code): _error(code) for code in errors}}
     if route.scope is not None:
         op["security"] = [{"bearer": []}]
     if route.tenant:

@@ -289,6 +289,32 @@ async def test_malformed_bodies(tmp_path: Path) -> None:
         assert r.status_code == 413 and error_of(r)["code"] == "payload_too_large"
 
 
+async def test_a_body_declared_as_anything_but_json_is_a_415(tmp_path: Path) -> None:
+    """``curl -d`` without a Content-Type header declares a form: refused with a hint, and
+    nothing is stored. JSON under its own media types (any case, UTF-8, ``+json``) and a
+    body without Content-Type are read as JSON."""
+    body = b'{"content": "Paris is the capital of France", "key": "paris"}'
+    async with harness(tmp_path) as h, h.client() as client:
+        for declared in ("application/x-www-form-urlencoded", "text/plain", "application/xml",
+                         "multipart/form-data; boundary=x", "application/json; charset=latin-1",
+                         "application/jsonx", ""):  # fmt: skip
+            r = await client.post("/memory/remember", content=body,
+                                  headers={"content-type": declared})  # fmt: skip
+            assert r.status_code == 415, (declared, r.text)
+            assert error_of(r)["code"] == "unsupported_media_type"
+            assert "application/json" in error_of(r)["message"] or "UTF-8" in error_of(r)["message"]
+        r = await client.get("/memory/paris")
+        assert r.status_code == 404, "a refused remember stored nothing"
+        for declared in ("application/json", "Application/JSON; Charset=\"UTF-8\"",
+                         "application/vnd.soma+json", None):  # fmt: skip
+            headers = {} if declared is None else {"content-type": declared}
+            r = await client.post("/memory/recall", content=b'{"query": "x"}', headers=headers)
+            assert r.status_code == 200, (declared, r.text)
+        # a route without a body ignores what the request declares
+        r = await client.get("/memory/paris", headers={"content-type": "text/plain"})
+        assert r.status_code == 404 and error_of(r)["code"] == "memory_not_found"
+
+
 async def test_bodies_that_break_the_decoder_are_400s(tmp_path: Path) -> None:
     """Invalid UTF-8 inside a string and nesting past the recursion limit make msgspec raise
     UnicodeDecodeError and RecursionError, not DecodeError; a Content-Length of thousands of

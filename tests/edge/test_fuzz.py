@@ -164,7 +164,7 @@ async def call(
 
 # ----------------------------------------------------------------------------- the invariants
 
-_STATUSES = {200, 400, 401, 403, 404, 405, 409, 413, 422, 429, 503}
+_STATUSES = {200, 400, 401, 403, 404, 405, 409, 413, 415, 422, 429, 503}
 _CODE = re.compile(r"^[a-z][a-z_]*$")
 
 
@@ -531,7 +531,11 @@ _RAW = [b"", b" \n", b"null", b"[]", b"[1]", b"1", b'"x"', b"true", b"\xff\xfe",
         b'{"query": "x", "query": "y"}', b"<xml/>", b"query=x&top_k=3"]  # fmt: skip
 _CONTENT_TYPES = [None, b"application/json", b"text/plain", b"application/x-www-form-urlencoded",
                   b"multipart/form-data; boundary=x", b"application/json; charset=latin-1",
-                  b"application/xml", b"", b"\xff\xfe"]  # fmt: skip
+                  b"application/xml", b"", b"\xff\xfe", b"Application/JSON; Charset=\"UTF-8\"",
+                  b"application/problem+json"]  # fmt: skip
+#: The ones a body may be declared as (no header at all is taken as JSON).
+_JSON_TYPES = {None, b"application/json", b"Application/JSON; Charset=\"UTF-8\"",
+               b"application/problem+json"}  # fmt: skip
 
 
 def _is_json(raw: bytes) -> bool:
@@ -561,7 +565,10 @@ def test_raw_bodies(
     body: bytes | list[bytes] = [raw[: len(raw) // 2], raw[len(raw) // 2 :]] if chunked else raw
     reply = edge.send(op, body, headers)
     error = check(reply, (op, raw[:300]))
-    if op.body is not None and not raw.strip():
+    if op.body is not None and content_type not in _JSON_TYPES:
+        assert error is not None and error["code"] == "unsupported_media_type", (op, content_type)
+        assert reply.status == 415, (op, content_type, reply.status)
+    elif op.body is not None and not raw.strip():
         assert error is not None and error["code"] == "malformed_json", (op, raw)
     elif op.body is not None and not _is_json(raw):
         # 400 malformed_json, unless msgspec (which validates while it parses) met a field it
