@@ -30,6 +30,7 @@ from ..governance.http import BundleGovernance, evaluate_input
 from ..memory.types import DEFAULT_NAMESPACE, RecallFilter
 from .audited import AuditHandlers
 from .errors import HTTPError, from_validation
+from .schemas import Timestamp
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -57,7 +58,7 @@ class EvaluateRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     session_id: Session | None = None
     top_k: Annotated[int, Meta(ge=1, le=1000)] | None = None
     namespace: Annotated[str, Meta(min_length=1, max_length=128)] | None = None
-    at: float | dt.datetime | None = None
+    at: Timestamp | None = None
     filters: dict[str, Any] | None = None
     tenant: TenantId | None = None
 

@@ -54,7 +54,8 @@ TenantId = Annotated[
 ]
 Weight = Annotated[float, Meta(ge=-1e9, le=1e9)]
 Rel = Annotated[str, Meta(min_length=1, max_length=128)]
-Timestamp = float | dt.datetime
+#: Epoch seconds or an RFC 3339 date-time (msgspec's schema leaves out the string's format).
+Timestamp = float | Annotated[dt.datetime, Meta(extra_json_schema={"format": "date-time"})]
 
 
 class _Request(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
