@@ -3,7 +3,8 @@ benchmarks drive it with.
 
 ``Server`` starts a process and waits for the banner line that says where it listens (never a
 fixed sleep); ``start_dev_node`` runs ``somabrain dev --port 0`` with rate limits off (a
-benchmark measures the node, not its limiter) plus any ``SOMA_*`` overrides. ``preload`` fills a
+benchmark measures the node, not its limiter), ``/metrics`` open (the node listens on loopback,
+and :func:`settle` reads it without a token) plus any ``SOMA_*`` overrides. ``preload`` fills a
 tenant through ``/memory/remember/batch``; ``recall_requests`` / ``evaluate_requests`` /
 ``remember_requests`` return callables producing ready-made request bytes for
 :func:`benchmarks._http_load.run_load`, the same sequence for the same seed, so two nodes
@@ -157,8 +158,14 @@ class Server:
 
 
 def node_env(overrides: Mapping[str, str] | None = None) -> dict[str, str]:
-    """This environment, rate limits off, the project importable, plus ``overrides``."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1", SOMA_EDGE__RATE_LIMIT__ENABLED="false")
+    """This environment, rate limits off, ``/metrics`` without a token, the project
+    importable, plus ``overrides``."""
+    env = dict(
+        os.environ,
+        PYTHONUNBUFFERED="1",
+        SOMA_EDGE__RATE_LIMIT__ENABLED="false",
+        SOMA_EDGE__METRICS_PUBLIC="true",
+    )
     env["PYTHONPATH"] = _ROOT + os.pathsep + env.get("PYTHONPATH", "")
     env.update(overrides or {})
     return env

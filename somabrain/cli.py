@@ -41,6 +41,9 @@ def _token(args: argparse.Namespace) -> int:
     from .edge.auth import Authenticator, TokenIssuer
     from .supervision import ConfigError
 
+    if not args.tenant and not args.scope:
+        print("error: name a --tenant, a --scope (e.g. --scope metrics), or both", file=sys.stderr)
+        return 2
     try:
         cfg = config.load(args.config)
     except ConfigError as exc:
@@ -104,11 +107,22 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     dev.set_defaults(func=_dev)
 
-    token = commands.add_parser("token", help="print a bearer token the node accepts")
-    token.add_argument(
-        "--tenant", action="append", required=True, help="tenant the token grants (repeatable)"
+    token = commands.add_parser(
+        "token",
+        help="print a bearer token the node accepts",
+        description="Print a bearer token the node accepts: for tenants (--tenant), with scopes "
+        "(--scope), or both. A scraper's token: somabrain token --scope metrics (no tenant: it "
+        "reads /metrics and nothing else).",
     )
-    token.add_argument("--scope", action="append", default=[], help="scope, e.g. admin")
+    token.add_argument(
+        "--tenant", action="append", default=[], help="tenant the token grants (repeatable)"
+    )
+    token.add_argument(
+        "--scope",
+        action="append",
+        default=[],
+        help="scope (repeatable): admin (/admin/*, and /metrics), metrics (/metrics only)",
+    )
     token.add_argument(
         "--data-dir", default=".somabrain", help="the node's data dir (holds the dev secret)"
     )

@@ -8,7 +8,8 @@ Sections:
 
 ``node``    the actor system (name, default mailbox size and overflow policy)
 ``tree``    the supervision tree (``somabrain.supervision.config``)
-``edge``    the HTTP edge: bind address, body and batch limits, timeouts, rate limits
+``edge``    the HTTP edge: bind address, body and batch limits, timeouts, rate limits, whether
+            ``/metrics`` needs a token
 ``auth``    JWT verification: algorithm, HS256 secret or public key, issuer, audience
 ``memory``  the per-tenant memory actors: durability (fsync policy) and recall limits
 ``governance`` the constitution guardian: history directory, dev bootstrap, genesis pin,
@@ -106,6 +107,10 @@ class EdgeSettings(_Section):
     graceful_timeout: Seconds = 10.0
     keep_alive_timeout: PositiveFloat = 75.0
     access_log: bool = False
+    #: ``GET /metrics`` without a token. Its labels name tenants and show their traffic, so by
+    #: default it needs a token with the ``metrics`` (or ``admin``) scope; set this only where
+    #: nobody but the scraper can reach the port (a private network, a sidecar).
+    metrics_public: bool = False
     rate_limit: RateLimitSettings = msgspec.field(default_factory=RateLimitSettings)
 
 

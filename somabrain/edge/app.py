@@ -213,10 +213,11 @@ class EdgeApp(OpsHandlers, GovernanceHandlers, ContextHandlers):
             route, key = self._match(scope["method"], scope["path"])
             route_name = route.name
             principal = None
-            if route.scope is not None:
+            if route.scope is not None and not (
+                route.public_when is not None and route.public_when(self.config)
+            ):
                 principal = self.auth.authenticate(authorization)
-                if route.scope:
-                    principal.require_scope(route.scope)
+                principal.authorize(route.scope)
             body = None
             if route.request is not None:
                 if media_type is not None:

@@ -4,9 +4,12 @@ Tokens are JWTs. Claims:
 
 ``sub``      who the caller is (free text, logged)
 ``tenants``  the tenants the token may act for (a list; ``"*"`` means any tenant). A single
-             ``tenant`` string is accepted too.
+             ``tenant`` string is accepted too. May be empty when ``scopes`` is not: such a
+             token opens only the routes its scopes open (``somabrain token --scope metrics``
+             for a Prometheus scraper, which should read no tenant's memories)
 ``scopes``   a list (or an OAuth-style space-separated ``scope`` string); ``admin`` opens
-             ``/admin/*``
+             ``/admin/*``, ``metrics`` opens ``/metrics``; ``admin`` implies ``metrics``
+             (``IMPLIED_SCOPES``)
 ``exp``      required; ``iat``, ``iss`` and ``aud`` are checked when configured
 
 HS256 (the default) signs with a shared secret: ``auth.secret``, or the file
@@ -36,6 +39,7 @@ from .errors import HTTPError
 
 __all__ = [
     "DEV_SECRET_FILE",
+    "IMPLIED_SCOPES",
     "Authenticator",
     "Principal",
     "TokenIssuer",
@@ -45,6 +49,11 @@ __all__ = [
 DEV_SECRET_FILE = "dev-secret"
 ANY_TENANT = "*"
 _CACHE_LIMIT = 4096
+
+#: Scopes that a scope grants besides itself. An operator's admin token must not need a second
+#: token to read the node's metrics; the converse does not hold (a scraper's token opens
+#: nothing else). Applied once, when a ``Principal`` is made, so a scope check stays one lookup.
+IMPLIED_SCOPES: dict[str, frozenset[str]] = {"admin": frozenset({"metrics"})}
 
 
 def dev_secret(data_dir: str | os.PathLike[str]) -> bytes:
@@ -96,9 +105,13 @@ def _as_set(value: Any, name: str) -> frozenset[str]:
 
 
 class Principal:
-    """Who a verified token speaks for."""
+    """Who a verified token speaks for.
 
-    __slots__ = ("expires_at", "scopes", "subject", "tenants")
+    ``scopes`` are the token's own (what policies and audit records see); ``granted`` adds
+    what they imply (``IMPLIED_SCOPES``) and is what a route's scope is checked against.
+    """
+
+    __slots__ = ("expires_at", "granted", "scopes", "subject", "tenants")
 
     def __init__(
         self, subject: str, tenants: frozenset[str], scopes: frozenset[str], expires_at: float
@@ -106,6 +119,7 @@ class Principal:
         self.subject = subject
         self.tenants = tenants
         self.scopes = scopes
+        self.granted = scopes.union(*(IMPLIED_SCOPES.get(scope, ()) for scope in scopes))
         self.expires_at = expires_at
 
     def __repr__(self) -> str:
@@ -126,6 +140,8 @@ class Principal:
             raise HTTPError(
                 403, "tenant_forbidden", f"this token does not grant tenant {requested!r}"
             )
+        if not self.tenants:
+            raise _no_tenant()
         if len(self.tenants) == 1:
             (only,) = self.tenants
             if only != ANY_TENANT:
@@ -137,9 +153,25 @@ class Principal:
             field="X-Tenant-ID",
         )
 
+    def authorize(self, scope: str) -> None:
+        """Check a route's ``scope`` (see ``Route.scope``): a named scope must be granted;
+        ``""`` (any token for a tenant) needs a token that grants some tenant."""
+        if scope:
+            self.require_scope(scope)
+        elif not self.tenants:
+            raise _no_tenant()
+
     def require_scope(self, scope: str) -> None:
-        if scope not in self.scopes:
+        if scope not in self.granted:
             raise HTTPError(403, "insufficient_scope", f"this endpoint needs the {scope!r} scope")
+
+
+def _no_tenant() -> HTTPError:
+    return HTTPError(
+        403,
+        "tenant_forbidden",
+        "this token grants no tenant (only its scopes' routes, e.g. /metrics)",
+    )
 
 
 def _unauthorized(code: str, message: str) -> HTTPError:
@@ -219,12 +251,14 @@ class Authenticator:
         if tenants is None and isinstance(claims.get("tenant"), str):
             tenants = [claims["tenant"]]
         tenant_set = _as_set(tenants, "tenants")
-        if not tenant_set:
-            raise _unauthorized("invalid_token", "the token grants no tenant ('tenants' claim)")
         bad = sorted(t for t in tenant_set if t != ANY_TENANT and not valid_tenant(t))
         if bad:  # tenant ids become actor and file names: never let an odd one through
             raise _unauthorized("invalid_token", f"the token names invalid tenant ids: {bad}")
         scopes = _as_set(claims.get("scopes", claims.get("scope")), "scopes")
+        if not tenant_set and not scopes:
+            raise _unauthorized(
+                "invalid_token", "the token grants no tenant ('tenants' claim) and no scope"
+            )
         exp = claims["exp"]
         if not isinstance(exp, int | float):
             raise _unauthorized("invalid_token", "the 'exp' claim must be a number")
@@ -252,11 +286,14 @@ class TokenIssuer:
         for tenant in tenant_list:
             if tenant != ANY_TENANT and not valid_tenant(tenant):
                 raise ValueError(f"invalid tenant id {tenant!r}")
+        scope_list = sorted(set(scopes))
+        if not tenant_list and not scope_list:
+            raise ValueError("a token needs at least one tenant or one scope")
         issued = time.time() if now is None else now
         claims: dict[str, Any] = {
             "sub": subject,
             "tenants": tenant_list,
-            "scopes": sorted(set(scopes)),
+            "scopes": scope_list,
             "iat": int(issued),
             "exp": int(issued + (self.settings.token_ttl if ttl is None else ttl)),
         }

@@ -3,8 +3,10 @@ generator (documentation), so the two never disagree."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..config import SomaConfig
 from ..context import messages as ctx
 from ..governance import http as gov
 from . import context as c
@@ -25,9 +27,16 @@ class Route:
     response: type | None = ErrorResponse
     #: ``None``: no token needed; ``""``: any valid token for the tenant; else that scope.
     scope: str | None = ""
+    #: When this returns true for the node's current config, no token is needed after all
+    #: (read per request, so ``/admin/reload`` applies it).
+    public_when: Callable[[SomaConfig], bool] | None = None
     tenant: bool = True
     text: bool = False  # the response is text/plain (metrics)
     errors: tuple[int, ...] = ()
+
+
+def _metrics_public(config: SomaConfig) -> bool:
+    return config.edge.metrics_public
 
 
 _MEMORY_ERRORS = (400, 401, 403, 413, 422, 429, 503)
@@ -48,8 +57,13 @@ ROUTES: tuple[Route, ...] = (
           response=s.StatusResponse, scope=None, tenant=False, errors=(503,)),
     Route("GET", "/health", "health", "Health of each component",
           response=s.HealthResponse, scope=None, tenant=False),
-    Route("GET", "/metrics", "metrics", "Prometheus metrics (text exposition format)",
-          response=None, scope=None, tenant=False, text=True),
+    # Its labels name tenants and their traffic: a scraper's token (scope metrics, no tenant),
+    # unless the operator opens it (edge.metrics_public) on a network only the scraper reaches.
+    Route("GET", "/metrics", "metrics",
+          "Prometheus metrics (text exposition format); the metrics or admin scope, "
+          "or no token with edge.metrics_public = true",
+          response=None, scope="metrics", public_when=_metrics_public, tenant=False, text=True,
+          errors=(401, 403)),
     Route("GET", "/openapi.json", "openapi", "This OpenAPI document",
           response=None, scope=None, tenant=False),
     Route("GET", "/admin/tree", "admin_tree", "The supervision tree, with counters",

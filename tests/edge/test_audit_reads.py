@@ -151,7 +151,8 @@ def test_dev_node_audits_reads_with_the_env_override(
         assert recall_id and r.json()["results"][0]["key"] == key
         bad = c.post("/memory/recall", json={"query": "", "top_k": 3})
         assert bad.status_code == 422  # refused before anything is read or audited
-        metrics = c.get("/metrics").text
+        scraper = {"Authorization": f"Bearer {node.token_for(scopes=['metrics'])}"}
+        metrics = c.get("/metrics", headers=scraper).text
     assert 'soma_audit_tier_up{node="soma-dev",tier="spool"} 1' in metrics
     assert "soma_audit_events_total{" in metrics and "soma_audit_batches_total{" in metrics
     events = events_of(node.data_dir, "reader")

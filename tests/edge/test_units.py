@@ -162,6 +162,24 @@ def test_tenant_resolution_rules(tmp_path: Path) -> None:
     expect("tenant_required", 400, anyone.resolve_tenant, None)
 
 
+def test_admin_implies_metrics_and_scope_only_tokens(tmp_path: Path) -> None:
+    auth = authenticator(tmp_path)
+    admin = auth.authenticate("Bearer " + auth.issuer().issue(["acme"], scopes=["admin"]))
+    admin.authorize("metrics")
+    assert admin.scopes == {"admin"}  # policies and audit records see the token's own scopes
+    metrics = auth.authenticate("Bearer " + auth.issuer().issue(["acme"], scopes=["metrics"]))
+    expect("insufficient_scope", 403, metrics.authorize, "admin")
+    scraper = auth.authenticate("Bearer " + auth.issuer().issue([], scopes=["metrics"]))
+    assert scraper.tenants == frozenset()
+    scraper.authorize("metrics")
+    expect("insufficient_scope", 403, scraper.authorize, "admin")
+    expect("tenant_forbidden", 403, scraper.authorize, "")  # "any token for a tenant"
+    expect("tenant_forbidden", 403, scraper.resolve_tenant, None)
+    expect("tenant_forbidden", 403, scraper.resolve_tenant, "acme")
+    with pytest.raises(ValueError, match="tenant or one scope"):
+        auth.issuer().issue([])
+
+
 def test_bad_tokens_are_401(tmp_path: Path) -> None:
     auth = authenticator(tmp_path)
     error = expect("missing_token", 401, auth.authenticate, None)
