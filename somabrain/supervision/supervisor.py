@@ -556,7 +556,10 @@ class Supervisor:
 
     @property
     def running(self) -> bool:
-        return self._scope is not None
+        """An incarnation is running and was not killed: as for actors, a killed supervisor
+        that is still stopping its children no longer counts (readiness shows the kill at
+        once, and a second kill is not taken for a second restart)."""
+        return self._scope is not None and not self._scope.cancel_called
 
     def finish(self, reason: BaseException | None = None) -> None:
         for child in self.children:

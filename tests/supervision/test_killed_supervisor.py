@@ -49,3 +49,63 @@ async def test_children_of_a_killed_supervisor_run_again() -> None:
             assert await tenant.ask(4) == 4
         assert tree.ready
         await tree.stop()
+
+
+class Blocking(Actor):
+    """``"block"`` holds the actor in a shielded wait (as an fsync would) until ``release``:
+    a kill of its supervisor then waits for it, and the supervisor stays in its stopping
+    state meanwhile."""
+
+    entered: anyio.Event
+    release: anyio.Event
+
+    async def receive(self, message: Any) -> Any:
+        if message == "block":
+            with anyio.CancelScope(shield=True):
+                Blocking.entered.set()
+                await Blocking.release.wait()
+        return message
+
+
+async def test_a_killed_supervisor_stops_counting_as_running_at_once() -> None:
+    """While a killed supervisor is still stopping its children, it is not running: the
+    tree is not ready, and a second kill is refused rather than taken for a second restart."""
+    Blocking.entered, Blocking.release = anyio.Event(), anyio.Event()
+    root = msgspec.convert(
+        {
+            "intensity": 5,
+            "backoff": {"initial": 0.0},
+            "children": {
+                "sub": {
+                    "kind": "supervisor",
+                    "children": {"blocking": {"kind": "actor", "actor": "x:Blocking"}},
+                },
+            },
+        },
+        SupervisorNode,
+    )
+    async with ActorSystem() as system:
+        tree = SupervisionTree(system, root, resolve=lambda _: Blocking)
+        await tree.start()
+        sub = tree.find("/root/sub")
+        actor = system.lookup("/root/sub/blocking")
+        assert sub is not None and actor is not None and sub.running and tree.ready
+        restarts = sub.restarts
+        with anyio.fail_after(5):
+            await actor.tell("block")
+            await Blocking.entered.wait()
+        try:
+            assert tree.kill("/root/sub")
+            assert not sub.running
+            assert not tree.ready
+            assert not tree.kill("/root/sub"), "a stopping supervisor is not killed twice"
+            await anyio.sleep(0.05)
+            assert not sub.running, "still stopping: its child holds it"
+        finally:  # a failed assertion must not leave the actor blocked for good
+            Blocking.release.set()
+        with anyio.fail_after(5):
+            while not (sub.running and tree.ready):  # noqa: ASYNC110 (polls the tree)
+                await anyio.sleep(0.01)
+            assert sub.restarts == restarts + 1
+            assert await actor.ask(1) == 1
+        await tree.stop()
