@@ -19,21 +19,17 @@ class Echo(Actor):
         return message
 
 
-async def test_children_of_a_killed_supervisor_run_again() -> None:
-    root = msgspec.convert(
-        {
-            "intensity": 5,
-            "backoff": {"initial": 0.0},
-            "children": {
-                "sub": {
-                    "kind": "supervisor",
-                    "children": {"echo": {"kind": "actor", "actor": "x:Echo"}},
-                },
-                "tenants": {"kind": "dynamic", "actor": "x:Echo"},
-            },
-        },
+def _tree(actor: str, **siblings: dict[str, Any]) -> SupervisorNode:
+    """A root with supervisor ``sub`` over one ``actor``, beside ``siblings``."""
+    sub = {"kind": "supervisor", "children": {actor: {"kind": "actor", "actor": f"x:{actor}"}}}
+    return msgspec.convert(
+        {"intensity": 5, "backoff": {"initial": 0.0}, "children": {"sub": sub, **siblings}},
         SupervisorNode,
     )
+
+
+async def test_children_of_a_killed_supervisor_run_again() -> None:
+    root = _tree("echo", tenants={"kind": "dynamic", "actor": "x:Echo"})
     async with ActorSystem() as system:
         tree = SupervisionTree(system, root, resolve=lambda _: Echo)
         await tree.start()
@@ -71,19 +67,7 @@ async def test_a_killed_supervisor_stops_counting_as_running_at_once() -> None:
     """While a killed supervisor is still stopping its children, it is not running: the
     tree is not ready, and a second kill is refused rather than taken for a second restart."""
     Blocking.entered, Blocking.release = anyio.Event(), anyio.Event()
-    root = msgspec.convert(
-        {
-            "intensity": 5,
-            "backoff": {"initial": 0.0},
-            "children": {
-                "sub": {
-                    "kind": "supervisor",
-                    "children": {"blocking": {"kind": "actor", "actor": "x:Blocking"}},
-                },
-            },
-        },
-        SupervisorNode,
-    )
+    root = _tree("blocking")
     async with ActorSystem() as system:
         tree = SupervisionTree(system, root, resolve=lambda _: Blocking)
         await tree.start()
