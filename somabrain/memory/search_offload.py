@@ -13,6 +13,14 @@ apply afterwards is sent too, in the order applied, on the same pipe as the sear
 search sees every change applied before it was sent; an acknowledged remember is always in
 the next recall. Until the worker confirms the snapshot (``ready``), searches stay local.
 
+A large snapshot is packed in a thread: at 100k memories of 256 dimensions, packing the
+117 MB frame (the vectors made row-major, the msgpack) held the event loop ~120 ms in one go;
+in a thread, the loop's longest pause is ~65 ms. The snapshot itself is taken on the loop, at
+the instant the feed is attached (the loop goes on changing the index meanwhile): copies that
+only the thread reads then (~100 ms at that size, most of it the vectors, copied as the index
+stores them, ``TenantMemory.replica_snapshot``). The feed holds the changes that follow until
+the snapshot is sent, and a replica closed before that is never sent at all.
+
 Failure. The worker holds copies only: if it dies, drops a replica or answers with an error,
 each pending search runs locally instead (the node's own index is always complete) and the
 offload restarts the worker after ``RESTART_PAUSE``; the actors open new replicas on their
@@ -35,6 +43,7 @@ from typing import Any
 import anyio
 import anyio.abc
 import anyio.lowlevel
+import anyio.to_thread
 import numpy as np
 import numpy.typing as npt
 
@@ -69,9 +78,12 @@ RESTART_PAUSE = 1.0
 MAX_RESTART_PAUSE = 30.0
 STABLE_AFTER = 30.0
 #: A search unanswered this long runs in the node instead, and searches stay in the node for
-#: as long again: the worker handles frames in order, so building a large tenant's replica
-#: (seconds at 100k memories) would otherwise hold up every search queued behind it.
+#: as long again: the worker builds replicas in short steps between searches, but anything
+#: else that holds it up (a huge snapshot to read, a stuck worker) holds up every search.
 STALL_AFTER = 0.5
+#: Snapshots of at least this many memories are packed in a thread, off the event loop (a
+#: smaller one costs less than the hop to a thread and back).
+PACK_IN_THREAD = 5000
 
 F32 = npt.NDArray[np.float32]
 
@@ -116,6 +128,7 @@ class SearchOffload:
         self.failed_over = 0
         self._process: anyio.abc.Process | None = None
         self._fd = self._from_worker = -1  # our ends of the pipes to and from the worker
+        self._tasks: anyio.abc.TaskGroup | None = None  # the running worker's
         self._closed = False
 
     @property
@@ -201,12 +214,13 @@ class SearchOffload:
         task_status.started()
         try:
             async with anyio.create_task_group() as tg:
+                self._tasks = tg
                 tg.start_soon(self._write, tg.cancel_scope)
                 tg.start_soon(self._watch_stalls)
                 await self._read()
                 tg.cancel_scope.cancel()
         finally:
-            self._process = None
+            self._process = self._tasks = None
             self._lost("the search worker stopped")
             os.close(self._fd)
             os.close(self._from_worker)
@@ -318,8 +332,12 @@ class SearchOffload:
     # --- what the memory actors call ------------------------------------------------------
 
     def send(self, frame: Any) -> None:
-        data = pack(frame)
-        if self._out_at >= len(self._out) and self._process is not None:
+        self._send_packed(pack(frame))
+
+    def _send_packed(self, data: bytearray) -> None:
+        if self._out_at < len(self._out) or self._process is None:
+            self._out += data  # behind what waits already
+        else:
             try:
                 written = os.write(self._fd, data)
             except BlockingIOError:
@@ -328,8 +346,8 @@ class SearchOffload:
                 return
             if written == len(data):
                 return
-            data = data[written:]
-        self._out += data
+            # Nothing else waits: the frame becomes the buffer (a snapshot is not copied).
+            self._out, self._out_at = data, written
         self._wake.set()
 
     def open_replica(
@@ -345,18 +363,45 @@ class SearchOffload:
         hashing: dict[str, Any] | None = None,
     ) -> ReplicaFeed:
         """Send a snapshot; the returned feed sends the changes that follow it, and searches
-        once it is ``ready``. Raises ``OffloadUnavailable`` when no worker runs."""
+        once it is ``ready``. Raises ``OffloadUnavailable`` when no worker runs.
+
+        The snapshot must be the caller's own copies (a large one is packed in a thread
+        while the caller goes on changing its index); ``vectors`` may be any (n, dim) view.
+        """
         if not self.running:
             raise OffloadUnavailable("no search worker running")
         rid = next(self._replica_ids)
         feed = self._feeds[rid] = ReplicaFeed(self, rid)
-        self.send(Open(
-            rid, dim, views, hashing, memories,
-            np.ascontiguousarray(vectors, dtype=np.float32).tobytes(), links, salience,
-            [Associate(rid, q, np.asarray(v, np.float32).tobytes(), k, at)
-             for q, v, k, at in associations],
-        ))  # fmt: skip
+
+        def packed() -> bytearray:
+            return pack(Open(
+                rid, dim, views, hashing, memories,
+                np.asarray(vectors, np.float32).tobytes(), links, salience,  # row-major
+                [Associate(rid, q, np.asarray(v, np.float32).tobytes(), k, at)
+                 for q, v, k, at in associations],
+            ))  # fmt: skip
+
+        if len(memories) < PACK_IN_THREAD or self._tasks is None:
+            self._send_packed(packed())
+        else:
+            feed.held = []
+            self._tasks.start_soon(self._send_open, feed, packed)
         return feed
+
+    async def _send_open(self, feed: ReplicaFeed, packed: Callable[[], bytearray]) -> None:
+        """Pack a snapshot in a thread, send it, then the changes its feed held meanwhile."""
+        try:
+            data: bytearray | None = await anyio.to_thread.run_sync(packed)
+        except Exception:  # this replica's snapshot, not the worker: it stays local
+            logger.exception("search replica %d: the snapshot could not be packed", feed.replica)
+            self._feeds.pop(feed.replica, None)
+            feed.broken, data = True, None
+        held, feed.held = feed.held or [], None
+        if data is None or feed.broken:  # or closed meanwhile: the worker never hears of it
+            return
+        self._send_packed(data)
+        for frame in held:
+            self.send(frame)
 
     def search(self, replica: int, callback: Callback, fields: dict[str, Any]) -> None:
         qid = next(self._ids)
@@ -364,7 +409,8 @@ class SearchOffload:
         self.send(Search(qid, replica, **fields))
 
     def close_replica(self, replica: int) -> None:
-        if self._feeds.pop(replica, None) is not None and self.running:
+        feed = self._feeds.pop(replica, None)
+        if feed is not None and feed.held is None and self.running:  # its Open went
             self.send(Close(replica))
 
 
@@ -372,19 +418,23 @@ class ReplicaFeed:
     """One replica: the ``ChangeFeed`` of the tenant's index, graph and associations, and the
     way its searches go. ``usable`` says whether a search can go now."""
 
-    __slots__ = ("broken", "offload", "ready", "replica")
+    __slots__ = ("broken", "held", "offload", "ready", "replica")
 
     def __init__(self, offload: SearchOffload, replica: int) -> None:
         self.offload, self.replica = offload, replica
         self.ready = False  # the worker built the snapshot
         self.broken = False  # the worker is gone or dropped the replica: open a new one
+        #: The changes that wait for the snapshot to be packed and sent (None: it was).
+        self.held: list[Any] | None = None
 
     @property
     def usable(self) -> bool:
         return self.ready and not self.broken and not self.offload.stalled
 
     def _send(self, frame: Any) -> None:
-        if not self.broken:
+        if self.held is not None:
+            self.held.append(frame)
+        elif not self.broken:
             self.offload.send(frame)
 
     def add(self, memories: Sequence[Memory], vectors: F32) -> None:

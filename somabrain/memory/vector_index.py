@@ -134,7 +134,9 @@ class VectorIndex:
         np.divide(arr, norms, out=arr, where=norms > 0)
         return arr
 
-    def _reserve(self, extra: int) -> None:
+    def reserve(self, extra: int) -> None:
+        """Room for ``extra`` more slots, so that a batch added in parts grows the matrix once
+        (the search worker builds a replica in chunks)."""
         need = self._n + extra
         cap = self._matrix.shape[1]
         if need <= cap:
@@ -150,7 +152,7 @@ class VectorIndex:
         """Append a batch of vectors (normalised here); returns their new slots."""
         arr = self.normalise(vectors)
         m = arr.shape[0]
-        self._reserve(m)
+        self.reserve(m)
         start = self._n
         self._matrix[:, start : start + m] = arr.T
         self._alive[start : start + m] = True

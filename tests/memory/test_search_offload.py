@@ -231,6 +231,105 @@ async def test_a_snapshot_larger_than_the_pipe_arrives_whole() -> None:
         await offload.close()
 
 
+def unit_vectors(n: int, dim: int, seed: int) -> Any:
+    vectors = np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+async def search_worker(offload: SearchOffload, replica: int, vector: Any) -> Any:
+    """The keys the worker finds nearest ``vector`` in ``replica``, or the error it answers
+    (sent whether or not the replica is usable)."""
+    answers: list[tuple[Any, BaseException | None]] = []
+    done = anyio.Event()
+
+    def answered(hits: Any, error: BaseException | None) -> None:
+        answers.append((hits, error))
+        done.set()
+
+    offload.search(replica, answered, {
+        "text": "", "vector": vector.tobytes(), "top_k": 1, "namespace": None, "filter": None,
+        "weights": {"semantic": 1.0}, "now": 2.0, "at": None,
+    })  # fmt: skip
+    with anyio.fail_after(20):
+        await done.wait()
+    [(hits, error)] = answers
+    return error if error is not None else [h.key for h in hits]
+
+
+async def test_other_tenants_are_searched_in_the_worker_while_a_large_replica_is_built() -> None:
+    """Building a 20k-memory replica takes the worker a while: the searches of a replica
+    already built, sent after the large snapshot, are answered meanwhile (none fails over),
+    and the changes sent while it is packed and built are in its first answers."""
+    n, dim = 20_000, 64
+    vectors = unit_vectors(n + 1, dim, 8)
+    stored = [Memory(key=f"k{i}", content=f"memory {i}", created_at=1.0) for i in range(n + 1)]
+    views = ViewParams((), 8, 0.85, 2, 86400.0, 1.0, None)
+    offload = SearchOffload()
+    async with anyio.create_task_group() as tg:
+        await tg.start(offload.run)
+        small = offload.open_replica(
+            dim, views, memories=stored[:10], vectors=vectors[:10], links=[], salience={}
+        )
+        with anyio.fail_after(20):
+            while not small.ready:  # noqa: ASYNC110 (the reader task sets it)
+                await anyio.sleep(0.01)
+        large = offload.open_replica(
+            dim, views, memories=stored[:n], vectors=vectors[:n], links=[], salience={}
+        )
+        assert large.held is not None  # packed in a thread: its changes wait for it
+        large.add([stored[n]], vectors[n : n + 1])
+        large.remove("k7")
+        during = 0
+        with anyio.fail_after(60):
+            while not large.ready:
+                assert await search_worker(offload, small.replica, vectors[3]) == ["k3"]
+                during += not large.ready  # answered before the worker announced it
+        assert during >= 1 and offload.failed_over == 0
+        for i, found in ((n, f"k{n}"), (n // 2, f"k{n // 2}"), (0, "k0")):
+            assert await search_worker(offload, large.replica, vectors[i]) == [found]
+        assert await search_worker(offload, large.replica, vectors[7]) != ["k7"]
+        assert offload.failed_over == 0 and offload.answered == during + 5
+        await offload.close()
+
+
+async def test_a_large_snapshot_closed_or_unpackable_is_never_sent() -> None:
+    n, dim = 20_000, 16
+    vectors = unit_vectors(n, dim, 9)
+    stored = [Memory(key=f"k{i}", content=f"memory {i}", created_at=1.0) for i in range(n)]
+    views = ViewParams((), 8, 0.85, 2, 86400.0, 1.0, None)
+    offload = SearchOffload()
+    async with anyio.create_task_group() as tg:
+        await tg.start(offload.run)
+        large = offload.open_replica(
+            dim, views, memories=stored, vectors=vectors, links=[], salience={}
+        )
+        assert large.held is not None
+        large.remove("k1")
+        large.close()
+        garbled = [*stored[1:], Memory(key="x", content="x", meta={"x": object()})]
+        unpackable = offload.open_replica(
+            dim, views, memories=garbled, vectors=vectors, links=[], salience={}
+        )
+        with anyio.fail_after(20):
+            while large.held is not None or unpackable.held is not None:  # noqa: ASYNC110
+                await anyio.sleep(0.01)
+        assert unpackable.broken and offload.health()["replicas"] == 0
+        # Whatever was sent for them went before this one; once this one is built, the
+        # worker has seen it all, and it knows of neither.
+        small = offload.open_replica(
+            dim, views, memories=stored[:10], vectors=vectors[:10], links=[], salience={}
+        )
+        with anyio.fail_after(20):
+            while not small.ready:  # noqa: ASYNC110 (the reader task sets it)
+                await anyio.sleep(0.01)
+        for feed in (large, unpackable):
+            error = await search_worker(offload, feed.replica, vectors[3])
+            assert isinstance(error, OffloadUnavailable) and "no replica" in str(error)
+        assert await search_worker(offload, small.replica, vectors[3]) == ["k3"]
+        assert offload.starts == 1  # the worker was never at fault
+        await offload.close()
+
+
 async def test_a_worker_that_cannot_start_is_retried_and_searches_stay_local(
     tmp_path: Path,
 ) -> None:

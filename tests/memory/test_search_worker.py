@@ -27,6 +27,7 @@ from somabrain.memory.search_protocol import (
     AssociationParams,
     Failed,
     Hits,
+    Open,
     Opened,
     Remove,
     Search,
@@ -35,7 +36,7 @@ from somabrain.memory.search_protocol import (
     pack,
     read_responses,
 )
-from somabrain.memory.search_worker import Replica, handle
+from somabrain.memory.search_worker import Worker
 from somabrain.memory.views import multiview
 
 DIM = 64
@@ -56,24 +57,46 @@ class Clock:
 
 
 class Loopback(SearchOffload):
-    """A ``SearchOffload`` whose worker is ``handle`` in this process, answered at once."""
+    """A ``SearchOffload`` whose worker is a ``Worker`` in this process: every frame is
+    answered as it is sent, and every build runs to its end at once, unless ``hold``: then
+    only ``step`` advances builds, and the test decides what happens between two steps."""
 
     running = True  # no process: every frame is answered as it is sent
 
-    def __init__(self) -> None:
+    def __init__(self, chunk: int = 7) -> None:  # small chunks: builds take several steps
         super().__init__(command=["unused"])
-        self.replicas: dict[int, Replica] = {}
+        self.worker = Worker(chunk)
+        self.replicas = self.worker.replicas
         self.failures: list[Failed] = []
+        self.hold = False
+        self.steps = 0
 
-    def send(self, frame: Any) -> None:
-        buffer, answers = bytearray(pack(frame)), bytearray()
+    def _send_packed(self, data: bytearray) -> None:  # where every frame is written
+        buffer, answers = bytearray(data), bytearray()
         for request in frames(buffer):
-            answer = handle(self.replicas, request)
+            answer = self.worker.handle(request)
             if answer is not None:
                 answers += pack(answer)
         assert not buffer
+        self._answered(answers)
+        if not self.hold:
+            self.finish()
+
+    def step(self) -> None:
+        """One build step, and its answer read."""
+        self.steps += 1
+        answer = self.worker.step()
+        if answer is not None:
+            self._answered(bytearray(pack(answer)))
+
+    def finish(self) -> None:
+        while self.worker.building:
+            self.step()
+
+    def _answered(self, answers: bytearray) -> None:
         for response in read_responses(answers):  # what ``SearchOffload._read`` does
             if isinstance(response, Hits):
+                self.answered += 1
                 self._pending.pop(response.id)[0](response.hits, None)
             elif isinstance(response, Opened):
                 self._feeds[response.replica].ready = True
@@ -325,9 +348,9 @@ async def test_a_change_that_fails_drops_the_replica_and_never_answers_stale() -
     # Later changes meant for it land nowhere; a search naming it fails, never stale hits.
     for frame in (Add(feed.replica, [Memory(key="x", content="cat")], bytes(4 * DIM)),
                   Remove(feed.replica, "x")):  # fmt: skip
-        assert handle(offload.replicas, frame) is None
-    answer = handle(offload.replicas, Search(7, feed.replica, "cat", b"", 5, None, None,
-                                             dict(DEFAULT_WEIGHTS), clock.now, None))  # fmt: skip
+        assert offload.worker.handle(frame) is None
+    answer = offload.worker.handle(Search(7, feed.replica, "cat", b"", 5, None, None,
+                                          dict(DEFAULT_WEIGHTS), clock.now, None))  # fmt: skip
     assert isinstance(answer, Failed) and answer.id == 7 and "no replica" in answer.error
     # A bad Add drops a replica too.
     other.add([Memory(key="y", content="dog")], np.zeros((2, DIM), np.float32))
@@ -363,6 +386,155 @@ async def test_a_search_without_vector_needs_the_hashing_settings() -> None:
         else:
             assert check(feed, tm, "cat sun")
             assert check(feed, tm, "garden train", namespace="default", top_k=3)
+
+
+def held(offload: Loopback, tm: TenantMemory, store: AssociationStore) -> TenantReplica:
+    """``tm``'s replica, opened as the memory actor opens it, with its build held."""
+    offload.hold = True
+    system = SimpleNamespace(resources={OFFLOAD_RESOURCE: offload})
+    replica = TenantReplica(system, tm, store, VIEWS, min_memories=1)
+    assert replica._usable_feed() is None and replica.feed is not None
+    assert replica.feed.replica in offload.worker.building and not replica.feed.ready
+    return replica
+
+
+def search_anyway(offload: SearchOffload, replica: int, tm: TenantMemory) -> Any:
+    """A search of ``replica`` sent whether or not its feed is usable: the answer."""
+    got: list[tuple[Any, BaseException | None]] = []
+    offload.search(replica, lambda hits, error: got.append((hits, error)), {
+        "text": "zeppelin", "vector": b"", "top_k": 5, "namespace": None, "filter": None,
+        "weights": dict(DEFAULT_WEIGHTS), "now": tm.now(), "at": None,
+    })  # fmt: skip
+    [(hits, error)] = got
+    return hits if error is None else error
+
+
+@pytest.mark.anyio
+async def test_other_tenants_are_answered_while_a_replica_is_built() -> None:
+    rng, clock = random.Random(11), Clock()
+    small, small_store = tenant(clock)
+    await small.remember_batch([random_memory(rng, clock, []) for _ in range(10)])
+    offload = Loopback(chunk=5)
+    other = open_replica(small, small_store, offload).feed
+    assert other is not None
+    big, big_store = tenant(clock)
+    await big.remember_batch([random_memory(rng, clock, []) for _ in range(60)])
+    for _ in range(150):  # links, salience and associations in the snapshot too
+        await change(rng, clock, big, big_store)
+    assert big.link_count and len(big_store)
+    feed = held(offload, big, big_store).feed
+    assert feed is not None
+    steps = changes = 0
+    while not feed.ready and steps < 500:
+        # Another tenant's search, between two steps: the worker answers it, now.
+        before = offload.answered
+        check(other, small, text(rng, (1, 2)), **random_recall(rng, clock))
+        assert offload.answered == before + 1
+        # The tenant's own changes: queued, and applied before it is announced.
+        changes += await change(rng, clock, big, big_store)
+        if steps == 3:
+            await big.remember(Memory(key="late", content="zeppelin over the harbor"))
+            # The node never searches a replica before ``Opened``; a search that did would
+            # run locally, and the replica is kept.
+            error = search_anyway(offload, feed.replica, big)
+            assert isinstance(error, OffloadUnavailable) and "being built" in str(error)
+            assert not feed.broken and offload.failed_over == 1
+        offload.step()
+        steps += 1
+    assert feed.usable and offload.failed_over == 1
+    assert [(f.id, f.replica) for f in offload.failures] == [(5, 0)]  # that search only
+    assert steps > 15 and changes > 5, (steps, changes)  # interleaved, for a while
+    worker = offload.replicas[feed.replica]
+    assert len(worker.index) == len(big.index) and worker.graph is not None
+    assert sorted(map(str, worker.graph)) == sorted(map(str, big.links()))
+    assert worker.associations is not None
+    assert worker.associations.entries() == big_store.entries()
+    assert check(feed, big, "zeppelin harbor")[0].key == "late"  # read-your-writes
+    for _ in range(40):
+        check(feed, big, text(rng, (1, 3)), **random_recall(rng, clock))
+
+
+@pytest.mark.anyio
+async def test_a_replica_closed_or_reopened_while_it_is_built() -> None:
+    rng, clock = random.Random(12), Clock()
+    tm, store = tenant(clock)
+    await tm.remember_batch([random_memory(rng, clock, []) for _ in range(40)])
+    offload = Loopback(chunk=5)
+    replica = held(offload, tm, store)
+    first = replica.feed
+    assert first is not None
+    offload.step()
+    offload.step()
+    await tm.remember(Memory(key="a", content="zeppelin"))  # queued
+    replica.close()  # mid-build: the build stops, and nothing is announced
+    assert first.broken and not offload.worker.building and not offload.replicas
+    assert offload.worker.handle(Remove(first.replica, "a")) is None  # lands nowhere
+    error = search_anyway(offload, first.replica, tm)
+    assert isinstance(error, OffloadUnavailable) and "no replica" in str(error)
+    # Reopened (after a lost replica, say): the memory actor closes the replica being built
+    # and opens a new one, with a new number, from a new snapshot.
+    replica._reopen_after = -math.inf
+    assert replica._usable_feed() is None
+    second = replica.feed
+    assert second is not None and second is not first
+    offload.step()
+    await tm.remember(Memory(key="b", content="zeppelin over the harbor"))  # queued
+    replica._open(offload)  # and again, mid-build
+    third = replica.feed
+    assert third is not None and second.broken
+    assert list(offload.worker.building) == [third.replica]
+    await tm.forget("a")
+    offload.finish()
+    assert third.usable and not first.ready and not second.ready
+    assert list(offload.replicas) == [third.replica]
+    assert [f.id for f in offload.failures] == [1]  # the search of the closed one only
+    hits = check(third, tm, "zeppelin harbor")
+    assert hits[0].key == "b" and "a" not in {h.key for h in hits}
+    # An ``Open`` of a number being built replaces it: its snapshot and its queued changes.
+    worker = Worker(chunk=1)
+
+    def spec(*keys: str) -> Open:
+        vectors = np.ones((len(keys), DIM), np.float32).tobytes()
+        memories = [Memory(key=k, content=k) for k in keys]
+        return Open(5, DIM, VIEWS, None, memories, vectors, [], {}, [])
+
+    assert worker.handle(spec("x", "y", "z")) is None and worker.step() is None
+    assert worker.handle(Add(5, [Memory(key="q", content="q")], bytes(4 * DIM))) is None
+    assert worker.handle(spec("u", "v")) is None
+    answers = [worker.step() for _ in range(3)]
+    assert answers == [None, None, Opened(5)] and not worker.building
+    index = worker.replicas[5].index
+    assert len(index) == 2 and "u" in index and "v" in index
+
+
+@pytest.mark.anyio
+async def test_a_build_that_fails_is_a_failed_open_and_the_others_go_on() -> None:
+    clock = Clock()
+    tm, _ = tenant(clock)
+    await tm.remember_batch([Memory(content=f"note {w}") for w in WORDS])
+    memories, vectors, links, salience = tm.replica_snapshot()
+    offload = Loopback(chunk=5)
+    offload.hold = True
+
+    def open_(vectors: Any, hashing: dict[str, Any] | None = None) -> ReplicaFeed:
+        return offload.open_replica(DIM, VIEWS, memories=memories, vectors=vectors, links=links,
+                                    salience=salience, hashing=hashing)  # fmt: skip
+
+    good = open_(vectors)
+    short = open_(vectors[:, :-1])  # not the dimension it claims: its first step fails
+    late = open_(vectors)  # its snapshot builds, a change queued meanwhile does not apply
+    late.associate("cat", np.ones(DIM + 1, np.float32), ("x",), 0.0)
+    unbuildable = open_(vectors, hashing={"no such setting": 1})  # fails at once
+    assert unbuildable.broken and [f.replica for f in offload.failures] == [unbuildable.replica]
+    assert list(offload.worker.building) == [good.replica, short.replica, late.replica]
+    offload.finish()
+    assert [(f.id, f.replica) for f in offload.failures] == [
+        (0, unbuildable.replica), (0, short.replica), (0, late.replica)
+    ]  # fmt: skip
+    assert all("replica dropped" in f.error for f in offload.failures)
+    assert short.broken and late.broken and not late.ready
+    assert good.usable and list(offload.replicas) == [good.replica]
+    check(good, tm, "note cat", vector=tm.embedder.embed(["note cat"])[0])
 
 
 def test_frames_survive_any_chunking() -> None:
