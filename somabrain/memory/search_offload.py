@@ -17,9 +17,9 @@ A large snapshot is packed in a thread: at 100k memories of 256 dimensions, pack
 117 MB frame (the vectors made row-major, the msgpack) held the event loop ~120 ms in one go;
 in a thread, the loop's longest pause is ~65 ms. The snapshot itself is taken on the loop, at
 the instant the feed is attached (the loop goes on changing the index meanwhile): copies that
-only the thread reads then (~100 ms at that size, most of it the vectors, copied as the index
-stores them, ``TenantMemory.replica_snapshot``). The feed holds the changes that follow until
-the snapshot is sent, and a replica closed before that is never sent at all.
+only the thread reads then (~50 ms at that size, more when the process first touches that much
+memory; ``TenantMemory.replica_snapshot``). The feed holds the changes that follow until the
+snapshot is sent, and a replica closed before that is never sent at all.
 
 Failure. The worker holds copies only: if it dies, drops a replica or answers with an error,
 each pending search runs locally instead (the node's own index is always complete) and the
