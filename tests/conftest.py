@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -46,3 +47,15 @@ def kafka_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaServ
             yield server
     except ServerError as exc:
         pytest.fail(str(exc), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def minilm_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cache directory holding the MiniLM ONNX export, made once per session by the child
+    process a node starts (``somabrain embedder export``, ~10 s), never in the user's cache.
+    Only for tests that need the ``minilm`` extra."""
+    from somabrain.memory.minilm_export import ensure_export
+
+    cache = tmp_path_factory.mktemp("embedder-cache")
+    ensure_export(cache)
+    return cache

@@ -57,6 +57,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 MINILM_DIM = 384
+#: Padded tokens per onnxruntime run (see ``OnnxMiniLMEmbedder.embed``).
+RUN_TOKENS = 512
 Runtime = Literal["auto", "onnx", "torch"]
 
 _EXTRA_HINT = (
@@ -191,15 +193,10 @@ class OnnxMiniLMEmbedder:
         self._output = OUTPUT_NAME
         tokenizer = Tokenizer.from_file(str(model / "tokenizer.json"))
         # tokenizer.json pads every text to 128 tokens and truncates there; sentence-transformers
-        # truncates at the model's max_seq_length (256) and pads to the longest text in the
-        # batch. Do as it does.
-        pad = tokenizer.padding or {}
+        # truncates at the model's max_seq_length (256), as here. Padding is done in ``embed``.
+        self._pad_id = int((tokenizer.padding or {}).get("pad_id", 0))
+        tokenizer.no_padding()
         tokenizer.enable_truncation(max_length=self.max_tokens)
-        tokenizer.enable_padding(
-            pad_id=int(pad.get("pad_id", 0)),
-            pad_type_id=int(pad.get("pad_type_id", 0)),
-            pad_token=str(pad.get("pad_token", "[PAD]")),
-        )
         self._tokenizer = tokenizer
         self._batch_size = batch_size
 
@@ -212,20 +209,36 @@ class OnnxMiniLMEmbedder:
 
     def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
         out = np.zeros((len(texts), MINILM_DIM), dtype=np.float32)
-        # Longest first, as sentence-transformers does: each batch pads to similar lengths.
-        order = np.argsort([-len(t) for t in texts], kind="stable")
-        for start in range(0, len(texts), self._batch_size):
-            rows = order[start : start + self._batch_size]
-            out[rows] = self._embed_batch([texts[i] for i in rows])
+        if not texts:
+            return out
+        encodings = self._tokenizer.encode_batch(list(texts))
+        # Runs of texts of similar length: sorted longest first, a run takes texts while it
+        # holds at most RUN_TOKENS padded tokens (and batch_size texts). Padding 64 chat turns
+        # to the longest one wastes ~2.5x the work, and onnxruntime gains little from rows past
+        # a few: on LoCoMo's turns in calls of 64, 375 sentences/s against 150 padded to 64.
+        lengths = [len(e.ids) for e in encodings]
+        order = sorted(range(len(texts)), key=lambda i: -lengths[i])
+        start = 0
+        while start < len(order):
+            longest = lengths[order[start]]
+            rows = max(1, min(self._batch_size, RUN_TOKENS // longest))
+            run = order[start : start + rows]
+            out[run] = self._embed_run([encodings[i] for i in run], longest)
+            start += len(run)
         return out
 
-    def _embed_batch(self, texts: list[str]) -> npt.NDArray[np.float32]:
-        encodings = self._tokenizer.encode_batch(texts)
+    def _embed_run(self, encodings: list[Any], longest: int) -> npt.NDArray[np.float32]:
+        shape = (len(encodings), longest)
         arrays = {
-            "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
-            "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
-            "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
+            "input_ids": np.full(shape, self._pad_id, dtype=np.int64),
+            "attention_mask": np.zeros(shape, dtype=np.int64),
+            "token_type_ids": np.zeros(shape, dtype=np.int64),
         }
+        for row, e in enumerate(encodings):
+            n = len(e.ids)
+            arrays["input_ids"][row, :n] = e.ids
+            arrays["attention_mask"][row, :n] = e.attention_mask
+            arrays["token_type_ids"][row, :n] = e.type_ids
         (tokens,) = self._session.run([self._output], {n: arrays[n] for n in self._feeds})
         # Mean over the real tokens (not the padding), then unit length: sentence-transformers'
         # Pooling (its 1e-9 floor on the count) and Normalize (F.normalize's 1e-12 floor).

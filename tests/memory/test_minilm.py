@@ -4,8 +4,9 @@ When ``SOMA_EXTRAS`` lists ``minilm`` (``scripts/test`` sets it and installs the
 extra is expected: these tests then run, and fail without it instead of skipping, so CI cannot
 pass while silently leaving them out.
 
-The ONNX export is made once for the module, in a temporary cache, by the child process a node
-would start (``somabrain embedder export``); tests that damage an export work on a copy.
+The ONNX export is made once for the session, in a temporary cache, by the child process a node
+would start (``somabrain embedder export``; ``minilm_cache`` in tests/conftest.py); tests that
+damage an export work on a copy.
 """
 
 from __future__ import annotations
@@ -65,15 +66,15 @@ def torch_model():
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("embedder-cache")
+def cache(minilm_cache: Path) -> Path:
+    return minilm_cache  # exported by a child process, as a node does (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
 def onnx_model(cache: Path):
     from somabrain.memory.minilm import OnnxMiniLMEmbedder
 
-    return OnnxMiniLMEmbedder(cache_dir=cache)  # exports in a child process, as a node does
+    return OnnxMiniLMEmbedder(cache_dir=cache)
 
 
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
