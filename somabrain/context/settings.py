@@ -67,7 +67,7 @@ class EmbedderSettings(_Section, frozen=True):
     #: library's default (one per core).
     threads: Annotated[int, Meta(ge=0)] = 0
     #: How MiniLM runs (``embedder = "minilm"``): ``"onnx"`` (onnxruntime + tokenizers on an
-    #: ONNX export made once with torch, ~2-3x faster), ``"torch"`` (sentence-transformers), or
+    #: ONNX export made once with torch, 2-4x faster), ``"torch"`` (sentence-transformers), or
     #: ``"auto"``: onnx when onnxruntime is installed and the export can be read or made, else
     #: torch (with a warning). Same vectors either way (``minilm.py``).
     runtime: Literal["auto", "onnx", "torch"] = "auto"

@@ -15,16 +15,16 @@ Two runtimes give the same vectors (cosine > 0.9999, tested):
 
 ``OnnxMiniLMEmbedder``  onnxruntime on an ONNX export of the model (``minilm_export``: made once,
                         with torch, then cached) and the ``tokenizers`` library reading the
-                        package's ``tokenizer.json``; torch is not imported. ~2-3x faster.
+                        package's ``tokenizer.json``; torch is not imported. 2-4x faster.
 ``MiniLMEmbedder``      torch through sentence-transformers.
 
 ``load_minilm(runtime)`` picks one (``context.embedding.runtime``): ``"auto"`` takes onnx when
 onnxruntime and tokenizers are installed (the extra installs them) and the export can be read
 or made, else torch, with a warning that says why.
 
-The model is CPU-heavy (~3 ms for one short sentence, ~2.5 ms per sentence in batches of 64 on
-two cores with onnxruntime; `benchmarks/embedding.py`): call it off the event loop
-(``embedding.BatchingEmbedder`` does, in batches).
+The model is CPU-heavy: on two cores, ~4 ms for one chat turn and ~3 ms a turn in calls of 64
+with onnxruntime, ~9 and ~11 ms with torch (``benchmarks/embedding.py``). Call it off the event
+loop (``embedding.BatchingEmbedder`` does, in batches).
 """
 
 from __future__ import annotations
