@@ -105,15 +105,14 @@ def load_minilm(
     cache_dir: Path | str | None = None,
 ) -> Embedder:
     """The MiniLM embedder on ``runtime`` (see the module docstring). With ``"auto"``, an ONNX
-    export that can be neither read nor made (no torch to make it, an unwritable cache) falls
-    back to torch with a warning; with ``"onnx"`` it raises."""
-    from .minilm_export import MiniLMExportError
-
+    runtime that fails to start (an export that can be neither read nor made, an unwritable
+    cache, a broken onnxruntime install) falls back to torch with a warning; with ``"onnx"``
+    it raises (``minilm_export.MiniLMExportError`` when the export failed)."""
     chosen = select_runtime(runtime, onnx_installed=onnx_runtime_available())
     if chosen == "onnx":
         try:
             return OnnxMiniLMEmbedder(batch_size=batch_size, threads=threads, cache_dir=cache_dir)
-        except (MiniLMExportError, OSError) as exc:
+        except (ImportError, RuntimeError, OSError) as exc:
             if runtime == "onnx":
                 raise
             logger.warning("MiniLM on onnxruntime is unavailable (%s); running it on torch", exc)

@@ -168,7 +168,7 @@ def read_export(paths: ExportPaths) -> bytes | None:
     if len(data) != manifest.get("bytes") or hashlib.sha256(data).hexdigest() != manifest.get(
         "sha256"
     ):
-        logger.warning("MiniLM export %s does not match its manifest: exporting again", paths.onnx)
+        logger.warning("MiniLM export %s does not match its manifest: not used", paths.onnx)
         return None
     return data
 
