@@ -53,6 +53,10 @@ def _error(status: int) -> dict[str, Any]:
 
 def _operation(route: Route, names: dict[type, str]) -> dict[str, Any]:
     op: dict[str, Any] = {"summary": route.summary, "operationId": route.name}
+    needs = f"Needs a token with the {route.scope} scope." if route.scope else ""
+    description = " ".join(part for part in (needs, route.description) if part)
+    if description:
+        op["description"] = description
     if route.request is not None:
         op["requestBody"] = {
             "required": True,

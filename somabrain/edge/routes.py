@@ -33,6 +33,8 @@ class Route:
     tenant: bool = True
     text: bool = False  # the response is text/plain (metrics)
     errors: tuple[int, ...] = ()
+    #: Said in the OpenAPI document after the scope the route needs.
+    description: str = ""
 
 
 def _metrics_public(config: SomaConfig) -> bool:
@@ -60,10 +62,10 @@ ROUTES: tuple[Route, ...] = (
     # Its labels name tenants and their traffic: a scraper's token (scope metrics, no tenant),
     # unless the operator opens it (edge.metrics_public) on a network only the scraper reaches.
     Route("GET", "/metrics", "metrics",
-          "Prometheus metrics (text exposition format); the metrics or admin scope, "
-          "or no token with edge.metrics_public = true",
+          "Prometheus metrics (text exposition format)",
           response=None, scope="metrics", public_when=_metrics_public, tenant=False, text=True,
-          errors=(401, 403)),
+          errors=(401, 403), description="The admin scope implies metrics. With "
+          "edge.metrics_public = true no token is needed."),
     Route("GET", "/openapi.json", "openapi", "This OpenAPI document",
           response=None, scope=None, tenant=False),
     Route("GET", "/admin/tree", "admin_tree", "The supervision tree, with counters",

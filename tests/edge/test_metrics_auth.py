@@ -119,7 +119,10 @@ def test_openapi_shows_how_metrics_are_guarded() -> None:
     op = openapi_document()["paths"]["/metrics"]["get"]
     assert op["security"] == [{"bearer": []}]
     assert {"401", "403"} <= set(op["responses"])
-    assert "metrics" in op["summary"] and "edge.metrics_public" in op["summary"]
+    assert "metrics scope" in op["description"] and "edge.metrics_public" in op["description"]
+    admin = openapi_document()["paths"]["/admin/tree"]["get"]
+    assert admin["description"] == "Needs a token with the admin scope."
+    assert "description" not in openapi_document()["paths"]["/healthz"]["get"]
 
 
 def test_token_command_mints_a_scraper_token(
