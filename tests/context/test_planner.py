@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Sequence
+
 import numpy as np
+import numpy.typing as npt
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from somabrain.context.planner import Candidate, PlannerSettings, plan, render_prompt, shorten
+from somabrain.context.planner import (
+    LEVELS,
+    Candidate,
+    Plan,
+    PlannerSettings,
+    _line,
+    plan,
+    render_prompt,
+    shorten,
+)
 
 
 def cands(*weights: float, length: int = 40) -> list[Candidate]:
@@ -101,3 +114,275 @@ def test_shorten() -> None:
     assert shorten("short", 10) == "short"
     out = shorten("one two three four five six", 15)
     assert len(out) <= 15 and out.endswith("…")
+
+
+# ------------------------------------------------------------------ the same plans as the oracle
+#
+# ``plan`` keeps its figures from move to move and reuses buffers to go faster; the climb it
+# performs is the one written below, plainly (every move's figures recomputed), which it must
+# reproduce exactly: same memories and levels, prompt, iterations and variants, and the same
+# utility and coverage (ties between moves included, so bit for bit in practice).
+
+_ORACLE_HEADERS = {"memories": "Relevant memories:", "working_memory": "Recent in this session:"}
+
+
+def _oracle_line(text: str) -> str:
+    return "- " + " ".join(text.split()) + "\n"
+
+
+def _oracle_render(query: str, parts: Sequence[tuple[str, str]]) -> str:
+    out = []
+    for section in _ORACLE_HEADERS:
+        lines = [_oracle_line(text) for s, text in parts if s == section]
+        if lines:
+            out.append(_ORACLE_HEADERS[section] + "\n" + "".join(lines) + "\n")
+    out.append(f"Query: {query}\n")
+    return "".join(out)
+
+
+def oracle_plan(
+    query: str,
+    candidates: Sequence[Candidate],
+    similarity: npt.ArrayLike | None,
+    *,
+    max_prompt_chars: int,
+    max_memories: int,
+    settings: PlannerSettings | None = None,
+) -> Plan:
+    """The planner as first written (kept frozen): ``plan`` must return exactly this."""
+    cfg = settings or PlannerSettings()
+    n = len(candidates)
+    base = _oracle_render(query, [])
+    if n == 0 or len(base) > max_prompt_chars:
+        empty = -cfg.length_penalty * len(base) / max_prompt_chars
+        return Plan(
+            prompt=base[:max_prompt_chars],
+            selected=[],
+            utility=empty,
+            coverage=0.0,
+            iterations=0,
+            variants=0,
+        )
+    w = np.array([max(0.0, c.weight) for c in candidates], dtype=np.float64)
+    w = w / w.sum() if w.sum() > 0 else np.full(n, 1.0 / n)
+    sim = np.eye(n) if similarity is None else np.clip(np.asarray(similarity, np.float64), 0, 1)
+    np.fill_diagonal(sim, 1.0)
+    value = np.array([0.0, cfg.short_value, 1.0])
+    texts = [("", shorten(c.content, cfg.short_chars), c.content) for c in candidates]
+    # Length of a memory's line at each level; a section header costs its length once.
+    cost = np.array([[0.0, len(_oracle_line(t[1])), len(_oracle_line(t[2]))] for t in texts])
+    sections = sorted({c.section for c in candidates})
+    sec_index = np.array([sections.index(c.section) for c in candidates])
+    sec_cost = np.array([len(_ORACLE_HEADERS.get(s, s)) + 2 for s in sections], dtype=np.float64)
+    len_scale = cfg.length_penalty / max_prompt_chars
+    count_scale = cfg.count_penalty / max(1, max_memories)
+
+    level = np.zeros(n, dtype=np.int64)
+    rows = np.arange(n)
+    sec_onehot = (sec_index[None, :] == np.arange(len(sections))[:, None]).astype(np.float64)
+    iterations = variants = 0
+
+    def score(levels: npt.NDArray[np.int64]) -> tuple[float, float, float]:
+        coverage = float(w @ (sim * value[levels][None, :]).max(axis=1))
+        counts = sec_onehot @ (levels > 0)
+        length = len(base) + float(cost[rows, levels].sum()) + float(sec_cost @ (counts > 0))
+        total = coverage - len_scale * length - count_scale * np.count_nonzero(levels)
+        return total, coverage, length
+
+    # What no move changes, computed once: each column of ``sim`` at each level, whether a
+    # level puts a memory in the prompt, and the header cost of each candidate's section.
+    sim_at_level = value[:, None, None] * sim[None, :, :]  # (level, i, j)
+    now_in = (np.arange(3) > 0)[None, :]
+    header = sec_cost[sec_index][:, None]
+    current, coverage, length = score(level)
+    while iterations < cfg.max_iterations:
+        # Coverage of row i by every column but j: the row's best, or its second best when
+        # j is the best. Then each move (j -> lv) is one column swap, scored for all at once.
+        contrib = sim * value[level][None, :]
+        top2 = np.partition(contrib, n - 2, axis=1)[:, n - 2] if n > 1 else np.zeros(n)
+        arg1 = contrib.argmax(axis=1)
+        top1 = contrib[rows, arg1]
+        without = np.where(arg1[:, None] == rows[None, :], top2[:, None], top1[:, None])
+        cov = (w @ np.maximum(without[None, :, :], sim_at_level)).T  # (n candidates, 3 levels)
+        inside = level > 0
+        counts = sec_onehot @ inside
+        was_in = inside[:, None]
+        own = counts[sec_index][:, None]  # members of j's section now
+        # A section's header is paid by its first member and freed with its last.
+        d_sec = (now_in & ~was_in & (own == 0)).astype(np.float64)
+        d_sec -= ~now_in & was_in & (own == 1)
+        d_len = cost - cost[rows, level][:, None] + d_sec * header
+        d_count: npt.NDArray[np.float64] = now_in - was_in.astype(np.float64)
+        members = np.count_nonzero(inside)
+        total = cov - len_scale * (length + d_len) - count_scale * (members + d_count)
+        allowed = length + d_len <= max_prompt_chars
+        allowed[rows, level] = False
+        if members >= max_memories:
+            allowed &= ~(now_in & ~was_in)
+        variants += int(np.count_nonzero(allowed))
+        if not allowed.any():
+            break
+        masked = np.where(allowed, total, -np.inf)
+        flat = int(np.argmax(masked))  # first maximum: lowest (candidate, level)
+        j, lv = divmod(flat, 3)
+        if masked[j, lv] <= current + 1e-9:
+            break
+        level[j] = lv
+        # The move's own figures: scoring the new variant from scratch gives the same ones.
+        current, coverage, length = float(total[j, lv]), float(cov[j, lv]), length + d_len[j, lv]
+        iterations += 1
+    order = sorted((j for j in range(n) if level[j] > 0), key=lambda j: (sec_index[j], -w[j], j))
+    parts = [(candidates[j].section, texts[j][level[j]]) for j in order]
+    return Plan(
+        prompt=_oracle_render(query, parts),
+        selected=[(candidates[j].key, LEVELS[level[j]]) for j in order],
+        utility=float(current),
+        coverage=float(coverage),
+        iterations=iterations,
+        variants=variants,
+    )
+
+
+_WORDS = ("we", "went", "to", "the", "lake", "Caroline", "adoption", "café", "pottery", "x" * 30)
+_SPACES = (" ", " ", " ", " ", "  ", "\t", "\n", "\u00a0", "\u3000")
+
+
+@st.composite
+def planner_inputs(draw: st.DrawFn) -> tuple[list[Candidate], object, dict[str, object]]:
+    """Candidates, a similarity matrix and the limits and settings, over the whole range."""
+    n = draw(st.integers(0, 40))
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    weight_kind = draw(st.sampled_from(["random", "zeros", "ties", "all_zero"]))
+    weights = {
+        "random": rng.random(n),
+        "zeros": rng.random(n) * (rng.random(n) < 0.6),
+        "ties": rng.choice([0.0, 0.25, 0.5], n),
+        "all_zero": np.zeros(n),
+    }[weight_kind]
+    text_kind = draw(st.sampled_from(["words", "messy", "equal"]))
+    spaces = _SPACES if text_kind == "messy" else (" ",)
+    texts = []
+    for i in range(n):
+        words = rng.choice(_WORDS, size=int(rng.integers(0, 60)))
+        text = "".join(str(word) + str(rng.choice(spaces)) for word in words)
+        texts.append("memory number 1 " + "w " * 40 if text_kind == "equal" else text.strip(" "))
+        if text_kind == "messy" and i % 3 == 0:
+            texts[-1] = " " + texts[-1] + "\n"
+    sections = draw(st.sampled_from([("memories",), ("memories", "working_memory"),
+                                     ("working_memory", "other", "memories")]))  # fmt: skip
+    candidates = [
+        Candidate(f"k{i}", texts[i], float(weights[i]), str(rng.choice(sections))) for i in range(n)
+    ]
+    sim_kind = draw(st.sampled_from(["none", "cosine", "uniform", "ties", "duplicates"]))
+    similarity: object = None
+    if sim_kind == "cosine":
+        v = rng.standard_normal((n, 8)) + rng.standard_normal(8)
+        v /= np.linalg.norm(v, axis=1, keepdims=True)
+        similarity = v @ v.T
+    elif sim_kind == "uniform":  # not symmetric, negative and above 1: clipped
+        similarity = rng.uniform(-0.5, 1.3, (n, n))
+    elif sim_kind == "ties":
+        similarity = rng.choice([-0.2, 0.0, 0.3, 0.6, 1.0], (n, n))
+    elif sim_kind == "duplicates":  # groups of identical memories
+        group = rng.integers(0, max(1, n // 3), n)
+        similarity = np.where(group[:, None] == group[None, :], 1.0, 0.4)
+        similarity = similarity.tolist()
+    options = {
+        "max_prompt_chars": draw(st.sampled_from([1, 40, 120, 400, 1500, 8000, 100_000])),
+        "max_memories": draw(st.sampled_from([0, 1, 2, 5, 50])),
+        "settings": PlannerSettings(
+            length_penalty=draw(st.sampled_from([0.0, 0.15, 1.0, 5.0, -0.1])),
+            count_penalty=draw(st.sampled_from([0.0, 0.05, 0.5])),
+            short_value=draw(st.sampled_from([0.6, 0.0, 1.0, 1.5, -0.3])),
+            short_chars=draw(st.sampled_from([1, 30, 160])),
+            max_iterations=draw(st.sampled_from([0, 1, 3, 64])),
+        ),
+    }
+    return candidates, similarity, options
+
+
+def _same_plan(a: Plan, b: Plan) -> None:
+    assert (a.selected, a.prompt, a.iterations, a.variants) == (
+        b.selected,
+        b.prompt,
+        b.iterations,
+        b.variants,
+    )
+    assert abs(a.utility - b.utility) <= 1e-12 and abs(a.coverage - b.coverage) <= 1e-12
+
+
+@settings(max_examples=400, deadline=None, derandomize=True)
+@given(planner_inputs())
+def test_plans_are_those_of_the_oracle(inputs: tuple[list[Candidate], object, dict]) -> None:
+    candidates, similarity, options = inputs
+    _same_plan(
+        plan("what now?", candidates, similarity, **options),  # type: ignore[arg-type]
+        oracle_plan("what now?", candidates, similarity, **options),  # type: ignore[arg-type]
+    )
+
+
+def test_plans_are_those_of_the_oracle_on_bundle_like_inputs() -> None:
+    # What /context/evaluate plans: 20-25 candidates, softmax weights, cosines of 0.1-0.8.
+    rng = np.random.default_rng(5)
+    for case in range(60):
+        n = int(rng.integers(20, 26))
+        weights = np.exp(rng.uniform(0.3, 0.7, n) / 0.1)
+        candidates = [
+            Candidate(f"k{i}", " ".join(rng.choice(_WORDS[:-1], int(rng.integers(5, 50)))),
+                      float(weights[i]), "memories" if i < n - 5 else "working_memory")
+            for i in range(n)
+        ]  # fmt: skip
+        v = rng.standard_normal((n, 64)) + 0.9 * rng.standard_normal(64)
+        v /= np.linalg.norm(v, axis=1, keepdims=True)
+        chars, memories = (8000, 50) if case % 2 else (1500, 8)
+        options = {"max_prompt_chars": chars, "max_memories": memories}
+        _same_plan(
+            plan("q", candidates, v @ v.T, **options),  # type: ignore[arg-type]
+            oracle_plan("q", candidates, v @ v.T, **options),  # type: ignore[arg-type]
+        )
+
+
+def test_lines_collapse_every_kind_of_whitespace() -> None:
+    # ``_line`` skips the split when the text is printable with no double, leading or trailing
+    # space: that is right only if no whitespace character but the space is printable.
+    spaces = [c for c in map(chr, range(sys.maxunicode + 1)) if c.isspace()]
+    assert [c for c in spaces if c.isprintable()] == [" "]
+    for space in spaces:
+        for text in (f"a{space}b", f"{space}a", f"a{space}", f"a {space}b", space, ""):
+            assert _line(text) == _oracle_line(text)
+    assert _line("a  b") == "- a b\n" and _line("plain words") == "- plain words\n"
+
+
+def test_ties_go_to_the_lowest_candidate_then_level() -> None:
+    # Weights 1/3 and 2/3 (exactly twice as much) and short_value 0.5: adding k0 in full and
+    # k1 short cover exactly alike and cost the same length; k1 in full costs far more.
+    long = "word " * 100
+    short_len = len(shorten(long, 40))
+    c = [Candidate("k0", "x" * short_len, 1.0), Candidate("k1", long, 2.0)]
+    options = {"max_prompt_chars": 2000, "max_memories": 5}
+    cfg = PlannerSettings(length_penalty=5.0, count_penalty=0.0, short_value=0.5, short_chars=40,
+                          max_iterations=1)  # fmt: skip
+    first = plan("q", c, None, settings=cfg, **options)  # type: ignore[arg-type]
+    assert first.selected == [("k0", "full")]
+    _same_plan(first, oracle_plan("q", c, None, settings=cfg, **options))  # type: ignore[arg-type]
+
+
+def test_length_limit_exactly_at_a_line() -> None:
+    # Limits around the exact length of each prompt: a move that reaches the limit is allowed,
+    # one character more is not.
+    c = [
+        Candidate("a", "alpha " * 30, 0.5, "working_memory"),  # the longest line, longest header
+        Candidate("b", "beta", 0.3),
+        Candidate("w", "said just now " * 4, 0.2, "working_memory"),
+    ]
+    for parts in ([0], [1], [0, 1], [2], [0, 2], [0, 1, 2]):
+        exact = len(render_prompt("q", [(c[i].section, c[i].content) for i in parts]))
+        for limit in range(exact - 2, exact + 3):
+            for memories in (1, 2, 3):
+                options = {"max_prompt_chars": limit, "max_memories": memories}
+                cfg = PlannerSettings(length_penalty=0.01, short_chars=60)
+                p = plan("q", c, None, settings=cfg, **options)  # type: ignore[arg-type]
+                assert len(p.prompt) <= limit and len(p.selected) <= memories
+                again = oracle_plan("q", c, None, settings=cfg, **options)  # type: ignore[arg-type]
+                _same_plan(p, again)
