@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
 
 import numpy as np
-import numpy.typing as npt
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from benchmarks.planner import baseline_plan
 from somabrain.context.planner import (
-    LEVELS,
     Candidate,
     Plan,
     PlannerSettings,
@@ -123,124 +121,9 @@ def test_shorten() -> None:
 # reproduce exactly: same memories and levels, prompt, iterations and variants, and the same
 # utility and coverage (ties between moves included, so bit for bit in practice).
 
-_ORACLE_HEADERS = {"memories": "Relevant memories:", "working_memory": "Recent in this session:"}
-
-
-def _oracle_line(text: str) -> str:
-    return "- " + " ".join(text.split()) + "\n"
-
-
-def _oracle_render(query: str, parts: Sequence[tuple[str, str]]) -> str:
-    out = []
-    for section in _ORACLE_HEADERS:
-        lines = [_oracle_line(text) for s, text in parts if s == section]
-        if lines:
-            out.append(_ORACLE_HEADERS[section] + "\n" + "".join(lines) + "\n")
-    out.append(f"Query: {query}\n")
-    return "".join(out)
-
-
-def oracle_plan(
-    query: str,
-    candidates: Sequence[Candidate],
-    similarity: npt.ArrayLike | None,
-    *,
-    max_prompt_chars: int,
-    max_memories: int,
-    settings: PlannerSettings | None = None,
-) -> Plan:
-    """The planner as first written (kept frozen): ``plan`` must return exactly this."""
-    cfg = settings or PlannerSettings()
-    n = len(candidates)
-    base = _oracle_render(query, [])
-    if n == 0 or len(base) > max_prompt_chars:
-        empty = -cfg.length_penalty * len(base) / max_prompt_chars
-        return Plan(
-            prompt=base[:max_prompt_chars],
-            selected=[],
-            utility=empty,
-            coverage=0.0,
-            iterations=0,
-            variants=0,
-        )
-    w = np.array([max(0.0, c.weight) for c in candidates], dtype=np.float64)
-    w = w / w.sum() if w.sum() > 0 else np.full(n, 1.0 / n)
-    sim = np.eye(n) if similarity is None else np.clip(np.asarray(similarity, np.float64), 0, 1)
-    np.fill_diagonal(sim, 1.0)
-    value = np.array([0.0, cfg.short_value, 1.0])
-    texts = [("", shorten(c.content, cfg.short_chars), c.content) for c in candidates]
-    # Length of a memory's line at each level; a section header costs its length once.
-    cost = np.array([[0.0, len(_oracle_line(t[1])), len(_oracle_line(t[2]))] for t in texts])
-    sections = sorted({c.section for c in candidates})
-    sec_index = np.array([sections.index(c.section) for c in candidates])
-    sec_cost = np.array([len(_ORACLE_HEADERS.get(s, s)) + 2 for s in sections], dtype=np.float64)
-    len_scale = cfg.length_penalty / max_prompt_chars
-    count_scale = cfg.count_penalty / max(1, max_memories)
-
-    level = np.zeros(n, dtype=np.int64)
-    rows = np.arange(n)
-    sec_onehot = (sec_index[None, :] == np.arange(len(sections))[:, None]).astype(np.float64)
-    iterations = variants = 0
-
-    def score(levels: npt.NDArray[np.int64]) -> tuple[float, float, float]:
-        coverage = float(w @ (sim * value[levels][None, :]).max(axis=1))
-        counts = sec_onehot @ (levels > 0)
-        length = len(base) + float(cost[rows, levels].sum()) + float(sec_cost @ (counts > 0))
-        total = coverage - len_scale * length - count_scale * np.count_nonzero(levels)
-        return total, coverage, length
-
-    # What no move changes, computed once: each column of ``sim`` at each level, whether a
-    # level puts a memory in the prompt, and the header cost of each candidate's section.
-    sim_at_level = value[:, None, None] * sim[None, :, :]  # (level, i, j)
-    now_in = (np.arange(3) > 0)[None, :]
-    header = sec_cost[sec_index][:, None]
-    current, coverage, length = score(level)
-    while iterations < cfg.max_iterations:
-        # Coverage of row i by every column but j: the row's best, or its second best when
-        # j is the best. Then each move (j -> lv) is one column swap, scored for all at once.
-        contrib = sim * value[level][None, :]
-        top2 = np.partition(contrib, n - 2, axis=1)[:, n - 2] if n > 1 else np.zeros(n)
-        arg1 = contrib.argmax(axis=1)
-        top1 = contrib[rows, arg1]
-        without = np.where(arg1[:, None] == rows[None, :], top2[:, None], top1[:, None])
-        cov = (w @ np.maximum(without[None, :, :], sim_at_level)).T  # (n candidates, 3 levels)
-        inside = level > 0
-        counts = sec_onehot @ inside
-        was_in = inside[:, None]
-        own = counts[sec_index][:, None]  # members of j's section now
-        # A section's header is paid by its first member and freed with its last.
-        d_sec = (now_in & ~was_in & (own == 0)).astype(np.float64)
-        d_sec -= ~now_in & was_in & (own == 1)
-        d_len = cost - cost[rows, level][:, None] + d_sec * header
-        d_count: npt.NDArray[np.float64] = now_in - was_in.astype(np.float64)
-        members = np.count_nonzero(inside)
-        total = cov - len_scale * (length + d_len) - count_scale * (members + d_count)
-        allowed = length + d_len <= max_prompt_chars
-        allowed[rows, level] = False
-        if members >= max_memories:
-            allowed &= ~(now_in & ~was_in)
-        variants += int(np.count_nonzero(allowed))
-        if not allowed.any():
-            break
-        masked = np.where(allowed, total, -np.inf)
-        flat = int(np.argmax(masked))  # first maximum: lowest (candidate, level)
-        j, lv = divmod(flat, 3)
-        if masked[j, lv] <= current + 1e-9:
-            break
-        level[j] = lv
-        # The move's own figures: scoring the new variant from scratch gives the same ones.
-        current, coverage, length = float(total[j, lv]), float(cov[j, lv]), length + d_len[j, lv]
-        iterations += 1
-    order = sorted((j for j in range(n) if level[j] > 0), key=lambda j: (sec_index[j], -w[j], j))
-    parts = [(candidates[j].section, texts[j][level[j]]) for j in order]
-    return Plan(
-        prompt=_oracle_render(query, parts),
-        selected=[(candidates[j].key, LEVELS[level[j]]) for j in order],
-        utility=float(current),
-        coverage=float(coverage),
-        iterations=iterations,
-        variants=variants,
-    )
+# The climb as it was written before (every move's figures recomputed), kept once: it is also
+# the planner benchmark's baseline.
+oracle_plan = baseline_plan
 
 
 _WORDS = ("we", "went", "to", "the", "lake", "Caroline", "adoption", "café", "pottery", "x" * 30)
@@ -350,7 +233,7 @@ def test_lines_collapse_every_kind_of_whitespace() -> None:
     assert [c for c in spaces if c.isprintable()] == [" "]
     for space in spaces:
         for text in (f"a{space}b", f"{space}a", f"a{space}", f"a {space}b", space, ""):
-            assert _line(text) == _oracle_line(text)
+            assert _line(text) == "- " + " ".join(text.split()) + "\n"  # the former rule
     assert _line("a  b") == "- a b\n" and _line("plain words") == "- plain words\n"
 
 
