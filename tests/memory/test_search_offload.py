@@ -197,9 +197,7 @@ async def test_a_snapshot_larger_than_the_pipe_arrives_whole() -> None:
     """20k memories with their vectors (~25 MB): most of the snapshot waits for the pipe to
     drain, and the searches queued behind it are answered from the whole replica."""
     n, dim = 20_000, 64
-    rng = np.random.default_rng(7)
-    vectors = rng.standard_normal((n, dim)).astype(np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    vectors = unit_vectors(n, dim, 7)
     stored = [Memory(key=f"k{i}", content=f"memory {i}", created_at=1.0) for i in range(n)]
     views = ViewParams((), 8, 0.85, 2, 86400.0, 1.0, None)
     offload = SearchOffload()
