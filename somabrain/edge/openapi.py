@@ -10,6 +10,7 @@ that the committed copy is current).
 from __future__ import annotations
 
 import importlib.metadata
+import inspect
 from typing import Any
 
 import msgspec
@@ -106,6 +107,11 @@ def openapi_document() -> dict[str, Any]:
         types += [t for t in (route.request, route.response) if t is not None]
     unique = list(dict.fromkeys(types))
     schemas, components = msgspec.json.schema_components(unique, ref_template=_REF)
+    for component in components.values():
+        # A struct's docstring is its description: msgspec 0.23 dedents it, earlier versions
+        # keep the source's indentation; the document must not depend on which is installed.
+        if isinstance(component.get("description"), str):
+            component["description"] = inspect.cleandoc(component["description"])
     names = {t: ref["$ref"].rsplit("/", 1)[-1] for t, ref in zip(unique, schemas, strict=True)}
     paths: dict[str, dict[str, Any]] = {}
     for route in ROUTES:
