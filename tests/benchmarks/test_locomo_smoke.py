@@ -60,6 +60,9 @@ def test_benchmark_runs_every_config_and_writes_json(
             assert 0.0 <= value <= 1.0
     assert results["multiview"]["builtin"]["cat4"]["questions"] == 1
     assert "adapted_gain" in results
+    splits = document["meta"]["adaptation"]["builtin"]["random_splits"]
+    assert splits["splits"] == 6 and len(splits["gains"]) == 6
+    assert splits["mean"] == pytest.approx(sum(splits["gains"]) / 6, abs=1e-4)
     meta = document["meta"]["data"]
     assert meta["questions"] == 4 and meta["no_evidence"] == 1 and meta["repaired_evidence"] == 3
     printed = capsys.readouterr().out
@@ -68,3 +71,16 @@ def test_benchmark_runs_every_config_and_writes_json(
 
 def test_missing_data_is_an_error(tmp_path: Path) -> None:
     assert locomo.main(["--data", str(tmp_path / "nope.json")]) == 2
+
+
+def test_random_splits_are_seeded_complementary_halves() -> None:
+    questions = [locomo.Question(f"q{i}", 4, ["D1:1"]) for i in range(9)]
+    conv = locomo.Conversation("conv-x", [], questions, 0.0)
+    train, test = locomo.split_questions(conv)
+    assert [q.text for q in train] == ["q0", "q2", "q4", "q6", "q8"]
+    assert locomo.split_questions(conv, "odd") == (test, train)
+    seeded = locomo.split_questions(conv, "even", seed=7)
+    assert seeded == locomo.split_questions(conv, "even", seed=7)  # reproducible
+    assert seeded != locomo.split_questions(conv, "even", seed=8)
+    assert sorted(q.text for q in seeded[0] + seeded[1]) == sorted(q.text for q in questions)
+    assert locomo.split_questions(conv, "odd", seed=7) == (seeded[1], seeded[0])
