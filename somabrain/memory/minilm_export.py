@@ -36,6 +36,7 @@ import importlib.metadata
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import time
@@ -229,6 +230,60 @@ def _write_synced(path: Path, data: bytes) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+_EXPORT_FILE = re.compile(rf"{re.escape(MODEL_NAME)}-([0-9a-f]{{16}})\.(onnx|json|lock)")
+
+
+def prune(paths: ExportPaths, *, dry_run: bool = False) -> list[Path]:
+    """Remove the exports in ``paths.directory`` other than ``paths``' own (made for another
+    package version, weights or recipe): each is ~90 MB and a node never reads it again.
+    An export whose lock another process holds (it is being made) is left alone. Returns the
+    files removed (or, with ``dry_run``, that would be). Why not automatically: two
+    environments with different package versions may share one cache directory, and each
+    would then remove the other's export and make its own again on every start."""
+    stale: dict[str, list[Path]] = {}
+    for path in sorted(paths.directory.glob(f"{MODEL_NAME}-*")):
+        match = _EXPORT_FILE.fullmatch(path.name)
+        if match is not None and match.group(1) != paths.key:
+            stale.setdefault(match.group(1), []).append(path)
+    removed: list[Path] = []
+    for key, files in stale.items():
+        lock = paths.directory / f"{MODEL_NAME}-{key}.lock"
+        with _try_locked(lock) as mine:
+            if not mine:
+                continue
+            for path in files:
+                if path != lock:  # the lock goes last, still held, below
+                    if not dry_run:
+                        path.unlink(missing_ok=True)
+                    removed.append(path)
+            if lock in files:
+                if not dry_run:
+                    lock.unlink(missing_ok=True)
+                removed.append(lock)
+    return removed
+
+
+@contextlib.contextmanager
+def _try_locked(path: Path) -> Iterator[bool]:
+    """Whether the export lock at ``path`` could be taken at once (True when it does not
+    exist: nobody is exporting)."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        yield True
+        return
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+        yield True
+    finally:
+        os.close(fd)
 
 
 def export(paths: ExportPaths | None = None, *, force: bool = False) -> bool:

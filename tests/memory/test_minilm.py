@@ -283,6 +283,14 @@ def test_embedder_cli_reports_and_exports(cache: Path, capsys: pytest.CaptureFix
     assert "auto -> onnx" in out and "(valid)" in out
     assert main(["embedder", "export", "--cache-dir", str(cache)]) == 0  # already there
     assert "already exported" in capsys.readouterr().out
+    stale = cache / "minilm" / "all-MiniLM-L6-v2-0123456789abcdef.onnx"
+    stale.write_bytes(b"an export made for another version")
+    assert main(["embedder", "prune", "--cache-dir", str(cache), "--dry-run"]) == 0
+    assert f"would remove {stale}" in capsys.readouterr().out and stale.exists()
+    assert main(["embedder", "prune", "--cache-dir", str(cache)]) == 0
+    assert f"removed {stale}" in capsys.readouterr().out and not stale.exists()
+    assert main(["embedder", "info", "--cache-dir", str(cache)]) == 0
+    assert "(valid)" in capsys.readouterr().out  # this environment's export is kept
 
 
 def test_runtime_setting_is_validated() -> None:
