@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from somabrain.context import hrr
 from somabrain.context.hrr import (
     Projection,
     bind,
@@ -113,3 +114,56 @@ def test_projection_is_seeded_and_identity_when_equal() -> None:
     assert Projection(32, 32).identity and not Projection(32, 64).identity
     assert np.array_equal(Projection(32, 64)(v), Projection(32, 64)(v))
     assert np.allclose(np.linalg.norm(Projection(32, 64)(v), axis=1), 1.0)
+
+
+def test_key_vectors_are_pinned() -> None:
+    """The derivation is part of the contract (a client may unbind a stored residual vector
+    with ``key_vector`` later, in another process or version): these values must not move."""
+    assert np.allclose(
+        key_vector("mem-1", 8),
+        [-0.23391060825985321, -0.3458192823287638, -0.41684618669608264, 0.7146400454656572,
+         -0.11709849026875085, -0.13146649294506602, -0.23214471477531332, -0.23735427019182734],
+        atol=1e-12,
+    )  # fmt: skip
+    assert np.allclose(
+        key_vector("mem-1", 7),
+        [-0.12446926658268935, -0.6148464098107755, 0.020810337549990683, 0.5593237731845059,
+         -0.3441446164973418, -0.0879979197597352, -0.40867589808395455],
+        atol=1e-12,
+    )  # fmt: skip
+
+
+@given(st.lists(keys, min_size=0, max_size=12), st.sampled_from([16, 127, 1024]))
+def test_key_spectra_are_the_keys_fourier_transforms_cached_or_not(
+    names: list[str], dim: int
+) -> None:
+    """Batched, cached and uncached spectra agree, duplicates in one call included."""
+    cold = hrr._compute_spectra(names, dim) if names else np.zeros((0, dim // 2 + 1))
+    first = hrr.key_spectra(names, dim)
+    again = hrr.key_spectra(names[::-1], dim)[::-1]
+    assert np.array_equal(first, cold) and np.array_equal(again, cold)
+    for name, row in zip(names, first, strict=True):
+        assert np.allclose(np.fft.rfft(key_vector(name, dim)), row, atol=1e-9)
+        assert np.allclose(np.abs(row), 1.0)  # unitary
+        assert row[0].imag == 0.0 and (dim % 2 or row[-1].imag == 0.0)  # Hermitian: real DC
+
+
+def test_key_spectrum_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hrr, "SPECTRUM_CACHE_SIZE", 8)
+    monkeypatch.setattr(hrr, "_spectra", hrr.OrderedDict())
+    names = [f"bounded-{i}" for i in range(20)]
+    spectra = hrr.key_spectra(names, 32)
+    assert len(hrr._spectra) == 8
+    assert list(hrr._spectra) == [(n, 32) for n in names[-8:]]  # the most recent kept
+    assert np.array_equal(hrr.key_spectra(names[:3], 32), spectra[:3])  # recomputed alike
+    assert list(hrr._spectra)[-3:] == [(n, 32) for n in names[:3]]
+
+
+def test_key_vectors_are_nearly_orthogonal() -> None:
+    """Random-phase unitary keys: inner products ~ N(0, 1/d), so 300 keys in 1024 dims stay
+    within ~5 standard deviations of each other."""
+    k = np.stack([key_vector(f"orth-{i}", 1024) for i in range(300)])
+    gram = k @ k.T
+    off = gram[~np.eye(300, dtype=bool)]
+    assert np.abs(off).max() < 5.5 / np.sqrt(1024)
+    assert abs(off.mean()) < 0.01 and off.std() == pytest.approx(1 / np.sqrt(1024), rel=0.1)
