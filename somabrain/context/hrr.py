@@ -133,8 +133,9 @@ def key_spectra(keys: Sequence[str], dim: int) -> npt.NDArray[np.complex128]:
         out[missing] = computed
         with _spectra_lock:
             for i, row in zip(missing, computed, strict=True):
-                row.flags.writeable = False
-                _spectra[(keys[i], dim)] = row
+                own = row.copy()  # a view would keep the whole batch alive while cached
+                own.flags.writeable = False
+                _spectra[(keys[i], dim)] = own
             while len(_spectra) > SPECTRUM_CACHE_SIZE:
                 _spectra.popitem(last=False)
     return out
