@@ -21,7 +21,6 @@ superpositions/s of ``superpose`` over the baseline's (target >= 2 for ``cold``:
 from __future__ import annotations
 
 import argparse
-import hashlib
 import itertools
 import sys
 import time
@@ -45,7 +44,7 @@ from benchmarks._common import (
     ratio,
     write_json,
 )
-from somabrain.context.hrr import normalise, superpose
+from somabrain.context.hrr import _seed, normalise, superpose
 
 __all__ = ["BENCHMARK", "TARGETS", "baseline_superpose", "main"]
 
@@ -58,14 +57,9 @@ KEYS_PER_BUNDLE = 10
 # ------------------------------------------------------------------------------ the baseline
 
 
-def _baseline_seed(text: str, salt: str) -> int:
-    digest = hashlib.blake2b(text.encode("utf-8"), digest_size=8, person=salt.encode()[:16])
-    return int.from_bytes(digest.digest(), "little")
-
-
 @lru_cache(maxsize=65_536)
 def _baseline_spectrum(key: str, dim: int) -> npt.NDArray[np.complex128]:
-    rng = np.random.default_rng(_baseline_seed(key, "soma-hrr-key"))
+    rng = np.random.default_rng(_seed(key, "soma-hrr-key"))  # the same BLAKE2b seed
     n = dim // 2 + 1
     spectrum = np.exp(1j * rng.uniform(-np.pi, np.pi, n))
     spectrum[0] = 1.0 if rng.random() < 0.5 else -1.0
