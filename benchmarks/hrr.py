@@ -69,8 +69,8 @@ def _baseline_spectrum(key: str, dim: int) -> npt.NDArray[np.complex128]:
 
 
 def baseline_superpose(keys: Sequence[str], vectors: npt.ArrayLike) -> npt.NDArray[np.float64]:
-    """``superpose`` as it was: one seeded generator per key, spectra in an unbounded-size
-    ``lru_cache`` of 65,536 entries (8 KB each at 1024 dims)."""
+    """``superpose`` as it was: one seeded generator per key, spectra in an ``lru_cache`` of
+    65,536 entries (8 KB each at 1024 dims)."""
     arr = np.asarray(vectors, dtype=np.float64)
     dim = arr.shape[1]
     spectra = np.stack([_baseline_spectrum(k, dim) for k in keys])

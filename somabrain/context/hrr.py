@@ -22,7 +22,7 @@ one, which is why cleanup recovers it.
 Keys are derived from the memory key (BLAKE2b-seeded phases from splitmix64, computed for all
 of a bundle's keys in one vectorised pass), so anyone holding the residual vector and a key can
 recover the memory without the bundle; the same key always gives the same vector, on every
-platform (integer arithmetic only, up to the final ``exp``).
+platform (integer arithmetic only, up to the table of unit complex numbers the phases index).
 
 Why a higher HRR dimension than the embeddings': crosstalk falls with the dimension. Measured
 on the 2,760 LoCoMo turns embedded by the built-in embedder (256 dims), cleanup found the right
