@@ -20,6 +20,10 @@ What it measures, in one run (rates in requests per second, latencies in millise
   10,000 memories, at ``--evaluate-connections`` (16 by default): the governance gate, a
   planner of the pool (bus request, queue group), the tenant's memory actor (five views and
   the working memory), the planner's hill-climb, the HRR residual vector (1024 floats), encode.
+  The bundle (hill-climb and residual vector) is built in the node's search worker process.
+* ``evaluate_on_loop``: the same evaluate requests against a second dev node with the same
+  memories whose planners build the bundle on the event loop (``context.build_in_worker =
+  false``): the baseline of ``evaluate_vs_evaluate_on_loop``.
 
 The load generator is a raw asyncio HTTP/1.1 client in this process (keep-alive, one request
 in flight per connection, ``--connections`` of them, 32 by default): cheap enough to stay far
@@ -80,7 +84,10 @@ RATIO_EXPLANATIONS = {
     "recall_vs_bare_hypercorn": "recall req/s over the bare Hypercorn ceiling",
     "remember_vs_bare_hypercorn": "durable remember req/s over the bare Hypercorn ceiling",
     "recall_100_vs_bare_hypercorn": "recall over 100 memories: the edge's own cost, no search",
+    "evaluate_vs_evaluate_on_loop": "evaluate req/s, bundles built in the worker / on the loop",
 }
+#: What the baseline node of ``evaluate_on_loop`` changes.
+_ON_LOOP = {"SOMA_CONTEXT__BUILD_IN_WORKER": "false"}
 _SMALL_TENANT_MEMORIES = 100
 
 
@@ -173,23 +180,31 @@ def _configure(parser: argparse.ArgumentParser) -> None:
 def run_benchmark(settings: Settings) -> dict[str, Any]:
     started = time.perf_counter()
     monitor = CpuMonitor()
-    with tempfile.TemporaryDirectory(prefix="soma-edge-bench-") as tmp:
+    with (
+        tempfile.TemporaryDirectory(prefix="soma-edge-bench-") as tmp,
+        tempfile.TemporaryDirectory(prefix="soma-edge-bench-loop-") as loop_tmp,
+    ):
         node = start_dev_node(tmp)
+        loop_node = start_dev_node(loop_tmp, _ON_LOOP)
         bare = Server([sys.executable, __file__, "--serve-bare"], r"listening on (\d+)", node_env())
-        monitor.ours += [node.pid, bare.pid]
+        monitor.ours += [node.pid, loop_node.pid, bare.pid]
         try:
             node_port, bare_port = int(node.address), int(bare.address)
+            loop_port = int(loop_node.address)
             recall_token = token_for(tmp, ["bench"])
             write_token = token_for(tmp, ["bench-write"])
             small_token = token_for(tmp, ["bench-small"])
+            loop_token = token_for(loop_tmp, ["bench"])
             loaded = preload(f"http://127.0.0.1:{node_port}", recall_token, settings.memories)
             preload(f"http://127.0.0.1:{node_port}", small_token, _SMALL_TENANT_MEMORIES)
+            preload(f"http://127.0.0.1:{loop_port}", loop_token, settings.memories)
             scenarios: list[tuple[str, int, Callable[[], bytes]]] = [
                 ("bare_hypercorn", bare_port, recall_requests(recall_token, seed=3)),
                 ("recall", node_port, recall_requests(recall_token, seed=3)),
                 ("recall_100", node_port, recall_requests(small_token, seed=3)),
                 ("remember", node_port, remember_requests(write_token, "bench")),
                 ("evaluate", node_port, evaluate_requests(recall_token, seed=5)),
+                ("evaluate_on_loop", loop_port, evaluate_requests(loop_token, seed=5)),
             ]
             rounds: dict[str, list[LoadResult]] = {name: [] for name, _, _ in scenarios}
             background: list[float] = []
@@ -202,7 +217,7 @@ def run_benchmark(settings: Settings) -> dict[str, Any]:
                                 port,
                                 requests,
                                 connections=settings.evaluate_connections
-                                if name == "evaluate"
+                                if name.startswith("evaluate")
                                 else settings.connections,
                                 warmup=settings.warmup,
                                 duration=settings.duration,
@@ -213,6 +228,7 @@ def run_benchmark(settings: Settings) -> dict[str, Any]:
                         background.append(block.other_cores)
         finally:
             node.stop()
+            loop_node.stop()
             bare.stop()
     best = {name: max(results, key=lambda r: r.rate) for name, results in rounds.items()}
     medians = {
@@ -226,11 +242,15 @@ def run_benchmark(settings: Settings) -> dict[str, Any]:
             "recall_vs_bare_hypercorn": ratio(best["recall"].rate, ceiling),
             "remember_vs_bare_hypercorn": ratio(best["remember"].rate, ceiling),
             "recall_100_vs_bare_hypercorn": ratio(best["recall_100"].rate, ceiling),
+            "evaluate_vs_evaluate_on_loop": ratio(
+                best["evaluate"].rate, best["evaluate_on_loop"].rate
+            ),
         },
         "median_ratios": {
             "recall_vs_bare_hypercorn": ratio(medians["recall"], medians["bare_hypercorn"]),
             "remember_vs_bare_hypercorn": ratio(medians["remember"], medians["bare_hypercorn"]),
             "recall_100_vs_bare_hypercorn": ratio(medians["recall_100"], medians["bare_hypercorn"]),
+            "evaluate_vs_evaluate_on_loop": ratio(medians["evaluate"], medians["evaluate_on_loop"]),
         },
         "preload_seconds": loaded,
         "background_cores": max(background) if background else None,

@@ -36,10 +36,10 @@ from ..actors import Actor, ActorStoppedError, Msg
 from ..governance.http import evaluate_input, keep_memories
 from ..memory.messages import ContextRecall, ask_memory
 from ..memory.recall import ContextRecallResult
+from ..memory.replica import shared_offload
 from ..memory.types import RecallFilter
 from ..tenancy import valid_tenant
 from .adaptation import AdaptationStore
-from .builder import build_bundle
 from .feedback import apply_feedback
 from .messages import (
     ADAPTATION_SUBJECT,
@@ -54,6 +54,7 @@ from .messages import (
     Feedback,
     FeedbackResult,
 )
+from .offload import build as offload_build
 from .settings import ContextSettings, tenant_default_weights
 
 __all__ = ["ADAPTATION_RESOURCE", "MEMORY_SUPERVISOR", "PlannerActor"]
@@ -215,7 +216,9 @@ class PlannerActor(Actor):
             ),
         )
         recall = self._governed(request, recall)
-        bundle = build_bundle(
+        offload = shared_offload(self.context.system) if self.settings.build_in_worker else None
+        bundle = await offload_build(
+            offload,
             request.query,
             recall,
             weights,

@@ -26,6 +26,10 @@ each pending search runs locally instead (the node's own index is always complet
 offload restarts the worker after ``RESTART_PAUSE``; the actors open new replicas on their
 next search. A replica is one incarnation of one tenant's index (its number is never reused),
 so changes meant for an older incarnation can never land in a newer one.
+
+Calls. ``call`` hands the worker a pure function's input (``search_worker.FUNCTIONS``) and
+gets its output back, the same way as a search, failures included: the caller then runs the
+function itself. The context planners build their bundles so (``somabrain.context.offload``).
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ import numpy.typing as npt
 from .search_protocol import (
     Add,
     Associate,
+    Call,
     Close,
     Dissociate,
     Failed,
@@ -58,6 +63,7 @@ from .search_protocol import (
     Open,
     Opened,
     Remove,
+    Returned,
     Search,
     SetSalience,
     Unlink_,
@@ -87,7 +93,8 @@ PACK_IN_THREAD = 5000
 
 F32 = npt.NDArray[np.float32]
 
-#: Called once per search with the hits, or with the error that sends it back to the node.
+#: Called once per search (or call) with the hits (the returned payload), or with the error
+#: that sends it back to the node.
 Callback = Callable[[Any, BaseException | None], None]
 
 
@@ -126,6 +133,8 @@ class SearchOffload:
         #: Searches the worker answered, and those sent back to the node to run locally.
         self.answered = 0
         self.failed_over = 0
+        #: Calls the worker answered (failed calls count in ``failed_over``).
+        self.calls = 0
         self._process: anyio.abc.Process | None = None
         self._fd = self._from_worker = -1  # our ends of the pipes to and from the worker
         self._tasks: anyio.abc.TaskGroup | None = None  # the running worker's
@@ -147,6 +156,7 @@ class SearchOffload:
             "starts": self.starts,
             "replicas": len(self._feeds),
             "searches": self.answered,
+            "calls": self.calls,
             "failovers": self.failed_over,
         }
 
@@ -155,8 +165,11 @@ class SearchOffload:
         return [
             ("soma_search_worker_searches_total", "counter",
              "Recalls answered by the search worker process.", [({}, self.answered)]),
+            ("soma_search_worker_calls_total", "counter",
+             "Functions run by the search worker for the node (context bundles).",
+             [({}, self.calls)]),
             ("soma_search_worker_failovers_total", "counter",
-             "Recalls sent to the search worker that ran locally instead.",
+             "Recalls and calls sent to the search worker that ran locally instead.",
              [({}, self.failed_over)]),
             ("soma_search_worker_starts_total", "counter",
              "Search worker processes started (restarts are starts - 1).", [({}, self.starts)]),
@@ -271,6 +284,11 @@ class SearchOffload:
                     if entry is not None:
                         self.answered += 1
                         entry[0](response.hits, None)
+                elif isinstance(response, Returned):
+                    entry = pending.pop(response.id, None)
+                    if entry is not None:
+                        self.calls += 1
+                        entry[0](response.payload, None)
                 elif isinstance(response, Opened):
                     feed = feeds.get(response.replica)
                     if feed is not None:
@@ -407,6 +425,17 @@ class SearchOffload:
         qid = next(self._ids)
         self._pending[qid] = (callback, time.monotonic())
         self.send(Search(qid, replica, **fields))
+
+    def call(self, function: str, payload: bytes, callback: Callback) -> None:
+        """Run ``function`` (a name in ``search_worker.FUNCTIONS``) on ``payload`` in the
+        worker: ``callback`` gets what it returned, or ``OffloadUnavailable`` (the worker is
+        not running, is stalled, died, or the function raised)."""
+        if not self.running or self.stalled:
+            callback(None, OffloadUnavailable("the search worker is not available"))
+            return
+        qid = next(self._ids)
+        self._pending[qid] = (callback, time.monotonic())
+        self.send(Call(qid, function, payload))
 
     def close_replica(self, replica: int) -> None:
         feed = self._feeds.pop(replica, None)

@@ -23,6 +23,7 @@ __all__ = [
     "Add",
     "Associate",
     "AssociationParams",
+    "Call",
     "ChangeFeed",
     "Close",
     "Dissociate",
@@ -34,6 +35,7 @@ __all__ = [
     "Remove",
     "Request",
     "Response",
+    "Returned",
     "Search",
     "SetSalience",
     "Unlink_",
@@ -163,6 +165,16 @@ class Search(msgspec.Struct, frozen=True, array_like=True, tag="s"):
     at: float | None
 
 
+class Call(msgspec.Struct, frozen=True, array_like=True, tag="x"):
+    """A pure function the worker offers (``search_worker.FUNCTIONS``) applied to ``payload``
+    (its own encoding): CPU work the node hands to the worker's core that needs no replica,
+    such as a context bundle's planning. Answered by ``Returned``, or ``Failed``."""
+
+    id: int
+    function: str
+    payload: bytes
+
+
 class Hits(msgspec.Struct, frozen=True, array_like=True, tag="h"):
     id: int
     hits: list[IndexHit]
@@ -180,10 +192,27 @@ class Opened(msgspec.Struct, frozen=True, array_like=True, tag="op"):
     replica: int
 
 
+class Returned(msgspec.Struct, frozen=True, array_like=True, tag="xr"):
+    """What a ``Call``'s function returned."""
+
+    id: int
+    payload: bytes
+
+
 Request = (
-    Open | Close | Add | Remove | SetSalience | Link_ | Unlink_ | Associate | Dissociate | Search
+    Open
+    | Close
+    | Add
+    | Remove
+    | SetSalience
+    | Link_
+    | Unlink_
+    | Associate
+    | Dissociate
+    | Search
+    | Call
 )
-Response = Hits | Failed | Opened
+Response = Hits | Failed | Opened | Returned
 
 _encoder = msgspec.msgpack.Encoder()
 _requests = msgspec.msgpack.Decoder(Request)

@@ -28,18 +28,24 @@ GIL on the interpreter's terms (a 5 ms switch interval, and none at all inside a
 keeps it, as msgspec's decoding of an ``Open`` does from start to end). That decoding still
 happens in one go, as the frame arrives (~45 ms at 100k memories).
 
+Besides searches, the worker runs the pure functions named in ``FUNCTIONS`` for the node
+(``Call``, answered by ``Returned``): work that needs no replica but costs the event loop as
+much as a search, such as planning a context bundle (``somabrain.context.offload``). They are
+imported on first use, so a worker that only searches never loads them.
+
     python -m somabrain.memory.search_worker
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import select
 import sys
 import traceback
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import numpy.typing as npt
@@ -51,6 +57,7 @@ from .hybrid import HybridIndex
 from .search_protocol import (
     Add,
     Associate,
+    Call,
     Close,
     Dissociate,
     Failed,
@@ -61,6 +68,7 @@ from .search_protocol import (
     Remove,
     Request,
     Response,
+    Returned,
     Search,
     SetSalience,
     Unlink_,
@@ -71,13 +79,19 @@ from .text import tokenize
 from .types import Memory
 from .views import build_views
 
-__all__ = ["BUILD_CHUNK", "Replica", "Worker", "main", "serve"]
+__all__ = ["BUILD_CHUNK", "FUNCTIONS", "Replica", "Worker", "main", "serve"]
 
 F32 = npt.NDArray[np.float32]
 
 #: Memories (or links, or salience strengths, or memories of queued changes) per build step:
 #: ~10 ms of work, the longest a build makes another tenant's search wait.
 BUILD_CHUNK = 400
+
+#: What a ``Call`` may name: ``function -> (module, attribute)``, a ``bytes -> bytes`` function
+#: (its own encoding both ways). Only these: the names come from a pipe, not from code.
+FUNCTIONS: dict[str, tuple[str, str]] = {
+    "context.bundle": ("somabrain.context.offload", "build_packed"),
+}
 
 
 class Replica:
@@ -202,6 +216,18 @@ class Worker:
         self.chunk = chunk
         self.replicas: dict[int, Replica] = {}
         self.building: dict[int, _Build] = {}
+        self._functions: dict[str, Callable[[bytes], bytes]] = {}
+
+    def call(self, frame: Call) -> Returned:
+        function = self._functions.get(frame.function)
+        if function is None:
+            if frame.function not in FUNCTIONS:
+                raise ValueError(f"no function {frame.function!r}")
+            module, name = FUNCTIONS[frame.function]
+            function = self._functions[frame.function] = getattr(
+                importlib.import_module(module), name
+            )
+        return Returned(frame.id, function(frame.payload))
 
     def handle(self, frame: Request) -> Response | None:
         """Apply one frame; its answer, if it has one now (``Opened`` comes from ``step``)."""
@@ -219,6 +245,8 @@ class Worker:
                     self.building[rid] = _Build(frame, self.chunk)
                 case Close(replica=rid):
                     self._forget(rid)
+                case Call():
+                    return self.call(frame)
                 case _:
                     build = self.building.get(frame.replica)
                     if build is not None:  # applied after the snapshot, before ``Opened``
@@ -226,7 +254,9 @@ class Worker:
                     elif (target := self.replicas.get(frame.replica)) is not None:
                         target.apply(frame)
         except Exception as exc:  # one bad frame must not take every replica down
-            if isinstance(frame, Search):
+            if isinstance(frame, Call):  # a bug of the function's: say where, to the log
+                traceback.print_exception(exc, file=sys.stderr)
+            if isinstance(frame, Search | Call):
                 return Failed(frame.id, repr(exc))
             return self._dropped(frame.replica, exc)
         return None

@@ -28,6 +28,7 @@ def test_edge_benchmark_runs_and_writes_json(
         "recall_100",
         "remember",
         "evaluate",
+        "evaluate_on_loop",
     }
     for result in document["results"].values():
         assert result["completed"] > 0 and result["errors"] == 0
@@ -36,6 +37,7 @@ def test_edge_benchmark_runs_and_writes_json(
         "recall_vs_bare_hypercorn",
         "remember_vs_bare_hypercorn",
         "recall_100_vs_bare_hypercorn",
+        "evaluate_vs_evaluate_on_loop",
     }
     assert all(value > 0 for value in document["ratios"].values())
     printed = capsys.readouterr().out

@@ -27,6 +27,7 @@ from somabrain.context.messages import (
 )
 from somabrain.memory import Link, Memory
 from somabrain.memory.messages import GetMemory, Remember, ask_memory
+from somabrain.memory.replica import OFFLOAD_RESOURCE
 from somabrain.supervision import SupervisionTree, SupervisorNode
 
 pytestmark = pytest.mark.anyio
@@ -45,9 +46,14 @@ def tree(planner: str = "somabrain.context.actor:PlannerActor", size: int = 2) -
 
 
 @asynccontextmanager
-async def node(tmp_path: Path, **kw: Any) -> AsyncIterator[tuple[ActorSystem, SupervisionTree]]:
+async def node(
+    tmp_path: Path, context: dict[str, Any] | None = None, **kw: Any
+) -> AsyncIterator[tuple[ActorSystem, SupervisionTree]]:
     cfg = soma_config.load(environ={})
     cfg = msgspec.structs.replace(cfg, tree=msgspec.convert(tree(**kw), SupervisorNode))
+    if context:
+        changed = msgspec.structs.replace(cfg.context, **context)
+        cfg = msgspec.structs.replace(cfg, context=changed)
     async with ActorSystem() as system:
         system.resources.update(config=cfg, data_dir=tmp_path)
         t = SupervisionTree(system, cfg.tree, cfg.node)
@@ -119,6 +125,27 @@ async def test_evaluate_feedback_and_adaptation(tmp_path: Path) -> None:
         assert state.history_length == 1 and state.weights == result.weights_after
         reset = await ask(system, AdaptationQuery(tenant="acme", reset=True))
         assert reset.weights == reset.defaults and reset.history_length == 0
+
+
+async def test_bundles_are_built_in_the_search_worker_once_it_runs(tmp_path: Path) -> None:
+    query = Evaluate(tenant="acme", query="support group feelings", top_k=3)
+    async with node(tmp_path) as (system, t):
+        await seed(system, t)
+        first = await ask(system, query)  # starts the worker: built here meanwhile
+        offload = system.resources[OFFLOAD_RESOURCE]
+        with anyio.fail_after(20):
+            while not offload.running:  # noqa: ASYNC110 (no event to wait on)
+                await anyio.sleep(0.02)
+        calls = offload.calls
+        second = await ask(system, query)
+        assert offload.calls == calls + 1 and offload.failed_over == 0
+        assert isinstance(second, ContextBundle)
+        assert [m.key for m in second.memories] == [m.key for m in first.memories]
+        assert second.prompt == first.prompt and second.plan.selected == first.plan.selected
+        assert second.residual_vector == first.residual_vector
+    async with node(tmp_path, context={"build_in_worker": False}) as (system, t):
+        assert isinstance(await ask(system, query), ContextBundle)
+        assert OFFLOAD_RESOURCE not in system.resources  # no worker process at all
 
 
 async def test_feedback_teaches_associations_and_co_use_links_that_survive_a_restart(

@@ -25,18 +25,20 @@ from somabrain.memory.search_protocol import (
     Add,
     Associate,
     AssociationParams,
+    Call,
     Failed,
     Hits,
     Open,
     Opened,
     Remove,
+    Returned,
     Search,
     ViewParams,
     frames,
     pack,
     read_responses,
 )
-from somabrain.memory.search_worker import Worker
+from somabrain.memory.search_worker import FUNCTIONS, Worker
 from somabrain.memory.views import multiview
 
 DIM = 64
@@ -537,6 +539,19 @@ async def test_a_build_that_fails_is_a_failed_open_and_the_others_go_on() -> Non
     check(good, tm, "note cat", vector=tm.embedder.embed(["note cat"])[0])
 
 
+def test_calls_run_the_named_functions_only() -> None:
+    worker = Worker()
+    payload = b"job"
+    worker._functions["echo"] = bytes.upper  # as if imported from ``FUNCTIONS``
+    assert worker.handle(Call(1, "echo", payload)) == Returned(1, b"JOB")
+    refused = worker.handle(Call(2, "os.system", b"true"))
+    assert isinstance(refused, Failed) and refused.id == 2 and "no function" in refused.error
+    assert refused.replica == 0  # no replica dropped
+    broken = worker.handle(Call(3, "context.bundle", b"not msgpack"))  # imported, raised
+    assert isinstance(broken, Failed) and broken.id == 3 and broken.replica == 0
+    assert set(FUNCTIONS) == {"context.bundle"}
+
+
 def test_frames_survive_any_chunking() -> None:
     rng = random.Random(5)
     vec = np.arange(2 * DIM, dtype=np.float32)
@@ -547,9 +562,10 @@ def test_frames_survive_any_chunking() -> None:
                None),
         Associate(3, "q", vec[:DIM].tobytes(), ("a", "b"), 1.0),
         Remove(3, "a" * 70_000),
+        Call(4, "context.bundle", b"\x00" * 300),
     ]  # fmt: skip
     responses: list[Any] = [Hits(1, [IndexHit("a", 0.5, {"semantic": 0.5})]), Opened(3),
-                            Failed(2, "boom", 3)]  # fmt: skip
+                            Returned(4, b"\x01" * 300), Failed(2, "boom", 3)]  # fmt: skip
     for sent, split in ((requests, frames), (responses, read_responses)):
         data = b"".join(pack(f) for f in sent)
         for chunking in ("bytes", "random", "random", "whole"):
