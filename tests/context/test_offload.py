@@ -27,17 +27,10 @@ from somabrain.memory import (
 from somabrain.memory.recall import ContextRecallResult, context_recall
 from somabrain.memory.search_offload import SearchOffload
 from somabrain.memory.working import WMItem, WorkingMemory
+from tests.context import test_builder
 
 EMB = HashingEmbedder()
-TEXTS = [
-    "Caroline went to the LGBTQ support group on Monday",
-    "Melanie painted a sunrise over the lake",
-    "Caroline is researching adoption agencies",
-    "Melanie's kids love the pottery class",
-    "The charity race raised money for mental health",
-    "Caroline gave a talk at the school about her journey",
-    "Caroline asked Melanie about adoption and the support group",
-]
+TEXTS = [*test_builder.TEXTS, "Caroline asked Melanie about adoption and the support group"]
 QUERY = "What is Caroline researching about adoption?"
 
 
