@@ -31,7 +31,7 @@ happens in one go, as the frame arrives (~45 ms at 100k memories).
 Besides searches, the worker runs the pure functions named in ``FUNCTIONS`` for the node
 (``Call``, answered by ``Returned``): work that needs no replica but costs the event loop as
 much as a search, such as planning a context bundle (``somabrain.context.offload``). They are
-imported on first use, so a worker that only searches never loads them.
+imported when the worker starts, so that the first call is not the one that waits for it.
 
     python -m somabrain.memory.search_worker
 """
@@ -218,16 +218,18 @@ class Worker:
         self.building: dict[int, _Build] = {}
         self._functions: dict[str, Callable[[bytes], bytes]] = {}
 
-    def call(self, frame: Call) -> Returned:
-        function = self._functions.get(frame.function)
+    def function(self, name: str) -> Callable[[bytes], bytes]:
+        """The function ``FUNCTIONS`` names ``name`` (imported on first use)."""
+        function = self._functions.get(name)
         if function is None:
-            if frame.function not in FUNCTIONS:
-                raise ValueError(f"no function {frame.function!r}")
-            module, name = FUNCTIONS[frame.function]
-            function = self._functions[frame.function] = getattr(
-                importlib.import_module(module), name
-            )
-        return Returned(frame.id, function(frame.payload))
+            if name not in FUNCTIONS:
+                raise ValueError(f"no function {name!r}")
+            module, attribute = FUNCTIONS[name]
+            function = self._functions[name] = getattr(importlib.import_module(module), attribute)
+        return function
+
+    def call(self, frame: Call) -> Returned:
+        return Returned(frame.id, self.function(frame.function)(frame.payload))
 
     def handle(self, frame: Request) -> Response | None:
         """Apply one frame; its answer, if it has one now (``Opened`` comes from ``step``)."""
@@ -291,6 +293,8 @@ class Worker:
 def serve(read_fd: int = 0, write_fd: int = 1, chunk: int = BUILD_CHUNK) -> None:
     """Answer frames from ``read_fd`` on ``write_fd`` until end of file."""
     worker = Worker(chunk)
+    for name in FUNCTIONS:  # now, not in the first call's answer (~50 ms of imports)
+        worker.function(name)
     buffer = bytearray()
     while True:
         # While a build is in progress, read only what has arrived: the build goes on when
