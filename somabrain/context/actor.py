@@ -14,6 +14,11 @@ on the way out), so the asker can retry on another member (``client.request`` do
 evaluate and adaptation queries) instead of waiting for its timeout. If even that reply cannot
 be sent, the asker's timeout still ends the wait with a 503.
 
+An evaluate asks the tenant's memory actor for the context recall, then has the bundle built
+in the node's search worker (``offload``; on the event loop when it cannot, or with
+``context.build_in_worker = false``): while it waits, the member handles nothing else, which is
+why the pool has several.
+
 Shared services from ``system.resources``: ``config`` (``SomaConfig``: ``context`` and
 ``memory`` sections), ``data_dir`` (adaptation state in ``<data_dir>/context``), ``tree`` (to
 reach the tenants' memory actors). The ``AdaptationStore`` is one per node
