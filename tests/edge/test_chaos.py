@@ -9,18 +9,21 @@ but ``/root``: tenant memory actors, the memory supervisor, the edge, planners, 
 writer, the guardian, workers), kills it through ``/admin/actors/kill``, waits for ``/readyz``
 and for every agent to get something done, and goes on. It never kills a supervisor's child
 so often that the supervisor would give up (its ``intensity`` per ``period``, from the tree):
-what is tested is recovery, not the node giving up.
+what is tested is recovery, not the node giving up. Half-way through, it also SIGKILLs the
+node's search worker process (recalls and context bundles go back to the node meanwhile).
 
 Every acknowledged write is recorded (key, content, links, audit_id). At the end:
 
 * no answer was a 5xx other than 503 with Retry-After, and none was an unexpected 4xx (a 404
   for a memory that was acknowledged, say);
 * every acknowledged memory is there with its content and links, in its tenant only;
-* the tree has its initial shape again and ``/metrics`` counts the restarts;
+* the tree has its initial shape again and ``/metrics`` counts the restarts; recalls and
+  bundles went to the search worker, which was started once more after its kill;
 * after SIGTERM, ``audit verify`` finds the spool's chain intact, and every acknowledged
   ``audit_id`` is in it exactly once, with the action and tenant of its request;
 * restarted on the same data directory, the node still has every acknowledged memory;
-* the node logged no error (an internal error, a task left pending by a kill).
+* the node logged no error (an internal error, a task left pending by a kill), but the death
+  of its search worker the test caused.
 
 On both anyio backends (a kill of the edge cuts connections on trio; on asyncio Hypercorn
 cancels the requests in flight).
@@ -37,6 +40,7 @@ import itertools
 import os
 import random
 import re
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -376,6 +380,7 @@ class Chaos:
         self.rng = rng
         self.kills: collections.Counter[str] = collections.Counter()
         self.skipped: list[tuple[str, int]] = []
+        self.worker_kills = 0
         #: supervisor path -> times its children were killed
         self.history: dict[str, list[float]] = collections.defaultdict(list)
 
@@ -433,6 +438,20 @@ class Chaos:
             self.kills[path] += 1
             self.history[parent["path"]].append(time.monotonic())
         wait_ready(self.node, admin)
+        self.wait_for_agents(progress)
+
+    def kill_search_worker(self, admin: httpx.Client) -> None:
+        """SIGKILL the node's search worker process (not an actor: its searches and bundles
+        go back to the node, and the node starts another)."""
+        r = call(self.ledger, admin, "GET", "/health")
+        if r is None:
+            raise Failure("GET /health failed")
+        pid = r.json()["components"]["search_worker"]["pid"]
+        if pid is None:
+            raise Failure("no search worker to kill")
+        progress = self.ledger.progress()
+        os.kill(pid, signal.SIGKILL)
+        self.worker_kills += 1
         self.wait_for_agents(progress)
 
     def wait_for_agents(self, before: dict[str, int]) -> None:
@@ -530,9 +549,16 @@ def restarts_in_metrics(text: str) -> dict[str, int]:
 # ----------------------------------------------------------------------------- the test
 
 
-def node_errors(output: list[str]) -> list[str]:
-    """What the node logged as an error: every one is a bug or a leak (kills are warnings)."""
-    return [line for line in output if " ERROR " in line or line.startswith("Traceback")]
+#: What the node logs when its search worker dies: an error, but the test's own doing.
+WORKER_KILLED = "search worker exited (code -9): restarting"
+
+
+def node_errors(output: list[str], worker_kills: int = 0) -> list[str]:
+    """What the node logged as an error: every one is a bug or a leak (kills are warnings),
+    but for the deaths of the search worker the test caused."""
+    errors = [line for line in output if " ERROR " in line or line.startswith("Traceback")]
+    killed = [line for line in errors if WORKER_KILLED in line]
+    return [line for line in errors if line not in killed] + killed[worker_kills:]
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
@@ -563,9 +589,11 @@ def test_kills_under_load_lose_nothing_acknowledged(
                 thread.start()
             chaos.wait_for_agents({})  # both tenants' memory actors are up
             initial = shape(admin.get("/admin/tree").json())
-            for _ in range(KILLS):
+            for i in range(KILLS):
                 if ledger.failures:
                     break
+                if i == KILLS // 2:
+                    chaos.kill_search_worker(admin)
                 chaos.round(admin)
             stop.set()
             for thread in threads:
@@ -581,8 +609,11 @@ def test_kills_under_load_lose_nothing_acknowledged(
             restarts = restarts_in_metrics(metrics)
             searched = re.search(r"^soma_search_worker_searches_total (\d+)", metrics, re.M)
             assert searched and int(searched[1]) > 0, "no recall went to the search worker"
+            built = re.search(r"^soma_search_worker_calls_total (\d+)", metrics, re.M)
+            assert built and int(built[1]) > 0, "no bundle was built in the search worker"
             worker = admin.get("/health").json()["components"]["search_worker"]
             assert worker["running"] and worker["replicas"] >= 1, worker
+            assert worker["starts"] == 1 + chaos.worker_kills, worker
             short = {p: (restarts.get(p), n) for p, n in chaos.kills.items() if restarts[p] < n}
             assert not short, f"restarts in /metrics below the kills (got, killed): {short}"
         assert node.stop() == 0
@@ -598,7 +629,8 @@ def test_kills_under_load_lose_nothing_acknowledged(
         assert not problems, "\n".join(problems[:20])
         assert node.stop() == 0
         output += node.output
-        assert not node_errors(output), "".join(node_errors(output)[:20])
+        errors = node_errors(output, chaos.worker_kills)
+        assert not errors, "".join(errors[:20])
     except BaseException:
         stop.set()
         node.kill()
