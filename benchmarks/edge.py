@@ -20,10 +20,11 @@ What it measures, in one run (rates in requests per second, latencies in millise
   10,000 memories, at ``--evaluate-connections`` (16 by default): the governance gate, a
   planner of the pool (bus request, queue group), the tenant's memory actor (five views and
   the working memory), the planner's hill-climb, the HRR residual vector (1024 floats), encode.
-  The bundle (hill-climb and residual vector) is built in the node's search worker process.
+  Under this load the bundle (hill-climb and residual vector) is built in the node's search
+  worker process (``context.build_in_worker = "busy"``, the default).
 * ``evaluate_on_loop``: the same evaluate requests against a second dev node with the same
   memories whose planners build the bundle on the event loop (``context.build_in_worker =
-  false``): the baseline of ``evaluate_vs_evaluate_on_loop``.
+  "never"``): the baseline of ``evaluate_vs_evaluate_on_loop``.
 
 The load generator is a raw asyncio HTTP/1.1 client in this process (keep-alive, one request
 in flight per connection, ``--connections`` of them, 32 by default): cheap enough to stay far
@@ -87,7 +88,7 @@ RATIO_EXPLANATIONS = {
     "evaluate_vs_evaluate_on_loop": "evaluate req/s, bundles built in the worker / on the loop",
 }
 #: What the baseline node of ``evaluate_on_loop`` changes.
-_ON_LOOP = {"SOMA_CONTEXT__BUILD_IN_WORKER": "false"}
+_ON_LOOP = {"SOMA_CONTEXT__BUILD_IN_WORKER": "never"}
 _SMALL_TENANT_MEMORIES = 100
 
 

@@ -14,10 +14,10 @@ on the way out), so the asker can retry on another member (``client.request`` do
 evaluate and adaptation queries) instead of waiting for its timeout. If even that reply cannot
 be sent, the asker's timeout still ends the wait with a 503.
 
-An evaluate asks the tenant's memory actor for the context recall, then has the bundle built
-in the node's search worker (``offload``; on the event loop when it cannot, or with
-``context.build_in_worker = false``): while it waits, the member handles nothing else, which is
-why the pool has several.
+An evaluate asks the tenant's memory actor for the context recall, then builds the bundle, in
+the node's search worker while other evaluates are in progress (``offload``,
+``context.build_in_worker``), else on the event loop: while it waits for the worker, the member
+handles nothing else, which is why the pool has several.
 
 Shared services from ``system.resources``: ``config`` (``SomaConfig``: ``context`` and
 ``memory`` sections), ``data_dir`` (adaptation state in ``<data_dir>/context``), ``tree`` (to
@@ -70,6 +70,7 @@ ADAPTATION_RESOURCE = "context.adaptation"
 #: Where the tenants' memory actors live in the SomaBrain tree (``[tree.children.memory]``).
 MEMORY_SUPERVISOR = "/root/memory"
 _SUBSCRIPTIONS = "context.subscriptions"
+_EVALUATING = "context.evaluating"
 _MAX_USED_KEYS = 1000
 
 
@@ -112,6 +113,8 @@ class PlannerActor(Actor):
         system = self.context.system
         self.settings = context_settings(system)
         self.store = adaptation_store(system)
+        #: Evaluates in progress on this node, across the pool (``build_in_worker = "busy"``).
+        self._evaluating: list[int] = system.resources.setdefault(_EVALUATING, [0])
         subscribed: dict[str, Any] = system.resources.setdefault(_SUBSCRIPTIONS, {})
         if self.context.path not in subscribed:
             ref = self.context.ref
@@ -187,6 +190,13 @@ class PlannerActor(Actor):
     # ------------------------------------------------------------------ evaluate
 
     async def evaluate(self, request: Evaluate) -> Any:
+        self._evaluating[0] += 1
+        try:
+            return await self._evaluate(request)
+        finally:
+            self._evaluating[0] -= 1
+
+    async def _evaluate(self, request: Evaluate) -> Any:
         started = time.perf_counter()
         limits = self.settings.limits
         top_k = limits.default_top_k if request.top_k is None else request.top_k
@@ -221,7 +231,10 @@ class PlannerActor(Actor):
             ),
         )
         recall = self._governed(request, recall)
-        offload = shared_offload(self.context.system) if self.settings.build_in_worker else None
+        where = self.settings.build_in_worker
+        offload = None if where == "never" else shared_offload(self.context.system)
+        if where == "busy" and self._evaluating[0] < 2:
+            offload = None  # the only evaluate in progress: the loop is free
         bundle = await offload_build(
             offload,
             request.query,

@@ -5,7 +5,9 @@ bundle was the largest single cost left on the node's event loop: planning the p
 superposing the residual vector took ~40% of the main thread under evaluate load (10k
 memories, 16 connections). It is a pure function of the recall, the weights and the settings,
 so a planner hands it to the worker (``SearchOffload.call``) and awaits the bundle while the
-loop serves other requests: the loop only encodes the job and decodes the bundle.
+loop serves other requests: the loop only encodes the job and decodes the bundle. When the loop
+has nothing else to do, the round trip costs more than it saves, so by default the planner
+asks for it only while other evaluates are in progress (``context.build_in_worker``).
 
 Same bundle: the worker runs ``build_bundle`` on the same inputs (vectors travel as raw
 float32, the memories with every field ``build_bundle`` reads), so the bundle equals the one

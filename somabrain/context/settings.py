@@ -112,9 +112,11 @@ class ContextSettings(_Section, frozen=True):
     recall_timeout: PositiveFloat = 5.0
     #: Attempts of an evaluate whose planner died (then 503).
     attempts: Annotated[int, Meta(ge=1, le=5)] = 2
-    #: Build bundles (the planning, the residual vector) in the node's search worker process,
-    #: a core apart from the event loop (``offload``); false: on the event loop.
-    build_in_worker: bool = True
+    #: Where bundles (the planning, the residual vector) are built: ``"busy"``, in the node's
+    #: search worker process while other evaluates are in progress on the node (the event loop
+    #: has other work; alone, the loop builds it sooner than a round trip to the worker),
+    #: ``"always"`` there, ``"never"`` (on the event loop). See ``offload``.
+    build_in_worker: Literal["busy", "always", "never"] = "busy"
     views: ViewSettings = msgspec.field(default_factory=ViewSettings)
     embedding: EmbedderSettings = msgspec.field(default_factory=EmbedderSettings)
     working_memory: WorkingMemorySettings = msgspec.field(default_factory=WorkingMemorySettings)

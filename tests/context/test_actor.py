@@ -127,15 +127,20 @@ async def test_evaluate_feedback_and_adaptation(tmp_path: Path) -> None:
         assert reset.weights == reset.defaults and reset.history_length == 0
 
 
+async def running_worker(system: ActorSystem) -> Any:
+    offload = system.resources[OFFLOAD_RESOURCE]
+    with anyio.fail_after(20):
+        while not offload.running:  # noqa: ASYNC110 (no event to wait on)
+            await anyio.sleep(0.02)
+    return offload
+
+
 async def test_bundles_are_built_in_the_search_worker_once_it_runs(tmp_path: Path) -> None:
     query = Evaluate(tenant="acme", query="support group feelings", top_k=3)
-    async with node(tmp_path) as (system, t):
+    async with node(tmp_path, context={"build_in_worker": "always"}) as (system, t):
         await seed(system, t)
         first = await ask(system, query)  # starts the worker: built here meanwhile
-        offload = system.resources[OFFLOAD_RESOURCE]
-        with anyio.fail_after(20):
-            while not offload.running:  # noqa: ASYNC110 (no event to wait on)
-                await anyio.sleep(0.02)
+        offload = await running_worker(system)
         calls = offload.calls
         second = await ask(system, query)
         assert offload.calls == calls + 1 and offload.failed_over == 0
@@ -143,9 +148,33 @@ async def test_bundles_are_built_in_the_search_worker_once_it_runs(tmp_path: Pat
         assert [m.key for m in second.memories] == [m.key for m in first.memories]
         assert second.prompt == first.prompt and second.plan.selected == first.plan.selected
         assert second.residual_vector == first.residual_vector
-    async with node(tmp_path, context={"build_in_worker": False}) as (system, t):
+    async with node(tmp_path, context={"build_in_worker": "never"}) as (system, t):
         assert isinstance(await ask(system, query), ContextBundle)
         assert OFFLOAD_RESOURCE not in system.resources  # no worker process at all
+
+
+async def test_by_default_only_concurrent_evaluates_go_to_the_worker(tmp_path: Path) -> None:
+    """``build_in_worker = "busy"``: alone, an evaluate's bundle is built on the loop (sooner
+    than a round trip); while others are in progress, in the worker."""
+    async with node(tmp_path) as (system, t):
+        await seed(system, t)
+        query = Evaluate(tenant="acme", query="support group feelings", top_k=3)
+        await ask(system, query)  # starts the worker
+        offload = await running_worker(system)
+        for _ in range(3):
+            assert isinstance(await ask(system, query), ContextBundle)
+        assert offload.calls == 0
+        bundles: list[Any] = []
+
+        async def agent() -> None:
+            bundles.append(await ask(system, query))
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(8):
+                tg.start_soon(agent)
+        assert all(isinstance(b, ContextBundle) for b in bundles) and len(bundles) == 8
+        assert offload.calls > 0 and offload.failed_over == 0
+        assert system.resources["context.evaluating"] == [0]
 
 
 async def test_feedback_teaches_associations_and_co_use_links_that_survive_a_restart(
