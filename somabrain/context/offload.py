@@ -60,7 +60,7 @@ _jobs = msgspec.msgpack.Decoder(_Job)
 _bundles = msgspec.msgpack.Decoder(ContextBundle)
 #: The last settings encoded (node) and decoded (worker): they change only on a reload.
 _encoded: list[tuple[ContextSettings, msgspec.Raw]] = []
-_decoded: list[tuple[bytes, ContextSettings]] = []
+_decoded: list[tuple[msgspec.Raw, ContextSettings]] = []
 
 
 def _settings_raw(settings: ContextSettings) -> msgspec.Raw:
@@ -69,9 +69,10 @@ def _settings_raw(settings: ContextSettings) -> msgspec.Raw:
     return _encoded[0][1]
 
 
-def _settings(raw: bytes) -> ContextSettings:
-    if not _decoded or _decoded[0][0] != raw:
-        _decoded[:] = [(raw, msgspec.msgpack.decode(raw, type=ContextSettings))]
+def _settings(raw: msgspec.Raw) -> ContextSettings:
+    if not _decoded or _decoded[0][0] != raw:  # (Raw compares the bytes)
+        settings = msgspec.msgpack.decode(raw, type=ContextSettings)
+        _decoded[:] = [(raw.copy(), settings)]  # a copy: not a view of the whole job
     return _decoded[0][1]
 
 
