@@ -232,6 +232,8 @@ class PlannerActor(Actor):
         )
         recall = self._governed(request, recall)
         where = self.settings.build_in_worker
+        # Asked for even when this bundle stays here: the first evaluate starts the worker, so
+        # it is running when the load comes.
         offload = None if where == "never" else shared_offload(self.context.system)
         if where == "busy" and self._evaluating[0] < 2:
             offload = None  # the only evaluate in progress: the loop is free
