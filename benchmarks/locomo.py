@@ -254,7 +254,7 @@ async def _tenant(
     if associations is not None:  # as the memory actor does when "association" is enabled
         a = settings.associations
         views.append(
-            AssociationView(associations, neighbours=a.neighbours,
+            AssociationView(associations, neighbours=a.neighbour_count,
                             min_similarity=a.min_similarity, sharpness=a.sharpness)
         )  # fmt: skip
     tm = TenantMemory.in_memory(conv.sample_id, embedder=embedder, views=views)
@@ -282,7 +282,8 @@ async def _adapted(
     associations = AssociationStore.in_memory(embedder.dim, capacity=a.capacity)
     tm = await _tenant(conv, embedder, settings, associations)
     learner = FeedbackLearner(tm, associations, a)
-    store = AdaptationStore(None, with_association(dict(defaults), a.weight), settings.adaptation)
+    starting = with_association(dict(defaults), a.view_weight)
+    store = AdaptationStore(None, starting, settings.adaptation)
     tenant = conv.sample_id
 
     async def ask(message: Any) -> Any:  # the memory actor's handling of the two messages
@@ -473,7 +474,7 @@ def run(
             conversations,
             embedder,
             configs,
-            msgspec.structs.replace(settings, embedder=name),
+            msgspec.structs.replace(settings, embedder=name).for_embedder(),
             None,
             train_half,
         )
@@ -482,7 +483,7 @@ def run(
                 split_gains,
                 conversations,
                 embedder,
-                msgspec.structs.replace(settings, embedder=name),
+                msgspec.structs.replace(settings, embedder=name).for_embedder(),
                 range(1, splits + 1),
             )
         timing[name] = round(time.perf_counter() - started, 2)

@@ -180,6 +180,10 @@ class SomaConfig(_Section):
     workers: WorkersSettings = msgspec.field(default_factory=WorkersSettings)
     context: ContextSettings = msgspec.field(default_factory=ContextSettings)
 
+    def __post_init__(self) -> None:
+        # What the config leaves to the embedder, filled in once for every reader.
+        self.context = self.context.for_embedder()
+
 
 def default_config_data() -> dict[str, Any]:
     text = resources.files("somabrain").joinpath("default.toml").read_text("utf-8")

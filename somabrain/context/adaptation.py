@@ -29,7 +29,9 @@ as consistent feedback keeps pushing it (at equilibrium its log-ratio to the def
 agent was *shown*, so the gradient says how to reorder those, not which memories outside them
 deserve a place; on LoCoMo the unregularised steps moved the MiniLM weights away from the tuned
 defaults and cost 0.014-0.020 of held-out recall@10 (the best weights in hindsight gain only
-0.004 there), and ``beta = 0.1`` made the weight updates neutral. Then every weight
+0.004 there). ``beta`` is per embedder unless configured (``PRIOR_PULL``): 0.5 for MiniLM,
+whose updates are neutral only that close to its defaults, 0.1 for the hashing embedder,
+whose weights gain from moving further. Then every weight
 is floored at ``min_weight`` (and renormalised): a view is never switched off for good, so the
 tenant can always learn it back. Feedback with no used memory, or nothing unused to compare
 with, changes no weight (it is still counted in the history).
@@ -43,10 +45,12 @@ import re
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Annotated
 
 import anyio
 import msgspec
 import numpy as np
+from msgspec import Meta
 
 __all__ = [
     "AdaptationSettings",
@@ -56,6 +60,14 @@ __all__ = [
     "Update",
     "adapt",
 ]
+
+
+#: ``prior_pull`` per embedder, where the config leaves it unset. MiniLM's default weights
+#: are close to the best in hindsight on LoCoMo, and its feedback moved them away: with 0.1
+#: the weight updates cost MiniLM's adapted gain about 0.006 (``benchmarks/locomo.py``, mean
+#: over eight splits), with 0.5 they are neutral. The hashing embedder's weights gain from
+#: moving: 0.1 (0.5 cost it 0.003).
+PRIOR_PULL: dict[str, float] = {"builtin": 0.1, "minilm": 0.5}
 
 
 class AdaptationSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -70,8 +82,21 @@ class AdaptationSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unkno
     reinforce: float = 1.0
     #: History entries kept in the state file (the count of all feedback is kept apart).
     history_size: int = 256
-    #: Pull of every update towards the tenant's default weights (0: none, 1: back to them).
-    prior_pull: float = 0.1
+    #: Pull of every update towards the tenant's default weights (0: none, 1: back to them);
+    #: unset (None), the embedder's (``PRIOR_PULL``, filled in by ``for_embedder``).
+    prior_pull: Annotated[float, Meta(ge=0, le=1)] | None = None
+
+    @property
+    def pull(self) -> float:
+        return PRIOR_PULL["builtin"] if self.prior_pull is None else self.prior_pull
+
+    def for_embedder(self, embedder: str) -> AdaptationSettings:
+        """These settings with ``prior_pull``, when unset, taken from ``embedder``'s."""
+        if self.prior_pull is not None:
+            return self
+        return msgspec.structs.replace(
+            self, prior_pull=PRIOR_PULL.get(embedder, PRIOR_PULL["builtin"])
+        )
 
 
 class HistoryEntry(msgspec.Struct, frozen=True, kw_only=True):
@@ -174,8 +199,8 @@ def adapt(
     rate = min(cfg.max_learning_rate, cfg.learning_rate / math.sqrt(1.0 + step))
     w = w * np.exp(-rate * r * grad)
     w = w / w.sum()
-    if prior is not None and cfg.prior_pull > 0.0:
-        w = _pull(w, prior, names, cfg.prior_pull)
+    if prior is not None and cfg.pull > 0.0:
+        w = _pull(w, prior, names, cfg.pull)
     w = _floor(w, cfg.min_weight)
     after = {n: float(x) for n, x in zip(names, w, strict=True)}
     return Update(

@@ -126,6 +126,16 @@ class ContextSettings(_Section, frozen=True):
     #: What feedback teaches besides the weights: the ``association`` view and co-use links.
     associations: AssociationSettings = msgspec.field(default_factory=AssociationSettings)
 
+    def for_embedder(self) -> ContextSettings:
+        """These settings with what the config left to the embedder filled in for
+        ``embedder`` (``adaptation.prior_pull``, ``associations.weight`` and ``neighbours``).
+        ``SomaConfig`` does it once loaded; settings built otherwise call it themselves."""
+        return msgspec.structs.replace(
+            self,
+            adaptation=self.adaptation.for_embedder(self.embedder),
+            associations=self.associations.for_embedder(self.embedder),
+        )
+
 
 def tenant_default_weights(config: Any) -> dict[str, float]:
     """Every tenant's weights before adaptation, from a ``SomaConfig`` (or None: defaults):
@@ -148,5 +158,5 @@ def default_weights_for(
     (``enabled``): what the planner adapts from and what the memory actor recalls with."""
     weights = resolve_weights(configured, enabled, context.embedder)
     if ASSOCIATION in enabled and not configured:
-        weights = with_association(weights, context.associations.weight)
+        weights = with_association(weights, context.associations.view_weight)
     return weights

@@ -202,7 +202,7 @@ class MemoryActor(Actor):
         self.memory = memory
         self.weights = resolve_weights(settings.weights, settings.extra_views, ctx.embedder)
         if ASSOCIATION in settings.extra_views and not settings.weights:
-            self.weights = with_association(self.weights, ctx.associations.weight)
+            self.weights = with_association(self.weights, ctx.associations.view_weight)
         self.associations = associations
         self.learner = FeedbackLearner(memory, associations, ctx.associations)
         self.store = stores[tenant] = _OpenStore(system, memory)

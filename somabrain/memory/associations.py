@@ -104,14 +104,25 @@ MAGIC = b"SBASJ\x00\x00\x01"
 Embed = Callable[[Sequence[str]], Awaitable[npt.NDArray[np.float32]]]
 
 
+#: ``weight`` and ``neighbours`` per embedder, where the config leaves them unset. MiniLM's
+#: question embeddings tell related questions apart better than the hashing embedder's, so
+#: fewer neighbours with a smaller lift suffice: on LoCoMo (``benchmarks/locomo.py``, mean over
+#: eight splits) MiniLM's adapted gain went from +0.010 to +0.016 with 3 and 0.4 (and a
+#: stronger ``prior_pull``, ``adaptation.PRIOR_PULL``), while the hashing embedder's fell from
+#: +0.013 to +0.010 with them: each keeps its own.
+EMBEDDER_DEFAULTS: dict[str, tuple[float, int]] = {"builtin": (0.5, 5), "minilm": (0.4, 3)}
+
+
 class AssociationSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Config section ``context.associations``."""
+    """Config section ``context.associations``. ``weight`` and ``neighbours`` left unset
+    (None) are the embedder's (``EMBEDDER_DEFAULTS``, filled in by ``for_embedder``; the
+    hashing embedder's until then)."""
 
     #: Default weight of the ``association`` view, as a fraction of the sum of the other
     #: views' default weights (then adapted per tenant like the others).
-    weight: Annotated[float, Meta(ge=0)] = 0.5
+    weight: Annotated[float, Meta(ge=0)] | None = None
     #: Stored queries consulted per recall (the most similar ones).
-    neighbours: Annotated[int, Meta(ge=1, le=100)] = 5
+    neighbours: Annotated[int, Meta(ge=1, le=100)] | None = None
     #: Stored queries less similar than this (cosine) are never consulted.
     min_similarity: Annotated[float, Meta(ge=-1, le=1)] = 0.0
     #: Exponent of the relative similarity ``s_j / s_1`` (larger: the nearest query counts more).
@@ -123,6 +134,23 @@ class AssociationSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unkn
     co_use_max_weight: Annotated[float, Meta(gt=0)] = 4.0
     #: Used keys of one feedback that get co-use links (the first ones; pairs grow as n^2).
     co_use_max_keys: Annotated[int, Meta(ge=2, le=64)] = 8
+
+    @property
+    def view_weight(self) -> float:
+        return EMBEDDER_DEFAULTS["builtin"][0] if self.weight is None else self.weight
+
+    @property
+    def neighbour_count(self) -> int:
+        return EMBEDDER_DEFAULTS["builtin"][1] if self.neighbours is None else self.neighbours
+
+    def for_embedder(self, embedder: str) -> AssociationSettings:
+        """These settings with what is unset taken from ``embedder``'s defaults."""
+        weight, neighbours = EMBEDDER_DEFAULTS.get(embedder, EMBEDDER_DEFAULTS["builtin"])
+        return msgspec.structs.replace(
+            self,
+            weight=weight if self.weight is None else self.weight,
+            neighbours=neighbours if self.neighbours is None else self.neighbours,
+        )
 
 
 def with_association(weights: dict[str, float], fraction: float) -> dict[str, float]:

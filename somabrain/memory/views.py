@@ -264,7 +264,7 @@ def view_params(extra_views: Sequence[str], views: Any, associations: Any) -> Vi
     assoc = None
     if ASSOCIATION in extra_views:
         a = associations
-        assoc = AssociationParams(a.capacity, a.neighbours, a.min_similarity, a.sharpness)
+        assoc = AssociationParams(a.capacity, a.neighbour_count, a.min_similarity, a.sharpness)
     return ViewParams(
         tuple(extra_views), views.graph_seeds, views.graph_damping, views.graph_steps,
         views.recency_half_life, views.salience_gain, assoc,
