@@ -151,6 +151,39 @@ def test_reload_applies_a_changed_config(tmp_path: Path) -> None:
             assert r.status_code == 422 and r.json()["error"]["field"] == "edge.max_body_bytes"
 
 
+def test_reload_applies_context_settings_where_it_can(tmp_path: Path) -> None:
+    config = tmp_path / "soma.toml"
+    config.write_text("[context.limits]\nmax_memories = 50\n")
+    with (
+        DevNode.running(tmp_path / "data", "--config", str(config)) as node,
+        node.client() as client,
+    ):
+        client.post("/memory/remember", json={"content": "reloads keep the node running"})
+        ask = {"query": "what keeps running?", "top_k": 10}
+        assert client.post("/context/evaluate", json=ask).status_code == 200
+        before = client.get("/context/adaptation/state").json()["defaults"]
+        config.write_text(
+            '[context]\nembedder = "minilm"\n'
+            "[context.limits]\nmax_memories = 5\n"
+            "[context.associations]\nweight = 0.25\nneighbours = 2\n"
+        )
+        changes = client.post("/admin/reload", json={}).json()["changes"]
+        assert "context: settings changed" in changes
+        assert "context: the embedder's settings apply after a node restart" in changes
+        assert any("apply to memory actors started from now on" in c for c in changes)
+        # the planners read the new limits at the next request
+        r = client.post("/context/evaluate", json=ask)
+        assert r.status_code == 422 and r.json()["error"]["field"] == "top_k"
+        # the embedder stays: the defaults are still the built-in embedder's weights, with
+        # the association view at the new fraction of them
+        after = client.get("/context/adaptation/state").json()["defaults"]
+        others = {v: w for v, w in before.items() if v != "association"}
+        assert {v: w for v, w in after.items() if v != "association"} == others
+        assert after["association"] == pytest.approx(0.25 * sum(others.values()))
+        r = client.post("/context/evaluate", json={**ask, "top_k": 5})
+        assert r.status_code == 200 and r.json()["memories"]
+
+
 def test_trio_backend(tmp_path: Path) -> None:
     with DevNode.running(tmp_path, backend="trio") as node:
         with node.client() as client:

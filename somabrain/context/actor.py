@@ -20,8 +20,9 @@ the node's search worker while other evaluates are in progress (``offload``,
 handles nothing else, which is why the pool has several.
 
 Shared services from ``system.resources``: ``config`` (``SomaConfig``: ``context`` and
-``memory`` sections), ``data_dir`` (adaptation state in ``<data_dir>/context``), ``tree`` (to
-reach the tenants' memory actors). The ``AdaptationStore`` is one per node
+``memory`` sections, read at every request, so a config reload applies to the next one),
+``data_dir`` (adaptation state in ``<data_dir>/context``), ``tree`` (to reach the tenants'
+memory actors). The ``AdaptationStore`` is one per node
 (``resources["context.adaptation"]``), shared by the members: its updates are synchronous, so
 concurrent feedback for one tenant never loses an update.
 """
@@ -71,6 +72,7 @@ ADAPTATION_RESOURCE = "context.adaptation"
 MEMORY_SUPERVISOR = "/root/memory"
 _SUBSCRIPTIONS = "context.subscriptions"
 _EVALUATING = "context.evaluating"
+_STORE_CONFIG = "context.adaptation.config"
 _MAX_USED_KEYS = 1000
 
 
@@ -94,25 +96,41 @@ def context_settings(system: Any) -> ContextSettings:
 
 
 def adaptation_store(system: Any) -> AdaptationStore:
-    """The node's shared store (created on first use)."""
-    store: AdaptationStore | None = system.resources.get(ADAPTATION_RESOURCE)
+    """The node's shared store (created on first use), following the node's config: after a
+    reload (``/admin/reload`` replaces ``resources["config"]``) its settings and the defaults
+    of tenants without a state yet (and of a reset) are the new config's; learned weights
+    stay."""
+    resources = system.resources
+    config = resources.get("config")
+    store: AdaptationStore | None = resources.get(ADAPTATION_RESOURCE)
     if store is None:
-        settings = context_settings(system)
-        data_dir = system.resources.get("data_dir")
+        data_dir = resources.get("data_dir")
         directory = Path(data_dir) / "context" if data_dir is not None else None
-        defaults = tenant_default_weights(system.resources.get("config"))
-        store = AdaptationStore(directory, defaults, settings.adaptation)
-        system.resources[ADAPTATION_RESOURCE] = store
+        store = AdaptationStore(directory, tenant_default_weights(config))
+        resources[ADAPTATION_RESOURCE] = store
+        resources[_STORE_CONFIG] = None
+    if resources[_STORE_CONFIG] is not config:
+        store.settings = context_settings(system).adaptation
+        store.defaults = tenant_default_weights(config)
+        resources[_STORE_CONFIG] = config
     return store
 
 
 class PlannerActor(Actor):
     """Builds bundles, applies feedback, shows and resets adaptation state (module doc)."""
 
+    @property
+    def settings(self) -> ContextSettings:
+        """The node's current ``[context]`` settings: a config reload applies from the next
+        request on."""
+        return context_settings(self.context.system)
+
+    @property
+    def store(self) -> AdaptationStore:
+        return adaptation_store(self.context.system)
+
     async def on_start(self) -> None:
         system = self.context.system
-        self.settings = context_settings(system)
-        self.store = adaptation_store(system)
         #: Evaluates in progress on this node, across the pool (``build_in_worker = "busy"``).
         self._evaluating: list[int] = system.resources.setdefault(_EVALUATING, [0])
         subscribed: dict[str, Any] = system.resources.setdefault(_SUBSCRIPTIONS, {})
@@ -198,7 +216,8 @@ class PlannerActor(Actor):
 
     async def _evaluate(self, request: Evaluate) -> Any:
         started = time.perf_counter()
-        limits = self.settings.limits
+        settings = self.settings  # one request, one config (a reload may come meanwhile)
+        limits = settings.limits
         top_k = limits.default_top_k if request.top_k is None else request.top_k
         if not 1 <= top_k <= limits.max_memories:
             raise _refuse(  # the code of every other range error (``errors.from_validation``)
@@ -227,11 +246,11 @@ class PlannerActor(Actor):
                 weights=weights,
                 at=request.at,
                 session_id=request.session_id,
-                wm_top_k=self.settings.working_memory.top_k,
+                wm_top_k=settings.working_memory.top_k,
             ),
         )
         recall = self._governed(request, recall)
-        where = self.settings.build_in_worker
+        where = settings.build_in_worker
         # Asked for even when this bundle stays here: the first evaluate starts the worker, so
         # it is running when the load comes.
         offload = None if where == "never" else shared_offload(self.context.system)
@@ -242,7 +261,7 @@ class PlannerActor(Actor):
             request.query,
             recall,
             weights,
-            self.settings,
+            settings,
             session_id=request.session_id,
             trace_id=request.trace_id,
             planner_name=self.context.name,
@@ -277,6 +296,7 @@ class PlannerActor(Actor):
             if value is not None and value != value:  # NaN
                 raise _refuse(422, "invalid_field", f"{name} must be a number", name)
         tenant = request.tenant
+        settings = self.settings
         update, reinforced = await apply_feedback(
             self.store,
             tenant,
@@ -285,8 +305,8 @@ class PlannerActor(Actor):
             used_keys=request.used_keys,
             utility=request.utility,
             reward=request.reward,
-            default_top_k=self.settings.limits.default_top_k,
-            reinforce=self.settings.adaptation.reinforce,
+            default_top_k=settings.limits.default_top_k,
+            reinforce=settings.adaptation.reinforce,
             namespace=request.namespace,
             at=request.at,
             session_id=request.session_id,

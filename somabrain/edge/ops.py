@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -16,6 +17,7 @@ from .metrics import render_sources, render_tree_metrics
 from .openapi import openapi_json
 
 if TYPE_CHECKING:
+    from ..config import SomaConfig
     from .app import Request, Response
 
 __all__ = ["OpsHandlers"]
@@ -135,12 +137,40 @@ class OpsHandlers(Handlers):
         if new.auth != old.auth:
             changes.append("auth: settings apply after a node restart")
             new = msgspec.structs.replace(new, auth=old.auth)
+        if new.context != old.context:
+            new = self._reload_context(old, new, changes)
         resources["config"] = new
         self.config = new
         await self._audit_admin(
             request, "admin.reload", {"changes": len(changes), "changed": "; ".join(changes)}
         )
         return self.json(s.ReloadResponse(changes=changes))
+
+    def _reload_context(self, old: SomaConfig, new: SomaConfig, changes: list[str]) -> SomaConfig:
+        """``new`` as the node can take it, and what it changes in ``[context]``: the planners
+        read their settings at every request; the memory actors read the views, associations
+        and working memory when they start; the embedder stays the one the node started with
+        (every tenant's vectors come from it)."""
+        from .. import config as soma_config
+
+        was, now = old.context, new.context
+        if (now.embedder, now.embedding) != (was.embedder, was.embedding):
+            changes.append("context: the embedder's settings apply after a node restart")
+            if now.embedder != was.embedder:  # what is left to the embedder follows it too
+                pinned = dict(os.environ, SOMA_CONTEXT__EMBEDDER=was.embedder)
+                path = self.system.resources.get("config_path")
+                now = soma_config.load(path, environ=pinned).context
+            now = msgspec.structs.replace(now, embedding=was.embedding)
+        memory_side = ("views", "associations", "working_memory")
+        if any(getattr(now, f) != getattr(was, f) for f in memory_side):
+            changes.append(
+                "context: views, associations and working memory apply to memory actors "
+                "started from now on"
+            )
+        unchanged = {f: getattr(was, f) for f in (*memory_side, "embedder", "embedding")}
+        if msgspec.structs.replace(now, **unchanged) != was:
+            changes.append("context: settings changed")
+        return msgspec.structs.replace(new, context=now)
 
     async def _audit_admin(
         self, request: Request, action: str, attributes: dict[str, object]
