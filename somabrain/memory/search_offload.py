@@ -19,7 +19,10 @@ in a thread, the loop's longest pause is ~65 ms. The snapshot itself is taken on
 the instant the feed is attached (the loop goes on changing the index meanwhile): copies that
 only the thread reads then (~50 ms at that size, more when the process first touches that much
 memory; ``TenantMemory.replica_snapshot``). The feed holds the changes that follow until the
-snapshot is sent, and a replica closed before that is never sent at all.
+snapshot is sent, and a replica closed before that is never sent at all. The snapshot goes
+in parts (``pack_snapshot``), the next once the pipe has taken the last, so that the other
+tenants' frames pass between them (the worker decodes a frame in one go: a single frame of
+100k memories was ~0.3 s of it).
 
 Failure. The worker holds copies only: if it dies, drops a replica or answers with an error,
 each pending search runs locally instead (the node's own index is always complete) and the
@@ -35,6 +38,7 @@ function itself. The context planners build their bundles so (``somabrain.contex
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import itertools
 import logging
 import math
@@ -90,6 +94,14 @@ STALL_AFTER = 0.5
 #: Snapshots of at least this many memories are packed in a thread, off the event loop (a
 #: smaller one costs less than the hop to a thread and back).
 PACK_IN_THREAD = 5000
+#: Memories per frame of a snapshot: the ``Open`` carries the first ones, ``Add`` frames the
+#: rest, so the worker decodes a large snapshot in pieces between its other tenants' searches
+#: (one frame is decoded in one go: ~0.3 s for 100k memories of 384 dimensions, ~1 ms for
+#: one of these), and builds one such frame per step (``search_worker.BUILD_CHUNK``).
+SNAPSHOT_FRAME = 400
+#: Bytes the pipe to the worker holds (``F_SETPIPE_SZ``; 1 MiB is Linux's default limit for
+#: an unprivileged process): about one part of a snapshot.
+PIPE_SIZE = 1 << 20
 
 F32 = npt.NDArray[np.float32]
 
@@ -120,6 +132,10 @@ class SearchOffload:
         self._out = bytearray()
         self._out_at = 0
         self._wake = anyio.Event()
+        #: Set while ``_out`` is empty (everything sent is in the pipe): a large snapshot's
+        #: next part waits for it, so that what was sent meanwhile goes first.
+        self._drained = anyio.Event()
+        self._drained.set()
         # Pending searches by id, in the order sent, with the time each was sent.
         self._pending: dict[int, tuple[Callback, float]] = {}
         self._stalled_until = -math.inf
@@ -205,6 +221,10 @@ class SearchOffload:
         # Our own pipes, non-blocking on our side: a search is written at once from the
         # actor (one system call, no task switch) and read when the loop says it is readable.
         to_worker, self._fd = os.pipe()
+        with contextlib.suppress(AttributeError, OSError):  # Linux; else the default 64 KiB
+            # The worker reads what arrived between two build steps: with 64 KiB at a time,
+            # a snapshot's part held up the frames behind it for dozens of steps.
+            fcntl.fcntl(self._fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
         self._from_worker, from_worker = os.pipe()
         try:
             process = await anyio.open_process(
@@ -223,6 +243,7 @@ class SearchOffload:
         self.starts += 1
         self._out.clear()
         self._out_at = 0
+        self._drained.set()
         self._process = process
         task_status.started()
         try:
@@ -234,6 +255,7 @@ class SearchOffload:
                 tg.cancel_scope.cancel()
         finally:
             self._process = self._tasks = None
+            self._drained.set()  # nothing more goes to this worker: no part waits for it
             self._lost("the search worker stopped")
             os.close(self._fd)
             os.close(self._from_worker)
@@ -252,6 +274,7 @@ class SearchOffload:
                 if self._out_at >= len(self._out):
                     self._out.clear()
                     self._out_at = 0
+                    self._drained.set()
                     self._wake = anyio.Event()
                     await self._wake.wait()
                     continue
@@ -345,6 +368,7 @@ class SearchOffload:
         if process is not None and process.returncode is None:
             process.kill()
         self._wake.set()
+        self._drained.set()
         await anyio.lowlevel.checkpoint()
 
     # --- what the memory actors call ------------------------------------------------------
@@ -355,6 +379,7 @@ class SearchOffload:
     def _send_packed(self, data: bytearray) -> None:
         if self._out_at < len(self._out) or self._process is None:
             self._out += data  # behind what waits already
+            self._drained = anyio.Event() if self._drained.is_set() else self._drained
         else:
             try:
                 written = os.write(self._fd, data)
@@ -366,6 +391,7 @@ class SearchOffload:
                 return
             # Nothing else waits: the frame becomes the buffer (a snapshot is not copied).
             self._out, self._out_at = data, written
+            self._drained = anyio.Event() if self._drained.is_set() else self._drained
         self._wake.set()
 
     def open_replica(
@@ -391,33 +417,41 @@ class SearchOffload:
         rid = next(self._replica_ids)
         feed = self._feeds[rid] = ReplicaFeed(self, rid)
 
-        def packed() -> bytearray:
-            return pack(Open(
-                rid, dim, views, hashing, memories,
-                np.asarray(vectors, np.float32).tobytes(), links, salience,  # row-major
-                [Associate(rid, q, np.asarray(v, np.float32).tobytes(), k, at)
-                 for q, v, k, at in associations],
-            ))  # fmt: skip
+        per_frame = SNAPSHOT_FRAME
+
+        def packed() -> list[bytearray]:
+            return pack_snapshot(rid, dim, views, hashing, memories, vectors, links, salience,
+                                 associations, per_frame)  # fmt: skip
 
         if len(memories) < PACK_IN_THREAD or self._tasks is None:
-            self._send_packed(packed())
+            for part in packed():
+                self._send_packed(part)
         else:
             feed.held = []
             self._tasks.start_soon(self._send_open, feed, packed)
         return feed
 
-    async def _send_open(self, feed: ReplicaFeed, packed: Callable[[], bytearray]) -> None:
-        """Pack a snapshot in a thread, send it, then the changes its feed held meanwhile."""
+    async def _send_open(self, feed: ReplicaFeed, packed: Callable[[], list[bytearray]]) -> None:
+        """Pack a snapshot in a thread, send it a part at a time (what other replicas send
+        meanwhile goes between two parts), then the changes its feed held meanwhile."""
         try:
-            data: bytearray | None = await anyio.to_thread.run_sync(packed)
+            parts: list[bytearray] = await anyio.to_thread.run_sync(packed)
         except Exception:  # this replica's snapshot, not the worker: it stays local
             logger.exception("search replica %d: the snapshot could not be packed", feed.replica)
             self._feeds.pop(feed.replica, None)
-            feed.broken, data = True, None
+            feed.broken, parts = True, []
+        generation = self.generation
+        for i, part in enumerate(parts):
+            if i:
+                await self._drained.wait()
+            if feed.broken:  # closed meanwhile, or the worker is gone
+                if i and self.generation == generation and self.running:
+                    self.send(Close(feed.replica))  # the worker has a part: it forgets it
+                break
+            self._send_packed(part)
         held, feed.held = feed.held or [], None
-        if data is None or feed.broken:  # or closed meanwhile: the worker never hears of it
+        if feed.broken:  # or closed meanwhile: the worker never hears more of it
             return
-        self._send_packed(data)
         for frame in held:
             self.send(frame)
 
@@ -441,6 +475,50 @@ class SearchOffload:
         feed = self._feeds.pop(replica, None)
         if feed is not None and feed.held is None and self.running:  # its Open went
             self.send(Close(replica))
+
+
+def pack_snapshot(
+    replica: int,
+    dim: int,
+    views: ViewParams,
+    hashing: dict[str, Any] | None,
+    memories: list[Memory],
+    vectors: F32,
+    links: list[Link],
+    salience: dict[str, float],
+    associations: Sequence[tuple[str, F32, tuple[str, ...], float]],
+    per_frame: int = SNAPSHOT_FRAME,
+) -> list[bytearray]:
+    """A snapshot as parts to send one after the other: an ``Open`` with the first
+    ``per_frame`` memories, the links, the associations and the salience of its own memories;
+    an ``Add`` per ``per_frame`` memories more; then a ``SetSalience`` for each strength of
+    theirs (a strength needs its memory in the index), ``per_frame`` frames to a part. The
+    ``Open`` counts the frames that follow (``parts``); the worker applies them once its
+    snapshot is in, before it answers ``Opened``: the replica is whole before its first
+    search, as from one frame."""
+    rows = np.asarray(vectors, np.float32)  # row-major
+    head = memories[:per_frame]
+    own = {m.key for m in head}
+    parts = [
+        pack(Add(replica, memories[i : i + per_frame], rows[i : i + per_frame].tobytes()))
+        for i in range(per_frame, len(memories), per_frame)
+    ]
+    frames = len(parts)
+    rest = [(k, v) for k, v in salience.items() if k not in own]
+    for i in range(0, len(rest), per_frame):  # small frames: sent ``per_frame`` at a time
+        part = bytearray()
+        for key, strength in rest[i : i + per_frame]:
+            part += pack(SetSalience(replica, key, strength))
+        parts.append(part)
+    frames += len(rest)
+    first = pack(Open(
+        replica, dim, views, hashing, head, rows[:per_frame].tobytes(), links,
+        {k: v for k, v in salience.items() if k in own},
+        [Associate(replica, q, np.asarray(v, np.float32).tobytes(), k, at)
+         for q, v, k, at in associations],
+        frames, len(memories),
+    ))  # fmt: skip
+    return [first, *parts]
 
 
 class ReplicaFeed:

@@ -26,7 +26,10 @@ hand-over of a finished replica, no wake-up pipe), a build can be driven step by
 test, and the pause it imposes on other searches is one step, where a thread would share the
 GIL on the interpreter's terms (a 5 ms switch interval, and none at all inside a C call that
 keeps it, as msgspec's decoding of an ``Open`` does from start to end). That decoding still
-happens in one go, as the frame arrives (~45 ms at 100k memories).
+happens in one go, as the frame arrives, so a large snapshot comes in frames of a few
+thousand memories (``Open.parts`` says how many follow, ``search_offload.pack_snapshot``),
+and the node lets other frames pass between them: ~1 ms of decoding each, where one frame of
+100k memories (384 dimensions) took ~0.3 s.
 
 Besides searches, the worker runs the pure functions named in ``FUNCTIONS`` for the node
 (``Call``, answered by ``Returned``): work that needs no replica but costs the event loop as
@@ -86,6 +89,9 @@ F32 = npt.NDArray[np.float32]
 #: Memories (or links, or salience strengths, or memories of queued changes) per build step:
 #: ~10 ms of work, the longest a build makes another tenant's search wait.
 BUILD_CHUNK = 400
+#: Bytes read at most between two build steps (a snapshot's part, ``SNAPSHOT_FRAME``
+#: memories, is ~3 MB at 384 dimensions).
+READ_PER_STEP = 16 << 20
 
 #: What a ``Call`` may name: ``function -> (module, attribute)``, a ``bytes -> bytes`` function
 #: (its own encoding both ways). Only these: the names come from a pipe, not from code.
@@ -113,9 +119,9 @@ class Replica:
     def load(self, spec: Open, chunk: int = BUILD_CHUNK) -> Iterator[None]:
         """Fill the replica from the snapshot, pausing (``yield``) after every ``chunk``."""
         memories, n = spec.memories, len(spec.memories)
+        self.index.vectors.reserve(max(n, spec.size))
         if n:
             vectors = np.frombuffer(spec.vectors, dtype=np.float32).reshape(n, self.dim)
-            self.index.vectors.reserve(n)
         for i in range(0, n, chunk):
             self._add(memories[i : i + chunk], vectors[i : i + chunk])
             yield
@@ -182,19 +188,34 @@ class Replica:
 
 
 class _Build:
-    """A replica being built: the rest of its snapshot, and the changes sent after it."""
+    """A replica being built: the rest of its snapshot (the ``Open``'s, then the ``parts``
+    frames that follow it), and the changes sent after it."""
 
-    __slots__ = ("queued", "replica", "steps")
+    __slots__ = ("loaded", "parts", "queued", "replica", "steps")
 
     def __init__(self, spec: Open, chunk: int) -> None:
         self.replica = Replica(spec)
         self.steps = self.replica.load(spec, chunk)
+        self.loaded = False  # the ``Open``'s own part is in
         self.queued: deque[Request] = deque()
+        self.parts = spec.parts  # still to arrive
+
+    @property
+    def waiting(self) -> bool:
+        """Nothing to do until more of the snapshot arrives."""
+        return self.loaded and not self.queued and self.parts > 0
+
+    def queue(self, frame: Request) -> None:
+        self.queued.append(frame)
+        if self.parts:
+            self.parts -= 1
 
     def step(self, chunk: int) -> bool:
         """One chunk of work; True once the snapshot is in and every queued change applied."""
-        for _ in self.steps:
-            return False
+        if not self.loaded:
+            for _ in self.steps:
+                return False
+            self.loaded = True
         # The changes in arrival order, about ``chunk`` memories' worth per step (at least
         # one change: the queue drains however large a frame is).
         budget = chunk
@@ -202,7 +223,7 @@ class _Build:
             frame = self.queued.popleft()
             self.replica.apply(frame)
             budget -= len(frame.memories) if isinstance(frame, Add) else 1
-        return not self.queued
+        return not self.queued and not self.parts
 
 
 class Worker:
@@ -252,7 +273,7 @@ class Worker:
                 case _:
                     build = self.building.get(frame.replica)
                     if build is not None:  # applied after the snapshot, before ``Opened``
-                        build.queued.append(frame)
+                        build.queue(frame)
                     elif (target := self.replicas.get(frame.replica)) is not None:
                         target.apply(frame)
         except Exception as exc:  # one bad frame must not take every replica down
@@ -263,12 +284,19 @@ class Worker:
             return self._dropped(frame.replica, exc)
         return None
 
+    @property
+    def building_now(self) -> bool:
+        """A build has work to do (not only parts of its snapshot to wait for)."""
+        return any(not build.waiting for build in self.building.values())
+
     def step(self) -> Response | None:
-        """Advance the oldest build by one chunk: ``Opened`` when it is done, ``Failed`` when
-        it failed (as the ``Open`` of a snapshot that cannot be built)."""
-        if not self.building:
+        """Advance the oldest build that has work by one chunk: ``Opened`` when it is done,
+        ``Failed`` when it failed (as the ``Open`` of a snapshot that cannot be built)."""
+        rid, build = next(
+            ((rid, b) for rid, b in self.building.items() if not b.waiting), (0, None)
+        )
+        if build is None:
             return None
-        rid, build = next(iter(self.building.items()))
         try:
             if not build.step(self.chunk):
                 return None
@@ -298,12 +326,19 @@ def serve(read_fd: int = 0, write_fd: int = 1, chunk: int = BUILD_CHUNK) -> None
     buffer = bytearray()
     while True:
         # While a build is in progress, read only what has arrived: the build goes on when
-        # nothing did, and one step follows each read, so neither starves the other.
-        if not worker.building or _readable(read_fd):
-            data = os.read(read_fd, 1 << 20)
-            if not data:
-                return
-            buffer += data
+        # nothing did, and one step follows each read, so neither starves the other. A read
+        # takes all that arrives meanwhile, up to ``READ_PER_STEP``: the pipe holds 64 KiB,
+        # and a step per 64 KiB made a frame behind a snapshot's part wait ~50 steps.
+        if not worker.building_now or _readable(read_fd):
+            got = 0
+            while True:
+                data = os.read(read_fd, 1 << 20)
+                if not data:
+                    return
+                buffer += data
+                got += len(data)
+                if got >= READ_PER_STEP or not _readable(read_fd):
+                    break
             for frame in frames(buffer):
                 answer = worker.handle(frame)
                 if answer is not None:  # at once: the node works on it while the next is searched

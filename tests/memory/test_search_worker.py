@@ -16,11 +16,24 @@ from typing import Any
 import numpy as np
 import pytest
 
-from somabrain.memory import HashingEmbedder, Link, Memory, RecallFilter, RecallHit, TenantMemory
+from somabrain.memory import (
+    HashingEmbedder,
+    Link,
+    Memory,
+    RecallFilter,
+    RecallHit,
+    TenantMemory,
+    search_offload,
+)
 from somabrain.memory.associations import AssociationStore, AssociationView
 from somabrain.memory.hybrid import DEFAULT_WEIGHTS, HybridIndex, IndexHit
 from somabrain.memory.replica import OFFLOAD_RESOURCE, TenantReplica
-from somabrain.memory.search_offload import OffloadUnavailable, ReplicaFeed, SearchOffload
+from somabrain.memory.search_offload import (
+    OffloadUnavailable,
+    ReplicaFeed,
+    SearchOffload,
+    pack_snapshot,
+)
 from somabrain.memory.search_protocol import (
     Add,
     Associate,
@@ -33,6 +46,7 @@ from somabrain.memory.search_protocol import (
     Remove,
     Returned,
     Search,
+    SetSalience,
     ViewParams,
     frames,
     pack,
@@ -92,7 +106,7 @@ class Loopback(SearchOffload):
             self._answered(bytearray(pack(answer)))
 
     def finish(self) -> None:
-        while self.worker.building:
+        while self.worker.building_now:  # not a build waiting for the rest of its snapshot
             self.step()
 
     def _answered(self, answers: bytearray) -> None:
@@ -250,7 +264,12 @@ async def change(
 
 
 @pytest.mark.anyio
-async def test_replica_stays_equivalent_under_random_changes() -> None:
+@pytest.mark.parametrize("per_frame", [search_offload.SNAPSHOT_FRAME, 4])
+async def test_replica_stays_equivalent_under_random_changes(
+    monkeypatch: pytest.MonkeyPatch, per_frame: int
+) -> None:
+    """Also when the snapshot comes in parts (4 memories to a frame, salience after them)."""
+    monkeypatch.setattr(search_offload, "SNAPSHOT_FRAME", per_frame)
     rng, clock = random.Random(20240607), Clock()
     tm, store = tenant(clock)
     await tm.remember_batch([random_memory(rng, clock, []) for _ in range(30)])
@@ -550,6 +569,41 @@ def test_calls_run_the_named_functions_only() -> None:
     broken = worker.handle(Call(3, "context.bundle", b"not msgpack"))  # imported, raised
     assert isinstance(broken, Failed) and broken.id == 3 and broken.replica == 0
     assert set(FUNCTIONS) == {"context.bundle"}
+
+
+def test_a_replica_is_opened_once_the_last_part_of_its_snapshot_is_in() -> None:
+    memories = [Memory(key=f"k{i}", content=f"note {i}", created_at=1.0) for i in range(7)]
+    vectors = np.eye(7, DIM, dtype=np.float32)
+    views = ViewParams(("salience",), 4, 0.85, 2, 3600.0, 1.0, None)
+    salience = {"k0": 1.0, "k6": 3.0}
+    parts = pack_snapshot(1, DIM, views, None, memories, vectors, [], salience, [], per_frame=3)
+    sent = [list(frames(bytearray(part))) for part in parts]
+    assert [[type(f).__name__ for f in part] for part in sent] == [
+        ["Open"], ["Add"], ["Add"], ["SetSalience"]
+    ]  # fmt: skip
+    [[first], *rest] = sent
+    assert isinstance(first, Open) and first.parts == 3 and first.salience == {"k0": 1.0}
+    assert first.size == 7  # room made for them all at once
+    assert [m.key for f in rest[:2] for m in f[0].memories] == ["k3", "k4", "k5", "k6"]
+    assert rest[2] == [SetSalience(1, "k6", 3.0)]
+
+    worker = Worker(chunk=2)
+    elsewhere = np.eye(1, DIM, DIM - 1, dtype=np.float32)[0].tobytes()  # near no memory
+    probe = Search(9, 1, "", elsewhere, 1, None, None, {"salience": 1.0}, 2.0, None)
+    assert worker.handle(first) is None
+    for part in rest:
+        # The part's memories so far are in, yet the replica waits for the rest: no
+        # ``Opened``, no search, and nothing to step (the worker blocks on its pipe).
+        assert [worker.step() for _ in range(5)] == [None] * 5 and not worker.building_now
+        answer = worker.handle(probe)
+        assert isinstance(answer, Failed) and "still being built" in answer.error
+        for frame in part:
+            assert worker.handle(frame) is None
+    assert worker.building_now
+    answers = [worker.step() for _ in range(5)]
+    assert Opened(1) in answers and not worker.building
+    hits = worker.handle(probe)
+    assert isinstance(hits, Hits) and [h.key for h in hits.hits] == ["k6"]  # its salience
 
 
 def test_frames_survive_any_chunking() -> None:
