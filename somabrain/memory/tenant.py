@@ -64,6 +64,9 @@ from .types import (
 __all__ = ["MAX_TOP_K", "TenantMemory", "TenantMemoryStatistics", "content_key"]
 
 MAX_TOP_K = 1000
+#: Vector matrices of at least this many slots grow in a worker thread (``_room_for``);
+#: below, the copy costs less than the hop to the thread.
+GROW_IN_THREAD = 16384
 
 
 class TenantMemoryStatistics(msgspec.Struct, frozen=True, kw_only=True):
@@ -114,6 +117,8 @@ class TenantMemory:
         self.index.graph = self._state.graph
         self._seq = Sequencer()
         self._compactions = 0
+        self._growing: anyio.Lock | None = None  # made on first use, in the event loop
+        self._incoming = 0  # memories of the batches between ``_room_for`` and the index
 
     # --- opening and closing ---------------------------------------------------------------
 
@@ -391,6 +396,24 @@ class TenantMemory:
             record = msgspec.structs.replace(stored, links=links, vector=vector)
         return Prepared(memory=stored, links=links, vector=vec, record=record)
 
+    async def _room_for(self, extra: int) -> None:
+        """Grow the vector matrix in a worker thread when ``extra`` more memories would not
+        fit and it is large (``GROW_IN_THREAD``): the copy paused the event loop 0.2 s at 32k
+        slots and 0.4 s at 65k here. Smaller ones, and a matrix replaced while the copy was
+        made, grow in ``add`` as before."""
+        vectors = self.index.vectors
+        if vectors.size + self._incoming + extra <= vectors.capacity:
+            return  # the common case: no await, no lock
+        if vectors.capacity < GROW_IN_THREAD:
+            return
+        if self._growing is None:
+            self._growing = anyio.Lock()
+        async with self._growing:  # one copy at a time; the others find the room made
+            # The batches on their way to the index (between here and ``change``) count too.
+            extra += self._incoming
+            if vectors.size + extra > vectors.capacity >= GROW_IN_THREAD:
+                vectors.adopt(await anyio.to_thread.run_sync(vectors.grown, extra))
+
     async def remember(self, memory: Memory) -> Remembered:
         """Store (upsert) one memory durably; returns ``(key, deduplicated)``."""
         return (await self.remember_batch([memory]))[0]
@@ -434,6 +457,8 @@ class TenantMemory:
                 if v is not None:
                     vectors[i] = v
 
+        await self._room_for(len(mems))
+
         def change() -> None:
             for p in items:
                 self._state.store(p)
@@ -443,7 +468,11 @@ class TenantMemory:
                 if m.key in salience:
                     self.index.set_salience(m.key, salience[m.key])
 
-        await self._commit([RememberRecord(p.record) for p in items], change)
+        self._incoming += len(mems)
+        try:
+            await self._commit([RememberRecord(p.record) for p in items], change)
+        finally:
+            self._incoming -= len(mems)
         return results
 
     async def forget(self, key: str) -> bool:

@@ -20,14 +20,14 @@ can share slot numbers. ``compact`` squeezes the tombstones out and returns the 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 
 from .errors import InvalidVectorError
 
-__all__ = ["VectorIndex", "top_k"]
+__all__ = ["Grown", "VectorIndex", "top_k"]
 
 F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
@@ -73,8 +73,23 @@ def top_k(scores: npt.NDArray[Any], k: int, mask: npt.NDArray[np.bool_] | None =
     return cand[order]
 
 
+class Grown(NamedTuple):
+    """A larger copy of a ``VectorIndex``'s matrix (``VectorIndex.grown``): its first ``n``
+    slots copied from ``source``."""
+
+    matrix: F32
+    source: F32
+    n: int
+
+
 class VectorIndex:
-    """Exact cosine top-k over unit vectors, with tombstone deletes and compaction."""
+    """Exact cosine top-k over unit vectors, with tombstone deletes and compaction.
+
+    Growing the matrix copies it (the capacity doubles: amortised O(1) per add). A large copy
+    takes long (0.4 s at 65k slots of 256 or 384 dimensions here, most of it the first touch
+    of the new memory), so an owner that must not pause that long makes the copy elsewhere:
+    ``grown`` in a worker thread, then ``adopt`` (see ``TenantMemory``).
+    """
 
     def __init__(self, dim: int, capacity: int = 1024) -> None:
         if dim <= 0:
@@ -94,6 +109,11 @@ class VectorIndex:
     def size(self) -> int:
         """Slots handed out so far, dead ones included."""
         return self._n
+
+    @property
+    def capacity(self) -> int:
+        """Slots the matrix holds before it must grow."""
+        return int(self._matrix.shape[1])
 
     @property
     def dead(self) -> int:
@@ -147,6 +167,33 @@ class VectorIndex:
         alive = np.zeros(cap, dtype=np.bool_)
         alive[: self._n] = self._alive[: self._n]
         self._matrix, self._alive = matrix, alive
+
+    def grown(self, extra: int) -> Grown:
+        """A copy of the matrix with room for ``extra`` more slots than are handed out now
+        (doubled at least), for ``adopt``. Made to run in another thread while the owner goes
+        on: it reads only the slots handed out when it starts, which an ``add`` never writes
+        (a ``remove`` may zero one meanwhile: ``adopt`` zeroes it in the copy too)."""
+        source, n = self._matrix, self._n
+        cap = max(n + extra, 2 * source.shape[1])
+        matrix = np.zeros((self._dim, cap), dtype=np.float32)
+        matrix[:, :n] = source[:, :n]
+        return Grown(matrix, source, n)
+
+    def adopt(self, grown: Grown) -> bool:
+        """Install a ``grown`` copy, brought up to date: the slots added since it was made
+        are copied and every dead slot is zeroed. False, and nothing changes, when the matrix
+        was replaced meanwhile (grown by an ``add``, compacted) or is already as large."""
+        if grown.source is not self._matrix or grown.matrix.shape[1] <= self._matrix.shape[1]:
+            return False
+        matrix, n0, n = grown.matrix, grown.n, self._n
+        matrix[:, n0:n] = self._matrix[:, n0:n]
+        dead = np.flatnonzero(~self._alive[:n0])
+        if dead.shape[0]:
+            matrix[:, dead] = 0.0
+        alive = np.zeros(matrix.shape[1], dtype=np.bool_)
+        alive[:n] = self._alive[:n]
+        self._matrix, self._alive = matrix, alive
+        return True
 
     def add(self, vectors: npt.ArrayLike) -> I64:
         """Append a batch of vectors (normalised here); returns their new slots."""

@@ -278,3 +278,35 @@ async def test_open_failure_closes_the_log(tmp_path: Path) -> None:
         await TenantMemory.open(tmp_path, "acme", compact_ratio=2.0)
     async with await open_tm(tmp_path):  # the lock was released
         pass
+
+
+async def test_a_large_vector_matrix_grows_in_a_worker_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past ``GROW_IN_THREAD`` slots the copy is made off the event loop, and what the
+    loop changed meanwhile is in the adopted matrix."""
+    import threading
+
+    from somabrain.memory import tenant as tenant_module
+    from somabrain.memory.vector_index import VectorIndex
+
+    monkeypatch.setattr(tenant_module, "GROW_IN_THREAD", 16)
+    threads: list[int] = []
+    grown = VectorIndex.grown
+
+    def recording(self: VectorIndex, extra: int):  # type: ignore[no-untyped-def]
+        threads.append(threading.get_ident())
+        return grown(self, extra)
+
+    monkeypatch.setattr(VectorIndex, "grown", recording)
+    tm = TenantMemory.in_memory("acme")
+    capacity = tm.index.vectors.capacity
+    contents = [f"note {i} about the river" for i in range(capacity + 40)]
+    async with anyio.create_task_group() as tg:  # concurrent batches: one copy at a time
+        for i in range(0, len(contents), 20):
+            tg.start_soon(tm.remember_batch, [Memory(content=c) for c in contents[i : i + 20]])
+    assert tm.index.vectors.capacity >= 2 * capacity
+    assert threads and threading.get_ident() not in threads
+    assert len(tm) == len(contents)
+    for i in (0, capacity - 1, capacity, len(contents) - 1):
+        assert tm.recall(contents[i], 1)[0].memory.content == contents[i]

@@ -133,3 +133,40 @@ def test_top_k_breaks_ties_by_lowest_index(scores, k) -> None:
     """Few distinct values, so the k-th score is almost always tied past the selection."""
     expected = sorted(range(len(scores)), key=lambda i: (-scores[i], i))[:k]
     assert top_k(scores, k).tolist() == expected
+
+
+def test_a_grown_copy_adopted_later_holds_what_changed_meanwhile() -> None:
+    rng = np.random.default_rng(3)
+    vectors = rng.standard_normal((40, 8)).astype(np.float32)
+    index, twin = VectorIndex(8, capacity=32), VectorIndex(8, capacity=64)
+    index.add(vectors[:20])
+    twin.add(vectors[:20])
+    grown = index.grown(5)  # made "elsewhere" from the 20 slots handed out
+    index.add(vectors[20:30])  # meanwhile: adds (within capacity) and removes, before and after
+    twin.add(vectors[20:30])
+    for slot in (3, 25):
+        index.remove(slot)
+        twin.remove(slot)
+    assert index.capacity == 32 and index.adopt(grown) and index.capacity == 64
+    np.testing.assert_array_equal(index.matrix, twin.matrix)
+    np.testing.assert_array_equal(index.alive, twin.alive)
+    index.add(vectors[30:])  # no growth needed now: the room was made
+    twin.add(vectors[30:])
+    q = rng.standard_normal(8)
+    assert index.search(q, 5)[0].tolist() == twin.search(q, 5)[0].tolist()
+    assert not index.adopt(grown)  # once only
+
+
+def test_a_grown_copy_is_refused_once_the_matrix_was_replaced() -> None:
+    rng = np.random.default_rng(4)
+    index = VectorIndex(4, capacity=8)
+    index.add(rng.standard_normal((8, 4)))
+    stale = index.grown(1)
+    index.add(rng.standard_normal((1, 4)))  # grown by the add itself
+    assert not index.adopt(stale) and index.size == 9
+    index.remove(0)
+    stale = index.grown(100)
+    index.compact()  # renumbered: the copy's slots mean nothing now
+    before = index.matrix.copy()
+    assert not index.adopt(stale)
+    np.testing.assert_array_equal(index.matrix, before)
