@@ -20,6 +20,7 @@ can share slot numbers. ``compact`` squeezes the tombstones out and returns the 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -194,6 +195,22 @@ class VectorIndex:
         alive[:n] = self._alive[:n]
         self._matrix, self._alive = matrix, alive
         return True
+
+    def growing(self, rows: int) -> Iterator[None]:
+        """``grown`` then ``adopt``, copying ``rows`` dimensions per step (``next``), for an
+        owner with one thread (the search worker): it goes on adding, removing and searching
+        between two steps. Stops early, adopting nothing, if the matrix is replaced meanwhile
+        (an ``add`` that found no room, a compaction). By dimensions, not slots: most of the
+        cost is the first touch of the new memory (whole huge pages of it), and a dimension's
+        row is one contiguous stretch of it."""
+        source, n = self._matrix, self._n
+        matrix = np.zeros((self._dim, 2 * source.shape[1]), dtype=np.float32)
+        for start in range(0, self._dim, rows):
+            if source is not self._matrix:
+                return
+            matrix[start : start + rows, :n] = source[start : start + rows, :n]
+            yield
+        self.adopt(Grown(matrix, source, n))
 
     def add(self, vectors: npt.ArrayLike) -> I64:
         """Append a batch of vectors (normalised here); returns their new slots."""

@@ -24,6 +24,7 @@ from somabrain.memory import (
     RecallHit,
     TenantMemory,
     search_offload,
+    search_worker,
 )
 from somabrain.memory.associations import AssociationStore, AssociationView
 from somabrain.memory.hybrid import DEFAULT_WEIGHTS, HybridIndex, IndexHit
@@ -604,6 +605,51 @@ def test_a_replica_is_opened_once_the_last_part_of_its_snapshot_is_in() -> None:
     assert Opened(1) in answers and not worker.building
     hits = worker.handle(probe)
     assert isinstance(hits, Hits) and [h.key for h in hits.hits] == ["k6"]  # its salience
+
+
+def test_a_replica_matrix_is_doubled_ahead_of_need_between_other_frames(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(search_worker, "GROW_IN_STEPS", 16)
+    monkeypatch.setattr(search_worker, "GROW_AHEAD", 0.5)
+    monkeypatch.setattr(search_worker, "GROW_ROWS", 16)
+    n = 520
+    vectors = np.random.default_rng(6).standard_normal((n + 2, DIM)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    memories = [Memory(key=f"k{i}", content=f"note {i}", created_at=1.0) for i in range(n + 2)]
+    views = ViewParams((), 4, 0.85, 2, 3600.0, 1.0, None)
+    worker = Worker(chunk=400)
+    [part] = pack_snapshot(1, DIM, views, None, memories[:n], vectors[:n], [], {}, [], n)
+    [opening] = frames(bytearray(part))
+    worker.handle(opening)
+    while worker.step() != Opened(1):
+        pass
+    replica = worker.replicas[1]
+    matrix = replica.index.vectors
+    assert matrix.capacity == 1024 and not worker.growing
+
+    def nearest(i: int) -> str:
+        found = worker.handle(
+            Search(i, 1, "", vectors[i].tobytes(), 1, None, None, {"semantic": 1.0}, 2.0, None)
+        )
+        assert isinstance(found, Hits)
+        return found.hits[0].key
+
+    worker.handle(Add(1, [memories[n]], vectors[n].tobytes()))  # past half full: due
+    assert 1 in worker.growing and matrix.capacity == 1024
+    worker.step()  # 16 of the 64 dimensions copied; other frames come in between
+    worker.handle(Remove(1, "k3"))  # zeroed in the 16 rows copied, not in the copy
+    worker.handle(Remove(1, "k400"))
+    worker.handle(Add(1, [memories[n + 1]], vectors[n + 1].tobytes()))  # after the copy began
+    assert nearest(n + 1) == f"k{n + 1}" and nearest(3) != "k3"
+    steps = 1
+    while worker.building_now:
+        worker.step()
+        steps += 1
+    assert matrix.capacity == 2048 and steps == 5  # 64 dimensions, 16 a step, then adopted
+    for i in (0, 3, 399, 400, n - 1, n, n + 1):
+        assert (nearest(i) == f"k{i}") is (i not in (3, 400)), i
+    assert len(replica.index) == n + 2 - 2
 
 
 def test_frames_survive_any_chunking() -> None:
