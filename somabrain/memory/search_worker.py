@@ -128,9 +128,9 @@ class Replica:
     def load(self, spec: Open, chunk: int = BUILD_CHUNK) -> Iterator[None]:
         """Fill the replica from the snapshot, pausing (``yield``) after every ``chunk``."""
         memories, n = spec.memories, len(spec.memories)
-        # A quarter more than the snapshot: the first ``Add`` finds room, and the matrix is
-        # doubled ahead of need (``GROW_AHEAD``) long before it is full.
-        self.index.vectors.reserve(max(n, spec.size) * 5 // 4)
+        # Half as much again as the snapshot: the ``Add``s that follow find room, and the
+        # matrix is doubled ahead of need (``GROW_AHEAD``) only once they filled some of it.
+        self.index.vectors.reserve(max(n, spec.size) * 3 // 2)
         if n:
             vectors = np.frombuffer(spec.vectors, dtype=np.float32).reshape(n, self.dim)
         for i in range(0, n, chunk):
