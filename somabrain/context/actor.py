@@ -106,13 +106,13 @@ def adaptation_store(system: Any) -> AdaptationStore:
     if store is None:
         data_dir = resources.get("data_dir")
         directory = Path(data_dir) / "context" if data_dir is not None else None
-        store = AdaptationStore(directory, tenant_default_weights(config))
+        settings = context_settings(system).adaptation
+        store = AdaptationStore(directory, tenant_default_weights(config), settings)
         resources[ADAPTATION_RESOURCE] = store
-        resources[_STORE_CONFIG] = None
-    if resources[_STORE_CONFIG] is not config:
+    elif resources[_STORE_CONFIG] is not config:
         store.settings = context_settings(system).adaptation
         store.defaults = tenant_default_weights(config)
-        resources[_STORE_CONFIG] = config
+    resources[_STORE_CONFIG] = config
     return store
 
 

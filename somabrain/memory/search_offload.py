@@ -379,7 +379,6 @@ class SearchOffload:
     def _send_packed(self, data: bytearray) -> None:
         if self._out_at < len(self._out) or self._process is None:
             self._out += data  # behind what waits already
-            self._drained = anyio.Event() if self._drained.is_set() else self._drained
         else:
             try:
                 written = os.write(self._fd, data)
@@ -391,7 +390,8 @@ class SearchOffload:
                 return
             # Nothing else waits: the frame becomes the buffer (a snapshot is not copied).
             self._out, self._out_at = data, written
-            self._drained = anyio.Event() if self._drained.is_set() else self._drained
+        if self._drained.is_set():  # something waits to be written now
+            self._drained = anyio.Event()
         self._wake.set()
 
     def open_replica(
@@ -417,11 +417,9 @@ class SearchOffload:
         rid = next(self._replica_ids)
         feed = self._feeds[rid] = ReplicaFeed(self, rid)
 
-        per_frame = SNAPSHOT_FRAME
-
         def packed() -> list[bytearray]:
             return pack_snapshot(rid, dim, views, hashing, memories, vectors, links, salience,
-                                 associations, per_frame)  # fmt: skip
+                                 associations, SNAPSHOT_FRAME)  # fmt: skip
 
         if len(memories) < PACK_IN_THREAD or self._tasks is None:
             for part in packed():

@@ -96,10 +96,10 @@ BUILD_CHUNK = 400
 GROW_IN_STEPS = 16384
 GROW_AHEAD = 0.75
 GROW_ROWS = 16
-_DONE = object()
 #: Bytes read at most between two build steps (a snapshot's part, ``SNAPSHOT_FRAME``
 #: memories, is ~3 MB at 384 dimensions).
 READ_PER_STEP = 16 << 20
+_DONE = object()  # what ``next`` answers for a growth that is over
 
 #: What a ``Call`` may name: ``function -> (module, attribute)``, a ``bytes -> bytes`` function
 #: (its own encoding both ways). Only these: the names come from a pipe, not from code.

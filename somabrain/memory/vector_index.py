@@ -158,16 +158,13 @@ class VectorIndex:
     def reserve(self, extra: int) -> None:
         """Room for ``extra`` more slots, so that a batch added in parts grows the matrix once
         (the search worker builds a replica in chunks)."""
-        need = self._n + extra
-        cap = self._matrix.shape[1]
-        if need <= cap:
-            return
-        cap = max(need, 2 * cap)
-        matrix = np.zeros((self._dim, cap), dtype=np.float32)
-        matrix[:, : self._n] = self._matrix[:, : self._n]
-        alive = np.zeros(cap, dtype=np.bool_)
-        alive[: self._n] = self._alive[: self._n]
-        self._matrix, self._alive = matrix, alive
+        if self._n + extra > self.capacity:
+            self.adopt(self.grown(extra))
+
+    def _larger(self, extra: int) -> F32:
+        """An empty matrix for ``extra`` more slots than are handed out, doubled at least."""
+        cap = max(self._n + extra, 2 * self.capacity)
+        return np.zeros((self._dim, cap), dtype=np.float32)
 
     def grown(self, extra: int) -> Grown:
         """A copy of the matrix with room for ``extra`` more slots than are handed out now
@@ -175,8 +172,7 @@ class VectorIndex:
         on: it reads only the slots handed out when it starts, which an ``add`` never writes
         (a ``remove`` may zero one meanwhile: ``adopt`` zeroes it in the copy too)."""
         source, n = self._matrix, self._n
-        cap = max(n + extra, 2 * source.shape[1])
-        matrix = np.zeros((self._dim, cap), dtype=np.float32)
+        matrix = self._larger(extra)
         matrix[:, :n] = source[:, :n]
         return Grown(matrix, source, n)
 
@@ -204,7 +200,7 @@ class VectorIndex:
         cost is the first touch of the new memory (whole huge pages of it), and a dimension's
         row is one contiguous stretch of it."""
         source, n = self._matrix, self._n
-        matrix = np.zeros((self._dim, 2 * source.shape[1]), dtype=np.float32)
+        matrix = self._larger(0)
         for start in range(0, self._dim, rows):
             if source is not self._matrix:
                 return
