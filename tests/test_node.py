@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import gc
+import os
 import re
 import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -43,6 +45,34 @@ def test_signals_stop_the_node_gracefully(tmp_path: Path, signum: int) -> None:
         node.kill()
     with DevNode.running(tmp_path) as again, again.client() as client:
         assert client.get(f"/memory/{key['key']}").json()["content"] == "before the signal"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_to_the_process_group_stops_the_node_then_its_search_worker(
+    tmp_path: Path, signum: int
+) -> None:
+    # Ctrl-C at a terminal and a service manager's stop signal every process of the group:
+    # the search worker must leave the stopping to the node, not die first as if it crashed.
+    node = DevNode(tmp_path, env={"SOMA_MEMORY__OFFLOAD_MIN_MEMORIES": "1"}).start()
+    try:
+        with node.client() as client:
+            client.post("/memory/remember", json={"content": "searched in the worker"})
+            for _ in range(200):  # bounded: the replica opens within a few recalls
+                client.post("/memory/recall", json={"query": "worker"})
+                worker = client.get("/health").json()["components"].get("search_worker", {})
+                if worker.get("replicas") and worker.get("searches"):
+                    break
+                time.sleep(0.05)
+            assert worker["running"] and worker["searches"], worker
+        assert node.stop(signum, group=True) == 0
+    finally:
+        node.kill()
+    output = "".join(node.output)
+    assert "search worker exited" not in output and " ERROR " not in output, output
+    assert output.rstrip().endswith("stopped")
+    assert node.process is not None
+    with pytest.raises(ProcessLookupError):  # nothing of the group is left
+        os.killpg(node.process.pid, 0)
 
 
 def test_token_command_and_secret_reuse(tmp_path: Path) -> None:

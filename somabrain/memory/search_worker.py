@@ -46,6 +46,7 @@ import gc
 import importlib
 import os
 import select
+import signal
 import sys
 import traceback
 from collections import deque
@@ -403,8 +404,13 @@ def _write_all(fd: int, data: bytes | bytearray) -> None:
 
 
 def main() -> int:
-    # The node stopped or killed us: nothing of ours to save.
-    with contextlib.suppress(KeyboardInterrupt, BrokenPipeError):
+    # The node stops us (it closes our pipe, or kills us), not a signal to its process group:
+    # Ctrl-C at a terminal, or SIGTERM from a service manager, reaches every process of the
+    # group at once, and a worker dying first would be seen by a node not yet stopping as a
+    # crash to restart from. A node killed outright closes the pipe too: we read its end.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    with contextlib.suppress(BrokenPipeError):  # the node is gone: nothing of ours to save
         serve()
     return 0
 

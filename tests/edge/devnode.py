@@ -36,10 +36,17 @@ class NodeError(RuntimeError):
 
 
 class DevNode:
-    def __init__(self, data_dir: Path, *extra: str, backend: str = "asyncio") -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *extra: str,
+        backend: str = "asyncio",
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.data_dir = data_dir
         self.extra = extra
         self.backend = backend
+        self.env = env or {}
         self.process: subprocess.Popen[str] | None = None
         self.output: list[str] = []
         self.url = ""
@@ -49,7 +56,7 @@ class DevNode:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self, port: int = 0) -> DevNode:
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
         command: Sequence[str] = [
             sys.executable,
             "-m",
@@ -71,6 +78,9 @@ class DevNode:
             stderr=subprocess.STDOUT,
             text=True,
             env=env,
+            # Its own process group, as a service or a shell job has: ``stop(group=True)``
+            # signals the node and its children at once, as Ctrl-C or systemd would.
+            start_new_session=True,
         )
         ready = threading.Event()
         self._reader = threading.Thread(target=self._read, args=(ready,), daemon=True)
@@ -94,11 +104,17 @@ class DevNode:
         finally:
             ready.set()
 
-    def stop(self, signum: int = signal.SIGTERM, timeout: float = 30.0) -> int:
-        """Signal the node and wait for its exit code."""
+    def stop(
+        self, signum: int = signal.SIGTERM, timeout: float = 30.0, *, group: bool = False
+    ) -> int:
+        """Signal the node (or, with ``group``, its whole process group) and wait for its
+        exit code."""
         assert self.process is not None
         if self.process.poll() is None:
-            self.process.send_signal(signum)
+            if group:
+                os.killpg(self.process.pid, signum)
+            else:
+                self.process.send_signal(signum)
         try:
             code = self.process.wait(timeout)
         except subprocess.TimeoutExpired:
