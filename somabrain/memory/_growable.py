@@ -23,6 +23,14 @@ class Growable:
         self._buf: npt.NDArray[Any] = np.full(max(capacity, 1), fill, dtype=dtype)
         self._n = 0
 
+    @classmethod
+    def of(cls, values: npt.NDArray[Any]) -> Growable:
+        """A new buffer holding ``values`` (an array it takes over, not a copy)."""
+        out = cls.__new__(cls)
+        out._buf = values if values.shape[0] else np.empty(4, dtype=values.dtype)
+        out._n = values.shape[0]
+        return out
+
     def __len__(self) -> int:
         return self._n
 

@@ -10,7 +10,7 @@ A mutation whose append failed or was cancelled registers nothing (its ticket is
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import anyio
 
@@ -27,6 +27,7 @@ class Sequencer:
         self._waiters: dict[int, anyio.Event] = {}
         self._errors: dict[int, BaseException] = {}
         self._abandoned: set[int] = set()
+        self._turns: dict[int, anyio.Event] = {}
 
     @property
     def pending(self) -> int:
@@ -58,6 +59,19 @@ class Sequencer:
         if error is not None:
             raise error
 
+    async def exclusive(self, work: Callable[[], Awaitable[None]]) -> None:
+        """Run ``work`` in ticket order as a change that takes time: it starts once every
+        earlier ticket is applied or skipped, and later changes wait until it returns (their
+        appends go on meanwhile). For work that reads the state elsewhere, in a thread, and
+        then replaces it (``TenantMemory`` compacting its index)."""
+        ticket = self.ticket()
+        try:
+            if ticket > self._next_apply:
+                await self._turns.setdefault(ticket, anyio.Event()).wait()
+            await work()
+        finally:
+            self.skip(ticket)  # done, or cancelled: the changes behind it run
+
     def _drain(self) -> None:
         while self._next_apply in self._ready:
             t = self._next_apply
@@ -70,6 +84,9 @@ class Sequencer:
                         self._errors[t] = exc
             self._abandoned.discard(t)
             self._next_apply += 1
+            turn = self._turns.pop(self._next_apply, None)
+            if turn is not None:
+                turn.set()
             event = self._waiters.pop(t, None)
             if event is not None:
                 event.set()

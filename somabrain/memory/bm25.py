@@ -30,19 +30,30 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 
 from ._growable import Growable
 
-__all__ = ["BM25Index"]
+__all__ = ["BM25Compacted", "BM25Index"]
 
 F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
 
 #: Terms whose contribution arrays are kept between changes to the index.
 _CACHED_TERMS = 8192
+
+
+class BM25Compacted(NamedTuple):
+    """A ``BM25Index``'s postings without dead documents (``BM25Index.compacted``)."""
+
+    remap: I64
+    post_slots: list[Growable]
+    post_tf: list[Growable]
+    doclen: Growable
+    doc_terms: list[npt.NDArray[np.int32]]
 
 
 class BM25Index:
@@ -180,7 +191,13 @@ class BM25Index:
 
         Pass the vector index's ``remap`` to keep both numbered alike (their live sets agree).
         """
-        self._contrib.clear()
+        compaction = self.compacted(remap)
+        self.install(compaction)
+        return compaction.remap
+
+    def compacted(self, remap: I64 | None = None) -> BM25Compacted:
+        """What ``compact`` installs, built aside: reads the index and changes nothing, so it
+        may run in another thread while the owner searches (not while it adds or removes)."""
         alive = self._alive.view()
         if remap is None:
             remap = np.full(self.size, -1, dtype=np.int64)
@@ -190,17 +207,28 @@ class BM25Index:
             keep = np.flatnonzero(remap >= 0)
             if not np.array_equal(keep, np.flatnonzero(alive)):
                 raise ValueError("remap does not match this index's live documents")
+        post_slots: list[Growable] = []
+        post_tf: list[Growable] = []
         for slots, tfs in zip(self._post_slots, self._post_tf, strict=True):
-            if len(slots) == 0:
-                continue
             new = remap[slots.view()]
             ok = new >= 0
-            tfs.replace_all(tfs.view()[ok])
-            slots.replace_all(new[ok])
-        self._doclen.replace_all(self._doclen.view()[keep])
-        self._alive.replace_all(np.ones(keep.shape[0], dtype=np.bool_))
-        self._doc_terms = [self._doc_terms[i] for i in keep.tolist()]
-        return remap
+            post_slots.append(Growable.of(new[ok].astype(np.int32)))
+            post_tf.append(Growable.of(tfs.view()[ok]))
+        return BM25Compacted(
+            remap,
+            post_slots,
+            post_tf,
+            Growable.of(self._doclen.view()[keep]),
+            [self._doc_terms[i] for i in keep.tolist()],
+        )
+
+    def install(self, compaction: BM25Compacted) -> None:
+        """Replace the postings by ``compacted`` ones (slots renumbered by its ``remap``)."""
+        self._contrib.clear()
+        self._post_slots, self._post_tf = compaction.post_slots, compaction.post_tf
+        self._doclen = compaction.doclen
+        self._alive = Growable.of(np.ones(len(compaction.doc_terms), dtype=np.bool_))
+        self._doc_terms = compaction.doc_terms
 
     # --- scoring -------------------------------------------------------------------------
 

@@ -109,6 +109,7 @@ class TenantMemory:
         self.embedder: Embedder = embedder if embedder is not None else HashingEmbedder()
         self.embed_async = embed_async
         self.index = HybridIndex(self.embedder.dim, views=views)
+        self.index.auto_compact = False  # ``_compact_index``, off the event loop
         self.log = log
         self._clock = clock
         self._compact_ratio = compact_ratio
@@ -119,6 +120,7 @@ class TenantMemory:
         self._compactions = 0
         self._growing: anyio.Lock | None = None  # made on first use, in the event loop
         self._incoming = 0  # memories of the batches between ``_room_for`` and the index
+        self._compacting_index = False
 
     # --- opening and closing ---------------------------------------------------------------
 
@@ -551,8 +553,26 @@ class TenantMemory:
         return records >= self._compact_min and dead > self._compact_ratio * records
 
     async def _maybe_compact(self) -> None:
+        if self.index.compaction_due and not self._compacting_index:
+            await self._compact_index()
         if self._seq.pending == 0 and self.needs_compaction:
             await self.compact()
+
+    async def _compact_index(self) -> None:
+        """Squeeze the index's tombstones out in a worker thread: done on the event loop it
+        paused every tenant 0.3-0.5 s at 50k memories of 384 dimensions here, 1.2-1.5 s at
+        100k. Searches go on meanwhile (the thread only reads the index); changes wait for
+        it in log order, as behind any change (``Sequencer.exclusive``)."""
+        self._compacting_index = True
+
+        async def squeeze() -> None:
+            if self.index.compaction_due:
+                self.index.install(await anyio.to_thread.run_sync(self.index.compacted))
+
+        try:
+            await self._seq.exclusive(squeeze)
+        finally:
+            self._compacting_index = False
 
     async def compact(self) -> bool:
         """Rewrite the log as the live state; False if mutations are in flight (try later).

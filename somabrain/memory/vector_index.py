@@ -28,7 +28,7 @@ import numpy.typing as npt
 
 from .errors import InvalidVectorError
 
-__all__ = ["Grown", "VectorIndex", "top_k"]
+__all__ = ["Compacted", "Grown", "VectorIndex", "top_k"]
 
 F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
@@ -81,6 +81,15 @@ class Grown(NamedTuple):
     matrix: F32
     source: F32
     n: int
+
+
+class Compacted(NamedTuple):
+    """A ``VectorIndex``'s matrix without its tombstones (``VectorIndex.compacted``): its
+    first ``size`` slots are the live ones, renumbered as ``remap[old] = new`` (-1: dead)."""
+
+    matrix: F32
+    remap: I64
+    size: int
 
 
 class VectorIndex:
@@ -264,16 +273,28 @@ class VectorIndex:
 
     def compact(self) -> I64:
         """Drop tombstones; returns ``remap`` with ``remap[old] = new`` (-1 for dead slots)."""
+        compaction = self.compacted()
+        self.install(compaction)
+        return compaction.remap
+
+    def compacted(self) -> Compacted:
+        """The matrix without its tombstones, for ``install``: reads the index, changes
+        nothing, so it may run in another thread while the owner searches (not while it
+        adds or removes)."""
         alive = self._alive[: self._n]
         remap = np.full(self._n, -1, dtype=np.int64)
         keep = np.flatnonzero(alive)
         remap[keep] = np.arange(keep.shape[0], dtype=np.int64)
         m = keep.shape[0]
-        cap = max(1024, int(m * 1.25))
-        matrix = np.zeros((self._dim, cap), dtype=np.float32)
-        matrix[:, :m] = self._matrix[:, keep]
-        new_alive = np.zeros(cap, dtype=np.bool_)
-        new_alive[:m] = True
-        self._matrix, self._alive = matrix, new_alive
+        matrix = np.zeros((self._dim, max(1024, int(m * 1.25))), dtype=np.float32)
+        np.take(self._matrix, keep, axis=1, out=matrix[:, :m])
+        return Compacted(matrix, remap, m)
+
+    def install(self, compaction: Compacted) -> None:
+        """Replace the matrix by a ``compacted`` one (slot numbers change as its ``remap``
+        says)."""
+        m = compaction.size
+        alive = np.zeros(compaction.matrix.shape[1], dtype=np.bool_)
+        alive[:m] = True
+        self._matrix, self._alive = compaction.matrix, alive
         self._n, self._dead = m, 0
-        return remap

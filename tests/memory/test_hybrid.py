@@ -155,6 +155,38 @@ def test_compaction_keeps_results() -> None:
     assert all(int(h.key[1:]) % 3 == 1 for h in after)
 
 
+def test_a_compaction_built_aside_changes_nothing_until_installed() -> None:
+    memories = [
+        mem(f"k{i}", f"word{i % 7} shared text {i}", tags=(f"t{i % 3}",), namespace=f"n{i % 2}")
+        for i in range(40)
+    ]
+    index = build(*memories, compact_min=5, compact_ratio=0.25)
+    index.auto_compact = False  # as ``TenantMemory`` has it: compaction is its call
+    for i in range(0, 40, 2):
+        index.remove(f"k{i}")
+    assert index.compaction_due and index.vectors.dead == 20
+    flt = RecallFilter(tags=("t1",))
+    before = search(index, "word3 shared", filter=flt)
+    version = index.version
+    compaction = index.compacted()
+    assert index.vectors.dead == 20 and index.size == 40 and index.version == version
+    assert search(index, "word3 shared", filter=flt) == before  # searched meanwhile
+    assert index.install(compaction)
+    assert index.size == len(index) == 20 and not index.compaction_due
+    after = search(index, "word3 shared", filter=flt)
+    assert [(h.key, round(h.score, 5)) for h in before] == [
+        (h.key, round(h.score, 5)) for h in after
+    ]
+    assert [h.key for h in search(index, "shared text", k=40, namespace="n1")] == [
+        h.key for h in search(build(*memories[1::2]), "shared text", k=40, namespace="n1")
+    ]
+    # Built before a change, it would lose that change: refused, and nothing moves.
+    stale = index.compacted()
+    index.remove("k1")
+    assert not index.install(stale)
+    assert index.size == 20 and "k1" not in index and index.slot_of("k3") == 1
+
+
 def test_batch_rejects_duplicate_keys_and_length_mismatch() -> None:
     index = HybridIndex(EMB.dim)
     with pytest.raises(ValueError):

@@ -27,7 +27,7 @@ from somabrain.memory import (
     search_worker,
 )
 from somabrain.memory.associations import AssociationStore, AssociationView
-from somabrain.memory.hybrid import DEFAULT_WEIGHTS, HybridIndex, IndexHit
+from somabrain.memory.hybrid import DEFAULT_WEIGHTS, HybridIndex, IndexCompaction, IndexHit
 from somabrain.memory.replica import OFFLOAD_RESOURCE, TenantReplica
 from somabrain.memory.search_offload import (
     OffloadUnavailable,
@@ -221,14 +221,18 @@ def random_recall(rng: random.Random, clock: Clock) -> dict[str, Any]:
 
 
 def count_compactions(index: HybridIndex) -> list[int]:
+    """The sizes at which ``index`` was compacted (in the call, or built aside: ``install``)."""
     counted: list[int] = []
-    compact = index.compact
+    install = index.install
 
-    def counting() -> None:
-        counted.append(index.size)
-        compact()
+    def counting(compaction: IndexCompaction) -> bool:
+        size = index.size
+        installed = install(compaction)
+        if installed:
+            counted.append(size)
+        return installed
 
-    index.compact = counting  # type: ignore[method-assign]
+    index.install = counting  # type: ignore[method-assign]
     return counted
 
 

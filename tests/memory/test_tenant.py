@@ -310,3 +310,54 @@ async def test_a_large_vector_matrix_grows_in_a_worker_thread(
     assert len(tm) == len(contents)
     for i in (0, capacity - 1, capacity, len(contents) - 1):
         assert tm.recall(contents[i], 1)[0].memory.content == contents[i]
+
+
+async def test_the_index_is_compacted_in_a_worker_thread_while_recalls_go_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The compaction is built off the event loop: recalls are answered meanwhile, and a
+    change made meanwhile waits for it, then lands in the compacted index."""
+    import threading
+
+    from somabrain.memory.hybrid import HybridIndex
+
+    tm = TenantMemory.in_memory("acme")
+    tm.index._compact_min = 8
+    building, release = threading.Event(), threading.Event()
+    threads: list[int] = []
+    compacted = HybridIndex.compacted
+
+    def held(self: HybridIndex):  # type: ignore[no-untyped-def]
+        threads.append(threading.get_ident())
+        building.set()
+        release.wait(10)  # bounded: the test sets it
+        return compacted(self)
+
+    monkeypatch.setattr(HybridIndex, "compacted", held)
+    contents = [f"note {i} about the river" for i in range(40)]
+    keys = [r.key for r in await tm.remember_batch([Memory(content=c) for c in contents])]
+
+    async def forget_half() -> None:
+        for key in keys[::2]:
+            await tm.forget(key)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(forget_half)
+        for _ in range(500):  # bounded
+            if building.is_set():
+                break
+            await anyio.sleep(0.01)
+        assert building.is_set()
+        dead = tm.index.vectors.dead
+        assert dead >= 8 and tm.recall(contents[1], 1)[0].key == keys[1]
+        late = Memory(key="late", content="written during the compaction")
+        tg.start_soon(tm.remember, late)
+        for _ in range(20):
+            await anyio.lowlevel.checkpoint()
+        assert "late" not in tm
+        assert tm.index.vectors.dead == dead  # nothing installed, nothing changed meanwhile
+        release.set()
+    assert threads and threading.get_ident() not in threads
+    assert tm.index.vectors.dead < 8 and len(tm) == 21
+    for content in [*contents[1::2], "written during the compaction"]:
+        assert tm.recall(content, 1)[0].memory.content == content
