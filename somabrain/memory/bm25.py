@@ -30,12 +30,13 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 
 from ._growable import Growable
+from ._steps import Steps, finish
 
 __all__ = ["BM25Compacted", "BM25Index"]
 
@@ -198,6 +199,10 @@ class BM25Index:
     def compacted(self, remap: I64 | None = None) -> BM25Compacted:
         """What ``compact`` installs, built aside: reads the index and changes nothing, so it
         may run in another thread while the owner searches (not while it adds or removes)."""
+        return finish(self.compacting(remap))
+
+    def compacting(self, remap: I64 | None = None, postings: int = 1 << 62) -> Steps[BM25Compacted]:
+        """``compacted`` in steps of about ``postings`` postings (``yield`` between two)."""
         alive = self._alive.view()
         if remap is None:
             remap = np.full(self.size, -1, dtype=np.int64)
@@ -209,26 +214,32 @@ class BM25Index:
                 raise ValueError("remap does not match this index's live documents")
         post_slots: list[Growable] = []
         post_tf: list[Growable] = []
+        done = 0
         for slots, tfs in zip(self._post_slots, self._post_tf, strict=True):
             new = remap[slots.view()]
             ok = new >= 0
             post_slots.append(Growable.of(new[ok].astype(np.int32)))
             post_tf.append(Growable.of(tfs.view()[ok]))
+            done += len(slots) + 16  # a term costs as much as a few postings
+            if done >= postings:
+                done = 0
+                yield
+        doc_terms = [self._doc_terms[i] for i in keep.tolist()]
+        yield
         return BM25Compacted(
-            remap,
-            post_slots,
-            post_tf,
-            Growable.of(self._doclen.view()[keep]),
-            [self._doc_terms[i] for i in keep.tolist()],
+            remap, post_slots, post_tf, Growable.of(self._doclen.view()[keep]), doc_terms
         )
 
-    def install(self, compaction: BM25Compacted) -> None:
-        """Replace the postings by ``compacted`` ones (slots renumbered by its ``remap``)."""
+    def install(self, compaction: BM25Compacted) -> list[Any]:
+        """Replace the postings by ``compacted`` ones (slots renumbered by its ``remap``);
+        returns the replaced containers (``_steps.dropping``)."""
+        replaced: list[Any] = [self._post_slots, self._post_tf, self._doc_terms]
         self._contrib.clear()
         self._post_slots, self._post_tf = compaction.post_slots, compaction.post_tf
         self._doclen = compaction.doclen
         self._alive = Growable.of(np.ones(len(compaction.doc_terms), dtype=np.bool_))
         self._doc_terms = compaction.doc_terms
+        return replaced
 
     # --- scoring -------------------------------------------------------------------------
 

@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
+from ._steps import Steps, finish
 from .errors import InvalidVectorError
 
 __all__ = ["Compacted", "Grown", "VectorIndex", "top_k"]
@@ -281,13 +282,23 @@ class VectorIndex:
         """The matrix without its tombstones, for ``install``: reads the index, changes
         nothing, so it may run in another thread while the owner searches (not while it
         adds or removes)."""
+        return finish(self.compacting(self._dim))
+
+    def compacting(self, rows: int) -> Steps[Compacted]:
+        """``compacted`` in steps of ``rows`` dimensions (``yield`` between two), for an
+        owner with one thread (the search worker) that searches between steps and makes no
+        change until the compaction is installed."""
         alive = self._alive[: self._n]
         remap = np.full(self._n, -1, dtype=np.int64)
         keep = np.flatnonzero(alive)
         remap[keep] = np.arange(keep.shape[0], dtype=np.int64)
         m = keep.shape[0]
         matrix = np.zeros((self._dim, max(1024, int(m * 1.25))), dtype=np.float32)
-        np.take(self._matrix, keep, axis=1, out=matrix[:, :m])
+        for start in range(0, self._dim, rows):
+            stop = min(start + rows, self._dim)
+            np.take(self._matrix[start:stop], keep, axis=1, out=matrix[start:stop, :m])
+            if stop < self._dim:
+                yield
         return Compacted(matrix, remap, m)
 
     def install(self, compaction: Compacted) -> None:

@@ -225,7 +225,7 @@ def count_compactions(index: HybridIndex) -> list[int]:
     counted: list[int] = []
     install = index.install
 
-    def counting(compaction: IndexCompaction) -> bool:
+    def counting(compaction: IndexCompaction) -> list[Any] | None:
         size = index.size
         installed = install(compaction)
         if installed:
@@ -654,6 +654,67 @@ def test_a_replica_matrix_is_doubled_ahead_of_need_between_other_frames(
     for i in (0, 3, 399, 400, n - 1, n, n + 1):
         assert (nearest(i) == f"k{i}") is (i not in (3, 400)), i
     assert len(replica.index) == n + 2 - 2
+
+
+def test_a_replica_index_is_compacted_in_steps_between_other_frames(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(search_worker, "COMPACT_ROWS", 16)
+    monkeypatch.setattr(search_worker, "COMPACT_POSTINGS", 64)
+    n = 200
+    vectors = np.random.default_rng(7).standard_normal((n + 1, DIM)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    memories = [
+        Memory(key=f"k{i}", content=f"note {i} word{i % 5}", tags=(f"t{i % 3}",), created_at=1.0)
+        for i in range(n + 1)
+    ]
+    views = ViewParams((), 4, 0.85, 2, 3600.0, 1.0, None)
+    worker = Worker(chunk=400)
+    [part] = pack_snapshot(1, DIM, views, None, memories[:n], vectors[:n], [], {}, [], n)
+    [opening] = frames(bytearray(part))
+    worker.handle(opening)
+    while worker.step() != Opened(1):
+        pass
+    index = worker.replicas[1].index
+    index._compact_min = 8
+
+    def nearest(i: int, top_k: int = 1) -> Hits | Failed:
+        found = worker.handle(
+            Search(i, 1, "", vectors[i].tobytes(), top_k, None, None, {"semantic": 1.0}, 2.0,
+                   None)
+        )  # fmt: skip
+        assert isinstance(found, Hits | Failed)
+        return found
+
+    removed = list(range(0, 2 * 51, 2))
+    for i in removed:  # more than a quarter of the slots dead: due
+        worker.handle(Remove(1, f"k{i}"))
+    assert 1 in worker.compacting and index.size == n
+    worker.step()  # 16 of the 64 dimensions; searched in between, nothing queued yet
+    assert nearest(1).hits[0].key == "k1"  # type: ignore[union-attr]
+    worker.handle(Remove(1, "k1"))  # queued until the compaction is in
+    worker.handle(Add(1, [memories[n]], vectors[n].tobytes()))
+    worker.handle(SetSalience(1, "k3", 2.0))
+    stale = nearest(3)
+    assert isinstance(stale, Failed) and stale.replica == 0  # searched locally, kept
+    assert index.size == n and "k1" in index  # the old index, unchanged so far
+    steps = 1
+    while worker.building_now:
+        worker.step()
+        steps += 1
+    assert steps > 4 and 1 in worker.replicas and not worker.compacting
+    live = [i for i in range(n + 1) if i not in removed and i != 1]
+    assert len(index) == len(live) and index.vectors.dead == 1  # "k1", removed after it
+    for i in live:
+        assert nearest(i).hits[0].key == f"k{i}", i  # type: ignore[union-attr]
+    assert index.column("salience")[index.slot_of("k3")] == 2.0
+    lexical = worker.handle(
+        Search(9, 1, "word2", vectors[0].tobytes(), 100, None, RecallFilter(tags=("t1",)),
+               {"lexical": 1.0}, 2.0, None)
+    )  # fmt: skip
+    assert isinstance(lexical, Hits)
+    expected = {f"k{i}" for i in live if i % 5 == 2 and i % 3 == 1}
+    assert {h.key for h in lexical.hits} == expected
 
 
 def test_frames_survive_any_chunking() -> None:
