@@ -611,6 +611,19 @@ def test_a_replica_is_opened_once_the_last_part_of_its_snapshot_is_in() -> None:
     assert isinstance(hits, Hits) and [h.key for h in hits.hits] == ["k6"]  # its salience
 
 
+def opened(memories: list[Memory], vectors: np.ndarray) -> Worker:
+    """A worker holding replica 1 of ``memories``, built from a one-part snapshot."""
+    n = len(memories)
+    views = ViewParams((), 4, 0.85, 2, 3600.0, 1.0, None)
+    worker = Worker(chunk=400)
+    [part] = pack_snapshot(1, DIM, views, None, memories, vectors, [], {}, [], n)
+    [opening] = frames(bytearray(part))
+    worker.handle(opening)
+    while worker.step() != Opened(1):
+        pass
+    return worker
+
+
 def test_a_replica_matrix_is_doubled_ahead_of_need_between_other_frames(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -621,13 +634,7 @@ def test_a_replica_matrix_is_doubled_ahead_of_need_between_other_frames(
     vectors = np.random.default_rng(6).standard_normal((n + 2, DIM)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     memories = [Memory(key=f"k{i}", content=f"note {i}", created_at=1.0) for i in range(n + 2)]
-    views = ViewParams((), 4, 0.85, 2, 3600.0, 1.0, None)
-    worker = Worker(chunk=400)
-    [part] = pack_snapshot(1, DIM, views, None, memories[:n], vectors[:n], [], {}, [], n)
-    [opening] = frames(bytearray(part))
-    worker.handle(opening)
-    while worker.step() != Opened(1):
-        pass
+    worker = opened(memories[:n], vectors[:n])
     replica = worker.replicas[1]
     matrix = replica.index.vectors
     assert matrix.capacity == 1024 and not worker.growing
@@ -668,13 +675,7 @@ def test_a_replica_index_is_compacted_in_steps_between_other_frames(
         Memory(key=f"k{i}", content=f"note {i} word{i % 5}", tags=(f"t{i % 3}",), created_at=1.0)
         for i in range(n + 1)
     ]
-    views = ViewParams((), 4, 0.85, 2, 3600.0, 1.0, None)
-    worker = Worker(chunk=400)
-    [part] = pack_snapshot(1, DIM, views, None, memories[:n], vectors[:n], [], {}, [], n)
-    [opening] = frames(bytearray(part))
-    worker.handle(opening)
-    while worker.step() != Opened(1):
-        pass
+    worker = opened(memories[:n], vectors[:n])
     index = worker.replicas[1].index
     index._compact_min = 8
 
