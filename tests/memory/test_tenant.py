@@ -361,3 +361,31 @@ async def test_the_index_is_compacted_in_a_worker_thread_while_recalls_go_on(
     assert tm.index.vectors.dead < 8 and len(tm) == 21
     for content in [*contents[1::2], "written during the compaction"]:
         assert tm.recall(content, 1)[0].memory.content == content
+
+
+async def test_a_failed_index_compaction_fails_no_write_and_is_tried_again_later(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from somabrain.memory.hybrid import HybridIndex
+
+    tm = TenantMemory.in_memory("acme")
+    tm.index._compact_min = 8
+    compacted, tries = HybridIndex.compacted, []
+
+    def failing(self: HybridIndex):  # type: ignore[no-untyped-def]
+        tries.append(self.vectors.dead)
+        raise MemoryError("no room for the compacted copy")
+
+    monkeypatch.setattr(HybridIndex, "compacted", failing)
+    contents = [f"note {i} about the river" for i in range(80)]
+    keys = [r.key for r in await tm.remember_batch([Memory(content=c) for c in contents])]
+    for key in keys[:30]:
+        assert await tm.forget(key)  # acknowledged: the compaction's failure is not the write's
+    assert tries == [21] and tm.index.vectors.dead == 30  # once, not at every forget since
+    assert "index compaction failed" in caplog.text
+    assert tm.recall(contents[40], 1)[0].key == keys[40] and len(tm) == 50
+    monkeypatch.setattr(HybridIndex, "compacted", compacted)
+    for key in keys[30:42]:  # dead slots twice those of the failed try: tried again
+        await tm.forget(key)
+    assert tm.index.vectors.dead < 8 and len(tm) == 38
+    assert tm.recall(contents[50], 1)[0].key == keys[50]
