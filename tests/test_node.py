@@ -64,6 +64,8 @@ def test_a_signal_to_the_process_group_stops_the_node_then_its_search_worker(
                     break
                 time.sleep(0.05)
             assert worker["running"] and worker["searches"], worker
+        assert node.process is not None  # the worker is in a session of its own
+        assert os.getpgid(worker["pid"]) != os.getpgid(node.process.pid)
         assert node.stop(signum, group=True) == 0
     finally:
         node.kill()
@@ -73,6 +75,8 @@ def test_a_signal_to_the_process_group_stops_the_node_then_its_search_worker(
     assert node.process is not None
     with pytest.raises(ProcessLookupError):  # nothing of the group is left
         os.killpg(node.process.pid, 0)
+    with pytest.raises(ProcessLookupError):  # nor the worker, stopped by the node
+        os.kill(worker["pid"], 0)
 
 
 def test_token_command_and_secret_reuse(tmp_path: Path) -> None:

@@ -227,8 +227,15 @@ class SearchOffload:
             fcntl.fcntl(self._fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
         self._from_worker, from_worker = os.pipe()
         try:
+            # A session of its own: Ctrl-C at a terminal, or a stop signal sent to the node's
+            # process group, is the node's to handle (it closes the worker when it stops); a
+            # worker still importing when one came printed a KeyboardInterrupt trace.
             process = await anyio.open_process(
-                self._command, stdin=to_worker, stdout=from_worker, stderr=None
+                self._command,
+                stdin=to_worker,
+                stdout=from_worker,
+                stderr=None,
+                start_new_session=True,
             )
         except BaseException:
             for fd in (self._fd, self._from_worker):

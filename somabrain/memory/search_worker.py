@@ -488,9 +488,9 @@ def _write_all(fd: int, data: bytes | bytearray) -> None:
 
 
 def main() -> int:
-    # The node stops us (it closes our pipe, or kills us), not a signal to its process group:
-    # Ctrl-C at a terminal, or SIGTERM from a service manager, reaches every process of the
-    # group at once, and a worker dying first would be seen by a node not yet stopping as a
+    # The node stops us (it closes our pipe, or kills us), not a signal meant for it: we run
+    # in a session of our own, but a service manager may still signal every process of the
+    # node's cgroup, and a worker dying first would be seen by a node not yet stopping as a
     # crash to restart from. A node killed outright closes the pipe too: we read its end.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
