@@ -106,7 +106,8 @@ GROW_AHEAD = 0.75
 GROW_ROWS = 16
 #: Dimensions of the vector matrix, or postings (BM25, filter attributes), per step of a
 #: replica's compaction: squeezing its tombstones out in one go held every tenant's searches
-#: 0.25-0.35 s at 50k memories (384 dimensions), and twice that at 100k.
+#: 0.3 s to over 1 s at 50k memories (384 dimensions, with the vocabulary), 1.4-1.9 s at 100k
+#: (``benchmarks/compaction.py``).
 COMPACT_ROWS = 16
 COMPACT_POSTINGS = 1 << 13
 #: Items of the replaced structures let go of per step after a compaction (``dropping``).
