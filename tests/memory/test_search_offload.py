@@ -150,6 +150,53 @@ async def test_every_acknowledged_change_is_in_the_next_recall(tmp_path: Path) -
         assert offload.answered == before + 3 and offload.failed_over == 0
 
 
+async def test_compactions_on_both_sides_keep_every_recall_right(tmp_path: Path) -> None:
+    """Forgetting half of a tenant compacts its index in the node (in a thread) and its
+    replica in the worker (in steps), while recalls go on: no recall ever returns a memory
+    whose forget was acknowledged before it was sent, and afterwards the worker answers as
+    the local index does."""
+    async with offloading_tree(tmp_path) as (system, sup):
+        n = 2400  # compaction is due past 1024 dead slots and a quarter of them
+        await ask(sup, Remember(memories(n)))
+        await recall_remotely(system, sup, Recall(query="river"))
+        offload = offload_of(system)
+        memory = system.resources[STORES_RESOURCE]["acme"].memory
+        content = {m.key: m.content for m in memories(n)}
+        gone: list[str] = []
+        checked = 0
+
+        async def forget(keys: list[str]) -> None:
+            for key in keys:
+                assert await ask(sup, Forget(key)) is True
+                gone.append(key)
+
+        async def recall_meanwhile(done: anyio.Event) -> None:
+            nonlocal checked
+            while not done.is_set():
+                before = set(gone)
+                # The memory forgotten last, by its own words: a stale index ranks it first.
+                query = content[gone[-1]] if gone else "river note"
+                hits = await ask(sup, Recall(query=query, top_k=5))
+                assert not before.intersection(h.key for h in hits)
+                checked += 1
+
+        doomed = [f"k{i}" for i in range(0, n, 2)]
+        done = anyio.Event()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(recall_meanwhile, done)
+            async with anyio.create_task_group() as forgetters:
+                for part in range(8):
+                    forgetters.start_soon(forget, doomed[part::8])
+            done.set()
+        assert checked > 10 and memory.index.vectors.dead < 1024  # compacted in the node
+        assert offload.health()["replicas"] == 1  # the worker's replica was never dropped
+        for word in WORDS:
+            recall = Recall(query=f"{word} note", top_k=10, weights=WEIGHTS)
+            remote = await recall_remotely(system, sup, recall)
+            assert same_hits(remote, local_recall(system, recall))
+            assert all(int(h.key[1:]) % 2 == 1 for h in remote)
+
+
 async def test_a_killed_worker_fails_over_to_local_search_and_comes_back(
     tmp_path: Path,
 ) -> None:
