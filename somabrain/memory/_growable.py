@@ -15,7 +15,7 @@ __all__ = ["Growable"]
 
 
 class Growable:
-    """Append-only (plus ``replace_all``) 1-D buffer of a fixed dtype."""
+    """Append-only 1-D buffer of a fixed dtype (a compaction builds new ones, ``of``)."""
 
     __slots__ = ("_buf", "_n")
 
@@ -56,9 +56,3 @@ class Growable:
     def view(self) -> npt.NDArray[Any]:
         """The live prefix; valid until the next append (which may reallocate)."""
         return self._buf[: self._n]
-
-    def replace_all(self, values: npt.ArrayLike) -> None:
-        """Swap the contents (used when an index compacts its slots)."""
-        arr = np.array(values, dtype=self._buf.dtype)
-        self._buf = arr if arr.shape[0] else np.empty(4, dtype=self._buf.dtype)
-        self._n = arr.shape[0]

@@ -115,7 +115,7 @@ COMPACT_DROP = 8192
 #: Bytes read at most between two build steps (a snapshot's part, ``SNAPSHOT_FRAME``
 #: memories, is ~3 MB at 384 dimensions).
 READ_PER_STEP = 16 << 20
-_DONE = object()  # what ``next`` answers for a growth that is over
+_DONE = object()  # what ``next`` answers for work in steps that is over
 
 #: What a ``Call`` may name: ``function -> (module, attribute)``, a ``bytes -> bytes`` function
 #: (its own encoding both ways). Only these: the names come from a pipe, not from code.
@@ -141,7 +141,7 @@ class Replica:
         self.index.auto_compact = False  # in steps, by the worker (``_Compaction``)
         self.index.graph = self.graph = LinkGraph()
         #: The vector matrix being doubled ahead of need (``GROW_IN_STEPS``), a step at a time.
-        self.growth: Iterator[None] | None = None
+        self.growth: Steps[None] | None = None
 
     def load(self, spec: Open, chunk: int = BUILD_CHUNK) -> Iterator[None]:
         """Fill the replica from the snapshot, pausing (``yield``) after every ``chunk``."""
@@ -231,6 +231,16 @@ class Replica:
         return Hits(s.id, hits)
 
 
+def _apply_queued(replica: Replica, queued: deque[Request], chunk: int) -> None:
+    """The changes queued for ``replica``, in arrival order, about ``chunk`` memories' worth
+    (at least one change: the queue drains however large a frame is)."""
+    budget = chunk
+    while queued and budget > 0:
+        frame = queued.popleft()
+        replica.apply(frame)
+        budget -= len(frame.memories) if isinstance(frame, Add) else 1
+
+
 class _Build:
     """A replica being built: the rest of its snapshot (the ``Open``'s, then the ``parts``
     frames that follow it), and the changes sent after it."""
@@ -260,13 +270,7 @@ class _Build:
             for _ in self.steps:
                 return False
             self.loaded = True
-        # The changes in arrival order, about ``chunk`` memories' worth per step (at least
-        # one change: the queue drains however large a frame is).
-        budget = chunk
-        while self.queued and budget > 0:
-            frame = self.queued.popleft()
-            self.replica.apply(frame)
-            budget -= len(frame.memories) if isinstance(frame, Add) else 1
+        _apply_queued(self.replica, self.queued, chunk)
         return not self.queued and not self.parts
 
 
@@ -295,11 +299,7 @@ class _Compaction:
                 replaced = self.replica.index.install(done.value)  # nothing changed meanwhile
                 if replaced:
                     garbage.append(dropping(replaced, COMPACT_DROP))
-        budget = chunk
-        while self.queued and budget > 0:
-            frame = self.queued.popleft()
-            self.replica.apply(frame)
-            budget -= len(frame.memories) if isinstance(frame, Add) else 1
+        _apply_queued(self.replica, self.queued, chunk)
         return not self.queued
 
 

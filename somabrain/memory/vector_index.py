@@ -20,7 +20,6 @@ can share slot numbers. ``compact`` squeezes the tombstones out and returns the 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -202,7 +201,7 @@ class VectorIndex:
         self._matrix, self._alive = matrix, alive
         return True
 
-    def growing(self, rows: int) -> Iterator[None]:
+    def growing(self, rows: int) -> Steps[None]:
         """``grown`` then ``adopt``, copying ``rows`` dimensions per step (``next``), for an
         owner with one thread (the search worker): it goes on adding, removing and searching
         between two steps. Stops early, adopting nothing, if the matrix is replaced meanwhile
