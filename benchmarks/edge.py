@@ -100,7 +100,7 @@ def _bare_app() -> Any:
 
     from somabrain.edge.schemas import RecallRequest, RememberRequest
 
-    decoders = {
+    decoders: dict[str, msgspec.json.Decoder[Any]] = {
         "/memory/recall": msgspec.json.Decoder(RecallRequest),
         "/memory/remember": msgspec.json.Decoder(RememberRequest),
     }

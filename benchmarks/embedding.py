@@ -29,6 +29,7 @@ embedder is than each model.
 from __future__ import annotations
 
 import argparse
+import functools
 import random
 import sys
 import time
@@ -162,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for batch in BATCHES:
             for name, embedder in embedders.items():
                 seconds = best_of(
-                    1, lambda e=embedder, b=batch: _timed(e.embed, texts[: counts[b]], b)
+                    1, functools.partial(_timed, embedder.embed, texts[: counts[batch]], batch)
                 )
                 measurements[name, batch].samples.extend(seconds)
 

@@ -61,7 +61,7 @@ KEYS_PER_BUNDLE = 10
 def _baseline_spectrum(key: str, dim: int) -> npt.NDArray[np.complex128]:
     rng = np.random.default_rng(_seed(key, "soma-hrr-key"))  # the same BLAKE2b seed
     n = dim // 2 + 1
-    spectrum = np.exp(1j * rng.uniform(-np.pi, np.pi, n))
+    spectrum: npt.NDArray[np.complex128] = np.exp(1j * rng.uniform(-np.pi, np.pi, n))
     spectrum[0] = 1.0 if rng.random() < 0.5 else -1.0
     if dim % 2 == 0:
         spectrum[-1] = 1.0 if rng.random() < 0.5 else -1.0
