@@ -310,8 +310,11 @@ class Worker:
     first, one step at a time) or unknown; an ``Open`` of a number already known replaces
     it, and a ``Close`` forgets it, built or not."""
 
-    def __init__(self, chunk: int = BUILD_CHUNK) -> None:
+    def __init__(self, chunk: int = BUILD_CHUNK, *, freeze: bool = False) -> None:
         self.chunk = chunk
+        #: Freeze what is alive (``gc.freeze``) once a replica is built or its compaction
+        #: installed (``serve`` does; off by default, for a worker inside another process).
+        self.freeze = freeze
         self.replicas: dict[int, Replica] = {}
         self.building: dict[int, _Build] = {}
         #: Built replicas whose vector matrix is being doubled ahead of need.
@@ -409,6 +412,7 @@ class Worker:
                     if compaction.step(self.chunk, self.garbage):
                         del self.compacting[rid]
                         self._upkeep(rid, compaction.replica)
+                        self._settled()
                 except Exception as exc:
                     return self._dropped(rid, exc)
             elif self.growing:
@@ -426,7 +430,17 @@ class Worker:
         del self.building[rid]
         self.replicas[rid] = build.replica
         self._upkeep(rid, build.replica)
+        self._settled()
         return Opened(rid)
+
+    def _settled(self) -> None:
+        # A built or compacted replica's objects (a few per memory) live as long as it does:
+        # kept out of every later full collection, which scanned them all (~20-35 ms in a
+        # step at 50k memories), and a compaction's new containers would bring that back
+        # once per compaction. Reference counts still free them, and what the compaction
+        # replaced, when they go (a replica holds no reference cycles).
+        if self.freeze:
+            gc.freeze()
 
     def _forget(self, rid: int) -> None:
         self.replicas.pop(rid, None)
@@ -444,7 +458,7 @@ class Worker:
 
 def serve(read_fd: int = 0, write_fd: int = 1, chunk: int = BUILD_CHUNK) -> None:
     """Answer frames from ``read_fd`` on ``write_fd`` until end of file."""
-    worker = Worker(chunk)
+    worker = Worker(chunk, freeze=True)
     for name in FUNCTIONS:  # now, not in the first call's answer (~50 ms of imports)
         worker.function(name)
     buffer = bytearray()
@@ -470,12 +484,6 @@ def serve(read_fd: int = 0, write_fd: int = 1, chunk: int = BUILD_CHUNK) -> None
         answer = worker.step()
         if answer is not None:
             _write_all(write_fd, pack(answer))
-            if isinstance(answer, Opened):
-                # The replica's objects (a few per memory) live as long as it does: kept out
-                # of every later full collection, which scanned them all (~20-35 ms in a step
-                # at 50k memories). Reference counts still free them when the replica goes
-                # (it holds no reference cycles).
-                gc.freeze()
 
 
 def _readable(fd: int) -> bool:

@@ -8,6 +8,7 @@ the snapshot, the feeds and the protocol are the real ones; only the pipe is mis
 
 from __future__ import annotations
 
+import gc
 import math
 import random
 from types import SimpleNamespace
@@ -611,11 +612,11 @@ def test_a_replica_is_opened_once_the_last_part_of_its_snapshot_is_in() -> None:
     assert isinstance(hits, Hits) and [h.key for h in hits.hits] == ["k6"]  # its salience
 
 
-def opened(memories: list[Memory], vectors: np.ndarray) -> Worker:
+def opened(memories: list[Memory], vectors: np.ndarray, *, freeze: bool = False) -> Worker:
     """A worker holding replica 1 of ``memories``, built from a one-part snapshot."""
     n = len(memories)
     views = ViewParams((), 4, 0.85, 2, 3600.0, 1.0, None)
-    worker = Worker(chunk=400)
+    worker = Worker(chunk=400, freeze=freeze)
     [part] = pack_snapshot(1, DIM, views, None, memories, vectors, [], {}, [], n)
     [opening] = frames(bytearray(part))
     worker.handle(opening)
@@ -716,6 +717,27 @@ def test_a_replica_index_is_compacted_in_steps_between_other_frames(
     assert isinstance(lexical, Hits)
     expected = {f"k{i}" for i in live if i % 5 == 2 and i % 3 == 1}
     assert {h.key for h in lexical.hits} == expected
+
+
+def test_a_built_or_compacted_replica_is_left_out_of_later_full_collections() -> None:
+    n = 200
+    vectors = np.random.default_rng(8).standard_normal((n, DIM)).astype(np.float32)
+    memories = [Memory(key=f"k{i}", content=f"note {i}", created_at=1.0) for i in range(n)]
+    try:
+        gc.unfreeze()
+        worker = opened(memories, vectors, freeze=True)
+        assert gc.get_freeze_count() > 0
+        gc.unfreeze()  # what the build made is scanned again; the compaction must freeze anew
+        worker.replicas[1].index._compact_min = 8
+        for i in range(0, 120, 2):
+            worker.handle(Remove(1, f"k{i}"))
+        assert 1 in worker.compacting
+        while worker.compacting:
+            assert gc.get_freeze_count() == 0  # not before the compaction is in
+            worker.step()
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
 
 
 def test_frames_survive_any_chunking() -> None:
