@@ -1,7 +1,8 @@
 # SomaBrain's default policy set. Entry point: data.somabrain.policy.decision.
 #
 # Input (built by the node from each request; POST /constitution/validate takes it as given):
-#   action        "remember", "evaluate", "recall", ...
+#   action        "remember", "evaluate"; for reads and changes of stored memories
+#                 "recall", "get", "link", "forget" (decided per namespace, size 0)
 #   tenant        the tenant the request acts for
 #   namespace     the memory namespace ("default" when the request names none)
 #   tags          the memory's tags (remember) or the request's tags

@@ -39,7 +39,14 @@ import anyio
 import msgspec
 
 from ..actors import Actor, ActorStoppedError, Msg
-from ..governance.http import evaluate_input, keep_memories
+from ..governance.http import (
+    GovernanceRefusal,
+    evaluate_input,
+    keep_memories,
+    refused_namespaces,
+)
+from ..governance.policy import PolicyInput
+from ..governance.reads import search_readable
 from ..memory.messages import ContextRecall, ask_memory
 from ..memory.recall import ContextRecallResult
 from ..memory.replica import shared_offload
@@ -236,20 +243,33 @@ class PlannerActor(Actor):
             except msgspec.ValidationError as exc:
                 raise _refuse(422, "invalid_field", str(exc), "filters") from None
         weights = self.store.weights(request.tenant)
-        recall: ContextRecallResult = await self._memory(
-            request.tenant,
-            ContextRecall(
-                query=request.query,
-                top_k=top_k,
-                namespace=request.namespace,
-                filters=filters,
-                weights=weights,
-                at=request.at,
-                session_id=request.session_id,
-                wm_top_k=settings.working_memory.top_k,
-            ),
+        reader = self._reader(request)
+
+        async def search(filters: RecallFilter | None) -> ContextRecallResult:
+            found: ContextRecallResult = await self._memory(
+                request.tenant,
+                ContextRecall(
+                    query=request.query,
+                    top_k=top_k,
+                    namespace=request.namespace,
+                    filters=filters,
+                    weights=weights,
+                    at=request.at,
+                    session_id=request.session_id,
+                    wm_top_k=settings.working_memory.top_k,
+                ),
+            )
+            return found
+
+        # Memories of namespaces closed to the caller (e.g. reserved) are searched around,
+        # and left out of what is still refused below (``_governed``).
+        recall, _ = await search_readable(
+            search,
+            filters,
+            lambda found: (hit.memory.namespace for hit in found.hits),
+            lambda namespaces: self._refused(reader, namespaces),
         )
-        recall = self._governed(request, recall)
+        recall = self._governed(reader, recall)
         where = settings.build_in_worker
         # Asked for even when this bundle stays here: the first evaluate starts the worker, so
         # it is running when the load comes.
@@ -269,21 +289,51 @@ class PlannerActor(Actor):
         elapsed = (time.perf_counter() - started) * 1e3
         return msgspec.structs.replace(bundle, duration_ms=round(elapsed, 3))
 
-    def _governed(self, request: Evaluate, recall: ContextRecallResult) -> ContextRecallResult:
+    @staticmethod
+    def _reader(request: Evaluate) -> PolicyInput:
+        return evaluate_input(
+            request.tenant,
+            namespace=request.namespace or "default",
+            query=request.query,
+            scopes=request.scopes,
+        )
+
+    def _refused(self, reader: PolicyInput, namespaces: Any) -> frozenset[str]:
+        try:
+            return refused_namespaces(self.context.system.resources, reader, namespaces)
+        except GovernanceRefusal as refusal:
+            raise _refuse(refusal.status, refusal.code, refusal.message) from None
+
+    def _governed(self, reader: PolicyInput, recall: ContextRecallResult) -> ContextRecallResult:
         """Leave out memories whose tags the constitution's policies refuse (e.g. blocked
-        since they were remembered) before they reach the prompt."""
+        since they were remembered), or whose namespace is closed to the caller, before they
+        reach the prompt; and working-memory items of such namespaces."""
         keep = keep_memories(
             self.context.system.resources,
-            evaluate_input(
-                request.tenant, namespace=request.namespace or "default", query=request.query
-            ),
+            reader,
             [hit.memory.tags for hit in recall.hits],
+            [hit.memory.namespace for hit in recall.hits],
         )
-        if all(keep):
+        wm_refused = self._refused(
+            reader, (m.namespace for m in recall.wm_memories if m is not None)
+        )
+        # Items whose memory is unknown (``wm_memories`` not fetched) are left out: closed.
+        known = len(recall.wm_memories) == len(recall.working_memory)
+        if all(keep) and not wm_refused and known:
             return recall
         kept = [i for i, ok in enumerate(keep) if ok]
+        wm_kept = [
+            i
+            for i, m in enumerate(recall.wm_memories)
+            if known and (m is None or m.namespace not in wm_refused)
+        ]
         return dataclasses.replace(
-            recall, hits=[recall.hits[i] for i in kept], vectors=recall.vectors[kept]
+            recall,
+            hits=[recall.hits[i] for i in kept],
+            vectors=recall.vectors[kept],
+            working_memory=[recall.working_memory[i] for i in wm_kept],
+            wm_vectors=recall.wm_vectors[wm_kept],
+            wm_memories=[recall.wm_memories[i] for i in wm_kept],
         )
 
     # ------------------------------------------------------------------ feedback

@@ -57,6 +57,8 @@ class Evaluate(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     trace_id: str | None = None
     #: Sequence number of this attempt (the edge retries once when a planner dies).
     attempt: int = 1
+    #: The caller's token scopes: the policies decide which namespaces it may read.
+    scopes: tuple[str, ...] = ()
 
 
 class Tokens(msgspec.Struct, frozen=True, kw_only=True):

@@ -160,6 +160,7 @@ class ContextHandlers(AuditHandlers):
                 at=_timestamp(body.at),
                 filters=body.filters,
                 trace_id=request.trace_id,
+                scopes=tuple(sorted(request.principal.scopes)),
             )
         )
         # Each memory decided with its own tags: refused ones leave, sensitive ones weigh less.

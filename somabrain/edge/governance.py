@@ -7,6 +7,7 @@ adapts it to the edge: refusals become ``HTTPError`` in the error model.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -44,6 +45,16 @@ class GovernanceHandlers:
         """The policy decision for a remember or evaluate; 503 / 403 when refused."""
         try:
             return gov.govern(self.system.resources, request)
+        except gov.GovernanceRefusal as refusal:
+            raise http_error(refusal) from None
+
+    def _refused_namespaces(
+        self, request: PolicyInput, namespaces: Iterable[str]
+    ) -> frozenset[str]:
+        """The namespaces whose memories may not be given to ``request``'s caller (see
+        ``governance.reads``); 503 when no constitution is active."""
+        try:
+            return gov.refused_namespaces(self.system.resources, request, namespaces)
         except gov.GovernanceRefusal as refusal:
             raise http_error(refusal) from None
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -21,6 +21,7 @@ import msgspec
 from ..actors import ActorStoppedError, ActorSystem, MailboxFullError
 from ..governance.http import remember_input
 from ..governance.policy import Decision, PolicyInput
+from ..governance.reads import search_readable
 from ..memory.actor import TenantUnavailableError
 from ..memory.errors import (
     InvalidVectorError,
@@ -38,7 +39,7 @@ from ..memory.messages import (
     Remember,
     ask_memory,
 )
-from ..memory.types import DEFAULT_NAMESPACE, Link, Memory, RecallFilter
+from ..memory.types import DEFAULT_NAMESPACE, Link, Memory, RecallFilter, RecallHit
 from . import schemas as s
 from .audited import AuditHandlers
 from .errors import HTTPError, from_validation
@@ -115,8 +116,10 @@ class Handlers(AuditHandlers):
     limiter: RateLimiter
     edge_path: str
     closing: bool
-    #: The policy gate, from ``GovernanceHandlers`` (``edge/governance.py``).
+    #: The policy gate and the namespaces closed to a reader, from ``GovernanceHandlers``
+    #: (``edge/governance.py``).
     _govern: Callable[[PolicyInput], Decision]
+    _refused_namespaces: Callable[[PolicyInput, Iterable[str]], frozenset[str]]
 
     def json(self, value: Any, status: int = 200) -> Response:
         raise NotImplementedError
@@ -228,6 +231,26 @@ class Handlers(AuditHandlers):
                 exc.field = where
             raise
 
+    def _reader(self, request: Request, tenant: str, action: str, namespace: str) -> PolicyInput:
+        """The policy input of a read or change of memories in ``namespace`` (no content)."""
+        assert request.principal is not None
+        return remember_input(
+            tenant, namespace=namespace, scopes=request.principal.scopes, action=action
+        )
+
+    async def _check_namespace(
+        self, request: Request, tenant: str, action: str, namespace: str, **attributes: object
+    ) -> PolicyInput:
+        """403 ``policy_denied`` (audited as ``memory.<action>``) when ``namespace`` is closed
+        to the caller, e.g. reserved without the ``admin`` scope; its policy input otherwise."""
+        reader = self._reader(request, tenant, action, namespace)
+        if namespace in self._refused_namespaces(reader, (namespace,)):
+            attributes["namespace"] = namespace
+            await self._govern_audited(
+                request, tenant, f"memory.{action}", reader, attributes=attributes
+            )  # raises: the policies refuse it
+        return reader
+
     # ------------------------------------------------------------------ memory
 
     async def _h_remember(self, request: Request) -> Response:
@@ -324,16 +347,31 @@ class Handlers(AuditHandlers):
                 )
             return await self._recall_wm(request, tenant, body, session)
         started = time.perf_counter()
-        hits = await self._ask(
-            tenant,
-            Recall(
-                query=body.query,
-                top_k=body.top_k,
-                namespace=body.namespace,
-                filters=flt,
-                at=_timestamp(body.at),
-            ),
+        reader = self._reader(request, tenant, "recall", DEFAULT_NAMESPACE)
+        if body.namespace is not None:  # (a search of every namespace leaves out closed ones)
+            reader = await self._check_namespace(request, tenant, "recall", body.namespace)
+
+        async def search(filters: RecallFilter | None) -> list[RecallHit]:
+            found: list[RecallHit] = await self._ask(
+                tenant,
+                Recall(
+                    query=body.query,
+                    top_k=body.top_k,
+                    namespace=body.namespace,
+                    filters=filters,
+                    at=_timestamp(body.at),
+                ),
+            )
+            return found
+
+        hits, refused = await search_readable(
+            search,
+            flt,
+            lambda found: (hit.memory.namespace for hit in found),
+            lambda namespaces: self._refused_namespaces(reader, namespaces),
         )
+        if refused:
+            hits = [hit for hit in hits if hit.memory.namespace not in refused]
         duration_ms = (time.perf_counter() - started) * 1000.0
         results = []
         wm = 0
@@ -375,11 +413,17 @@ class Handlers(AuditHandlers):
         """``layer = "wm"``: the session's working memory (the bounded ring buffer of what was
         remembered or used in the session), ranked by relevance to the query."""
         started = time.perf_counter()
+        reader = self._reader(request, tenant, "recall", DEFAULT_NAMESPACE)
+        if body.namespace is not None:  # (a search of every namespace leaves out closed ones)
+            reader = await self._check_namespace(request, tenant, "recall", body.namespace)
         found = await self._ask(
             tenant,
             ContextRecall(query=body.query, top_k=0, session_id=session, wm_top_k=body.top_k),
         )
         duration_ms = (time.perf_counter() - started) * 1000.0
+        refused = self._refused_namespaces(
+            reader, (m.namespace for m in found.wm_memories if m is not None)
+        )
         results = [
             s.RecallResult(
                 key=hit.key,
@@ -393,7 +437,9 @@ class Handlers(AuditHandlers):
                 tags=list(m.tags) if m is not None else [],
             )
             for hit, m in zip(found.working_memory, found.wm_memories, strict=True)
-            if m is not None and (body.namespace is None or m.namespace == body.namespace)
+            if m is not None
+            and (body.namespace is None or m.namespace == body.namespace)
+            and m.namespace not in refused
         ]
         audit_id = await self._audit_read(
             request, tenant, "memory.recall", [r.key for r in results],
@@ -413,6 +459,14 @@ class Handlers(AuditHandlers):
     async def _h_link(self, request: Request) -> Response:
         body: s.LinkRequest = request.body
         tenant = self._tenant(request, body.tenant)
+        for key, field in ((body.from_key, "from_key"), (body.to_key, "to_key")):
+            memory: Memory | None = await self._ask(tenant, GetMemory(key))
+            if memory is not None:  # (an unknown key is the link's 404, below)
+                try:
+                    await self._check_namespace(request, tenant, "link", memory.namespace, key=key)
+                except HTTPError as exc:
+                    exc.field = field
+                    raise
         link = await self._ask(
             tenant,
             LinkMemories(
@@ -441,6 +495,8 @@ class Handlers(AuditHandlers):
         assert request.key is not None
         tenant = self._tenant(request, None)
         memory: Memory | None = await self._ask(tenant, GetMemory(request.key))
+        if memory is not None:
+            await self._check_namespace(request, tenant, "get", memory.namespace, key=memory.key)
         found = [request.key] if memory is not None else []
         audit_id = await self._audit_read(
             request, tenant, "memory.get", found, status=200 if found else 404
@@ -470,6 +526,9 @@ class Handlers(AuditHandlers):
     async def _h_forget(self, request: Request) -> Response:
         assert request.key is not None
         tenant = self._tenant(request, None)
+        memory: Memory | None = await self._ask(tenant, GetMemory(request.key))
+        if memory is not None:
+            await self._check_namespace(request, tenant, "forget", memory.namespace, key=memory.key)
         if not await self._ask(tenant, Forget(request.key)):
             raise HTTPError(404, "memory_not_found", f"no memory with key {request.key!r}")
         audit_id = await self._audit(

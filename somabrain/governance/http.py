@@ -60,6 +60,7 @@ __all__ = [
     "keep_memories",
     "penalize",
     "readiness",
+    "refused_namespaces",
     "remember_input",
 ]
 
@@ -280,15 +281,50 @@ def _memory_decisions(
 
 
 def keep_memories(
-    resources: Mapping[str, Any], request: PolicyInput, memory_tags: Sequence[Iterable[str]]
+    resources: Mapping[str, Any],
+    request: PolicyInput,
+    memory_tags: Sequence[Iterable[str]],
+    namespaces: Sequence[str] | None = None,
 ) -> list[bool]:
     """Which candidate memories a bundle may carry: False for a memory whose tags the
-    policies refuse (e.g. blocked since it was remembered). For the planner, before it builds
-    the prompt; all True when the node has no Governance (the edge's gate answers 503)."""
+    policies refuse (e.g. blocked since it was remembered), or, given the memories'
+    ``namespaces``, whose namespace is closed to the caller (e.g. reserved). For the planner,
+    before it builds the prompt; all True when the node has no Governance (the edge's gate
+    answers 503)."""
     governance = resources.get("governance")
     if not isinstance(governance, Governance) or not governance.ready:
         return [True] * len(memory_tags)
-    return _memory_decisions(governance, request, memory_tags)[2]
+    base, _, keep = _memory_decisions(governance, request, memory_tags)
+    if namespaces is None or not base.allowed:
+        return keep
+    refused = refused_namespaces(resources, request, namespaces)
+    return [k and ns not in refused for k, ns in zip(keep, namespaces, strict=True)]
+
+
+def refused_namespaces(
+    resources: Mapping[str, Any], request: PolicyInput, namespaces: Iterable[str]
+) -> frozenset[str]:
+    """The namespaces among ``namespaces`` whose memories may not be given to ``request``'s
+    caller: each decided as ``request`` made in it, without tags (so the namespace rules, the
+    tenant lists and the scopes speak; e.g. a reserved namespace without the admin scope).
+    None on a node without a guardian (nothing is governed there); 503 when no constitution is
+    active or the policy fails (closed)."""
+    governance = resources.get("governance")
+    if not isinstance(governance, Governance):
+        return frozenset()
+    refused = set()
+    for namespace in set(namespaces):
+        try:
+            decision = governance.decide(
+                msgspec.structs.replace(request, namespace=namespace, tags=())
+            )
+        except GovernanceUnavailableError as exc:
+            raise GovernanceRefusal(503, "not_governed", str(exc), retry_after=5) from None
+        except PolicyError as exc:
+            raise GovernanceRefusal(503, "policy_error", str(exc), retry_after=5) from None
+        if not decision.allowed:
+            refused.add(namespace)
+    return frozenset(refused)
 
 
 class BundleGovernance(msgspec.Struct, frozen=True, kw_only=True):

@@ -405,6 +405,10 @@ class HybridIndex:
                 mask &= self._postings_mask(("s", flt.session_id.encode("utf-8")), n)
             for k, v in flt.meta.items():
                 mask &= self._postings_mask(_attr_key("m:" + k, v), n)
+            for excluded in flt.exclude_namespaces:
+                code = self._ns_codes.get(excluded)
+                if code is not None:
+                    mask &= self._ns.view() != code
         return mask
 
     def _validated_weights(self, weights: Mapping[str, float]) -> dict[str, float]:

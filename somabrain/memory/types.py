@@ -104,12 +104,15 @@ class RecallFilter(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     ``meta``: every key must be present with an equal value (equality of the JSON encoding
     with sorted keys, so ``1`` and ``1.0`` differ, and ``True`` is not ``1``).
     ``session_id``: only memories remembered in that session.
+    ``exclude_namespaces``: none of these namespaces (set by the node, from the policies: the
+    namespaces a caller may not read, not from the HTTP ``filters``).
     """
 
     tags: tuple[str, ...] = ()
     any_tags: tuple[str, ...] = ()
     meta: dict[str, Any] = {}
     session_id: str | None = None
+    exclude_namespaces: tuple[str, ...] = ()
 
     @classmethod
     def from_mapping(cls, filters: Mapping[str, Any]) -> RecallFilter:
@@ -132,7 +135,13 @@ class RecallFilter(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
         return msgspec.convert(body, cls)
 
     def is_empty(self) -> bool:
-        return not (self.tags or self.any_tags or self.meta or self.session_id is not None)
+        return not (
+            self.tags
+            or self.any_tags
+            or self.meta
+            or self.session_id is not None
+            or self.exclude_namespaces
+        )
 
 
 # --- log records -------------------------------------------------------------------------------

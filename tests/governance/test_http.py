@@ -273,3 +273,63 @@ async def test_bundles_are_governed_memory_by_memory(tmp_path: Path) -> None:
         assert bundle["constitution_checksum"] == loaded.json()["checksum"]
         refused = await client.post("/memory/remember", json={"content": "another", "tags": ["x"]})
         assert refused.status_code == 403
+
+
+async def test_reserved_namespaces_are_read_and_changed_with_the_admin_scope_only(
+    tmp_path: Path,
+) -> None:
+    async with edge(tmp_path) as e, e.client("admin") as admin, e.client() as user:
+        secrets = [
+            {
+                "key": f"sys{i}",
+                "namespace": "system",
+                "content": f"zebra system note {i}, classified",
+            }
+            for i in range(4)
+        ]
+        notes = [{"key": f"note{i}", "content": f"zebra field note {i}"} for i in range(4)]
+        for items in (secrets, notes):
+            r = await admin.post("/memory/remember/batch", json={"items": items})
+            assert r.status_code == 200, r.text
+        # the session's working memory holds a reserved memory too
+        r = await admin.post(
+            "/memory/remember",
+            json={
+                "key": "sys-wm",
+                "namespace": "_ops",
+                "content": "zebra ops runbook",
+                "session_id": "s",
+            },
+        )
+        assert r.status_code == 200, r.text
+        query = {"query": "zebra system note", "top_k": 4}
+
+        # an admin reads everything; the system notes match the query best
+        found = (await admin.post("/memory/recall", json=query)).json()["results"]
+        assert {m["key"] for m in found} == {f"sys{i}" for i in range(4)}
+        # a token without the scope gets top_k of what it may read, not fewer
+        found = (await user.post("/memory/recall", json=query)).json()["results"]
+        assert {m["key"] for m in found} == {f"note{i}" for i in range(4)}
+        denied = await user.post("/memory/recall", json={**query, "namespace": "system"})
+        assert denied.status_code == 403 and "admin" in error(denied)["message"]
+        wm = {"query": "zebra", "layer": "wm", "session_id": "s"}
+        assert (await admin.post("/memory/recall", json=wm)).json()["results"]
+        assert (await user.post("/memory/recall", json=wm)).json()["results"] == []
+
+        bundle = (await user.post("/context/evaluate", json={**query, "session_id": "s"})).json()
+        assert {m["key"] for m in bundle["memories"]} == {f"note{i}" for i in range(4)}
+        assert "secret" not in bundle["prompt"] and "runbook" not in bundle["prompt"]
+        assert bundle["working_memory"] == []
+        bundle = (await admin.post("/context/evaluate", json=query)).json()
+        assert {m["key"] for m in bundle["memories"]} == {f"sys{i}" for i in range(4)}
+
+        got = await user.get("/memory/sys0")
+        assert got.status_code == 403 and error(got)["code"] == "policy_denied"
+        link = await user.post("/memory/link", json={"from_key": "note0", "to_key": "sys0"})
+        assert link.status_code == 403 and error(link)["field"] == "to_key"
+        forget = await user.delete("/memory/sys0")
+        assert forget.status_code == 403
+        assert (await admin.get("/memory/sys0")).json()["content"].startswith("zebra system note 0")
+        assert (await user.get("/memory/note0")).status_code == 200
+        assert (await user.delete("/memory/note0")).json()["deleted"] is True
+        assert (await admin.delete("/memory/sys0")).json()["deleted"] is True

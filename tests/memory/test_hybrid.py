@@ -95,6 +95,9 @@ def test_namespace_and_filters() -> None:
     assert keys(RecallFilter(meta={"n": True})) == set()
     assert keys(RecallFilter(session_id="s1")) == {"tax"}
     assert keys(RecallFilter(tags=("unknown",))) == set()
+    assert keys(RecallFilter(exclude_namespaces=("work",))) == {"cat", "dog"}
+    assert keys(RecallFilter(exclude_namespaces=("default", "nope"))) == {"tax"}
+    assert keys(RecallFilter(meta={"kind": "note"}, exclude_namespaces=("work",))) == {"cat"}
 
 
 def test_filter_from_mapping() -> None:
