@@ -49,10 +49,16 @@ def add_audit_commands(commands: Any) -> None:
             p.set_defaults(func=_tail_command)
 
 
-def _load(args: argparse.Namespace) -> Any:
+def _load(args: argparse.Namespace) -> Any | None:
+    """The config, or None after saying why it cannot be loaded."""
     from .. import config
+    from ..supervision import ConfigError
 
-    return config.load(args.config)
+    try:
+        return config.load(args.config)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
 
 
 def _default_source(cfg: Any) -> str:
@@ -123,6 +129,8 @@ def _verify_command(args: argparse.Namespace) -> int:
     from .errors import SpoolCorruptError
 
     cfg = _load(args)
+    if cfg is None:
+        return 2
     source = args.source or _default_source(cfg)
     key = Path(args.key_file).read_bytes().strip() if args.key_file else None
     try:
@@ -156,6 +164,8 @@ async def run_tail(
 
 def _tail_command(args: argparse.Namespace) -> int:
     cfg = _load(args)
+    if cfg is None:
+        return 2
     source = args.source or _default_source(cfg)
     with contextlib.suppress(KeyboardInterrupt):
         anyio.run(

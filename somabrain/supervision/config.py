@@ -69,7 +69,8 @@ class ConfigError(SomaError, ValueError):
     def __init__(self, key: str, message: str, source: str) -> None:
         self.key = key
         self.source = source
-        super().__init__(f"invalid config key {key!r} ({source}): {message}")
+        # Without a key the file as a whole is at fault (missing, not TOML): the message names it.
+        super().__init__(f"invalid config key {key!r} ({source}): {message}" if key else message)
 
 
 class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -223,9 +224,11 @@ def load_config(
             with open(path, "rb") as fh:
                 _deep_merge(data, tomllib.load(fh))
         except FileNotFoundError:
-            raise ConfigError("", f"config file {path} does not exist", source) from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError("", f"not valid TOML: {exc}", source) from None
+            raise ConfigError("", f"config file {path} not found", source) from None
+        except OSError as exc:  # a directory, no permission
+            raise ConfigError("", f"config file {path}: {exc.strerror}", source) from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:  # the error has line, column
+            raise ConfigError("", f"config file {path}: not valid TOML: {exc}", source) from None
     origins = apply_env_overrides(data, os.environ if environ is None else environ)
     try:
         return msgspec.convert(data, schema)
@@ -236,6 +239,8 @@ def load_config(
             if parts[:length] in origins:
                 source = f"env {origins[parts[:length]]}"
                 break
+        if not key:  # the document as a whole
+            message = f"invalid config ({source}): {message}"
         raise ConfigError(key, message, source) from None
 
 

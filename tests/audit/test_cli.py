@@ -52,3 +52,13 @@ def test_no_trail_says_which_directory_it_read(
     code, out = verify(capsys, tmp_path / "wrong")
     assert code == 0
     assert f"no audit events in spool ({tmp_path / 'wrong' / 'audit' / 'spool'})" in out
+
+
+@pytest.mark.parametrize("command", ["verify", "tail"])
+def test_a_missing_config_file_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    missing = tmp_path / "node.toml"
+    argv = ["audit", command, "--config", str(missing), "--data-dir", str(tmp_path)]
+    assert main([*argv, "--no-follow"] if command == "tail" else argv) == 2
+    assert capsys.readouterr().err == f"error: config file {missing} not found\n"

@@ -132,10 +132,18 @@ def test_errors_name_the_key_and_where_it_came_from(
 
 
 def test_unreadable_files_are_clear_errors(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="does not exist"):
-        load_config(Config, tmp_path / "missing.toml", environ={})
-    with pytest.raises(ConfigError, match="not valid TOML"):
-        load_config(Config, write(tmp_path, "[tree\n"), environ={})
+    missing = tmp_path / "missing.toml"
+    with pytest.raises(ConfigError) as info:
+        load_config(Config, missing, environ={})
+    assert str(info.value) == f"config file {missing} not found"
+    broken = write(tmp_path, "[node]\nmailbox_size = 8\n[tree\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(Config, broken, environ={})
+    assert str(info.value).startswith(f"config file {broken}: not valid TOML: ")
+    assert "line 3, column 6" in str(info.value)  # where, from the TOML parser
+    with pytest.raises(ConfigError) as info:
+        load_config(Config, tmp_path, environ={})
+    assert str(info.value) == f"config file {tmp_path}: Is a directory"
 
 
 def test_the_shipped_defaults_are_valid() -> None:

@@ -1,0 +1,41 @@
+"""The ``somabrain`` command's own subcommands: ``config`` and ``token`` (their errors)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from somabrain.cli import main
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_a_missing_config_file_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "node.toml"
+    code, _, err = run(capsys, "config", "--config", str(missing))
+    assert code == 2
+    assert err == f"error: config file {missing} not found\n"
+
+
+def test_a_toml_syntax_error_says_where(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    broken = tmp_path / "node.toml"
+    broken.write_text('[edge]\nport = 9000\nhost = "127.0.0.1\n')
+    code, _, err = run(capsys, "config", "--config", str(broken))
+    assert code == 2
+    assert err.startswith(f"error: config file {broken}: not valid TOML: ")
+    assert "line 3" in err and "invalid config key" not in err
+
+
+def test_a_bad_value_still_names_its_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "node.toml"
+    path.write_text("[edge]\nport = -1\n")
+    code, _, err = run(capsys, "config", "--config", str(path))
+    assert code == 2
+    assert f"invalid config key 'edge.port' ({path})" in err
