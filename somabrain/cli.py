@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -71,6 +72,17 @@ def _token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _lifetime(text: str) -> float:
+    """A token's ``--ttl``: a token that is expired when printed is of no use to anyone."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < seconds < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return seconds
+
+
 def _config_check(args: argparse.Namespace) -> int:
     from . import config
     from .supervision import ConfigError
@@ -128,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-dir", default=".somabrain", help="the node's data dir (holds the dev secret)"
     )
     token.add_argument("--config", help="TOML config file (auth settings)")
-    token.add_argument("--ttl", type=float, default=None, help="lifetime in seconds")
+    token.add_argument("--ttl", type=_lifetime, default=None, help="lifetime in seconds (> 0)")
     token.add_argument("--subject", default="cli", help="the token's 'sub' claim")
     token.add_argument("--private-key", help="PEM private key (RS256/EdDSA configurations)")
     token.set_defaults(func=_token)

@@ -39,3 +39,27 @@ def test_a_bad_value_still_names_its_key(
     code, _, err = run(capsys, "config", "--config", str(path))
     assert code == 2
     assert f"invalid config key 'edge.port' ({path})" in err
+
+
+@pytest.mark.parametrize("ttl", ["0", "-5", "nan", "inf", "soon"])
+def test_a_token_lifetime_must_be_positive(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], ttl: str
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["token", "--tenant", "t", "--data-dir", str(tmp_path), "--ttl", ttl])
+    assert exit_.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""  # no token printed
+    assert "argument --ttl:" in captured.err
+
+
+def test_a_token_lives_for_its_ttl(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from somabrain.config import AuthSettings
+    from somabrain.edge.auth import Authenticator
+
+    code, out, _ = run(
+        capsys, "token", "--tenant", "t", "--data-dir", str(tmp_path), "--ttl", "0.5"
+    )
+    assert code == 0
+    principal = Authenticator(AuthSettings(), tmp_path).authenticate(f"Bearer {out.strip()}")
+    assert principal.tenants == {"t"}
