@@ -63,3 +63,13 @@ def test_a_token_lives_for_its_ttl(tmp_path: Path, capsys: pytest.CaptureFixture
     assert code == 0
     principal = Authenticator(AuthSettings(), tmp_path).authenticate(f"Bearer {out.strip()}")
     assert principal.tenants == {"t"}
+
+
+def test_a_token_needs_an_existing_data_dir(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "typo"
+    code, out, err = run(capsys, "token", "--tenant", "t", "--data-dir", str(missing))
+    assert code == 2 and out == ""  # no token that no node would accept
+    assert f"error: data dir {missing} does not exist" in err
+    assert not missing.exists()

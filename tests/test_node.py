@@ -111,6 +111,18 @@ def test_token_command_and_secret_reuse(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "invalid tenant" in bad.stderr
 
 
+def test_token_needs_the_data_dir_that_the_node_creates(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    refused = cli("token", "--tenant", "t", "--data-dir", str(data))
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert f"data dir {data} does not exist" in refused.stderr
+    assert not data.exists()
+    with DevNode.running(data) as node:  # the node makes its data dir
+        token = cli("token", "--tenant", "t", "--data-dir", str(data)).stdout.strip()
+        with node.client(token) as client:
+            assert client.post("/memory/recall", json={"query": "x"}).status_code == 200
+
+
 def test_in_flight_requests_finish_on_sigterm(tmp_path: Path) -> None:
     node = DevNode(tmp_path).start()
     statuses: list[int] = []

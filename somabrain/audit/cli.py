@@ -61,6 +61,19 @@ def _load(args: argparse.Namespace) -> Any | None:
         return None
 
 
+def _spool_root_missing(cfg: Any, source: str, data_dir: str) -> bool:
+    """Whether the spool is to be read from a directory that does not exist, after saying so:
+    a mistyped --data-dir must not pass for an empty trail."""
+    if source not in ("spool", "all"):
+        return False
+    root = Path(cfg.audit.directory or data_dir)
+    if root.is_dir():
+        return False
+    what = "audit.directory" if cfg.audit.directory else "data dir"
+    print(f"error: {what} {root} does not exist", file=sys.stderr)
+    return True
+
+
 def _default_source(cfg: Any) -> str:
     if cfg.kafka.bootstrap:
         return "kafka"
@@ -132,6 +145,8 @@ def _verify_command(args: argparse.Namespace) -> int:
     if cfg is None:
         return 2
     source = args.source or _default_source(cfg)
+    if _spool_root_missing(cfg, source, args.data_dir):
+        return 2
     key = Path(args.key_file).read_bytes().strip() if args.key_file else None
     try:
         reports = anyio.run(lambda: run_verify(cfg, source, args.data_dir, node=args.node, key=key))
@@ -167,6 +182,8 @@ def _tail_command(args: argparse.Namespace) -> int:
     if cfg is None:
         return 2
     source = args.source or _default_source(cfg)
+    if _spool_root_missing(cfg, source, args.data_dir):
+        return 2
     with contextlib.suppress(KeyboardInterrupt):
         anyio.run(
             lambda: run_tail(

@@ -61,9 +61,15 @@ def dev_secret(data_dir: str | os.PathLike[str]) -> bytes:
 
     Created with ``O_EXCL`` and mode 0600 and fsynced, so two processes starting at once
     agree on one secret and a crash never leaves a half-written one behind.
+
+    ``data_dir`` must exist (the node creates it): a secret made in a mistyped directory would
+    sign tokens that no node accepts. Raises ``FileNotFoundError`` when it does not.
     """
     path = Path(data_dir) / DEV_SECRET_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.parent.is_dir():
+        raise FileNotFoundError(
+            f"data dir {path.parent} does not exist (a node creates it when it starts)"
+        )
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:

@@ -49,9 +49,22 @@ def test_a_missing_event_fails_and_is_named(
 def test_no_trail_says_which_directory_it_read(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, out = verify(capsys, tmp_path / "wrong")
+    code, out = verify(capsys, tmp_path)  # a data dir whose node has audited nothing yet
     assert code == 0
-    assert f"no audit events in spool ({tmp_path / 'wrong' / 'audit' / 'spool'})" in out
+    assert f"no audit events in spool ({tmp_path / 'audit' / 'spool'})" in out
+
+
+@pytest.mark.parametrize("command", ["verify", "tail"])
+def test_a_data_dir_that_does_not_exist_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    missing = tmp_path / "wrong"
+    argv = ["audit", command, "--from", "spool", "--data-dir", str(missing)]
+    assert main([*argv, "--no-follow"] if command == "tail" else argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == f"error: data dir {missing} does not exist\n"
+    assert not missing.exists()
 
 
 @pytest.mark.parametrize("command", ["verify", "tail"])

@@ -121,6 +121,14 @@ def test_dev_secret_is_created_once_private_and_reused(tmp_path: Path) -> None:
     assert dev_secret(tmp_path) == first
 
 
+def test_dev_secret_needs_an_existing_data_dir(tmp_path: Path) -> None:
+    # A secret made in a mistyped directory would sign tokens that no node accepts.
+    missing = tmp_path / "typo"
+    with pytest.raises(FileNotFoundError, match=f"data dir {missing} does not exist"):
+        dev_secret(missing)
+    assert not missing.exists()
+
+
 def test_dev_secret_recovers_from_an_empty_file(tmp_path: Path) -> None:
     (tmp_path / "dev-secret").write_bytes(b"")
     os.utime(tmp_path / "dev-secret", (time.time() - 60, time.time() - 60))
