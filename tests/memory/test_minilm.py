@@ -275,11 +275,17 @@ def test_auto_falls_back_to_torch_when_no_export_can_be_made(
     assert isinstance(load_minilm("torch", cache_dir=unwritable), MiniLMEmbedder)
 
 
-def test_embedder_cli_reports_and_exports(cache: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_embedder_cli_reports_and_exports(
+    cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from somabrain.cli import main
 
-    assert main(["embedder", "info", "--cache-dir", str(cache)]) == 0
+    config = tmp_path / "node.toml"
+    config.write_text('[context]\nembedder = "minilm"\n')
+    info = ["embedder", "info", "--config", str(config), "--cache-dir", str(cache)]
+    assert main(info) == 0
     out = capsys.readouterr().out
+    assert "minilm (all-MiniLM-L6-v2, 384 dimensions)" in out
     assert "auto -> onnx" in out and "(valid)" in out
     assert main(["embedder", "export", "--cache-dir", str(cache)]) == 0  # already there
     assert "already exported" in capsys.readouterr().out
@@ -289,7 +295,7 @@ def test_embedder_cli_reports_and_exports(cache: Path, capsys: pytest.CaptureFix
     assert f"would remove {stale}" in capsys.readouterr().out and stale.exists()
     assert main(["embedder", "prune", "--cache-dir", str(cache)]) == 0
     assert f"removed {stale}" in capsys.readouterr().out and not stale.exists()
-    assert main(["embedder", "info", "--cache-dir", str(cache)]) == 0
+    assert main(info) == 0
     assert "(valid)" in capsys.readouterr().out  # this environment's export is kept
 
 
