@@ -35,6 +35,7 @@ from .auth import Authenticator, Principal
 from .context import ContextHandlers
 from .errors import HTTPError, encode_error, from_decode_error, from_validation
 from .governance import GovernanceHandlers
+from .integers import WideInt, find_wide_int
 from .metrics import Metrics
 from .nesting import MAX_DEPTH, nests_too_deep
 from .ops import OpsHandlers
@@ -224,7 +225,7 @@ class EdgeApp(OpsHandlers, GovernanceHandlers, ContextHandlers):
                     _check_media_type(media_type)
                 raw = await self._read_body(receive, content_length)
                 body_read = True
-                body = self._decode(route.request, raw)
+                body = self._decode(route, raw)
             request = Request(route, trace_id, principal, tenant, key, body)
             response = await self._handlers[route.name](request)
         except HTTPError as exc:
@@ -325,11 +326,12 @@ class EdgeApp(OpsHandlers, GovernanceHandlers, ContextHandlers):
             if not message.get("more_body", False):
                 return True
 
-    def _decode(self, kind: type, raw: bytes) -> Any:
+    def _decode(self, route: Route, raw: bytes) -> Any:
+        assert route.request is not None
         if not raw.strip():
             raise HTTPError(400, "malformed_json", "the request body is empty: send a JSON object")
         try:
-            body = self._decoders[kind].decode(raw)
+            body = self._decoders[route.request].decode(raw)
         except msgspec.ValidationError as exc:
             raise from_validation(exc) from None
         except msgspec.DecodeError as exc:
@@ -342,6 +344,10 @@ class EdgeApp(OpsHandlers, GovernanceHandlers, ContextHandlers):
             raise _too_deep() from None
         if nests_too_deep(raw):
             raise _too_deep()
+        if route.msgpack_bound:
+            wide = find_wide_int(raw, body)
+            if wide is not None:
+                raise _too_wide(wide)
         return body
 
     def json(self, value: Any, status: int = 200) -> Response:
@@ -400,6 +406,16 @@ def _check_media_type(value: bytes) -> None:
 def _too_deep() -> HTTPError:
     return HTTPError(
         400, "bad_request", f"the request body nests arrays and objects deeper than {MAX_DEPTH}"
+    )
+
+
+def _too_wide(wide: WideInt) -> HTTPError:
+    return HTTPError(
+        422,
+        "out_of_range",
+        f"{wide.location} is an integer outside [-2^63, 2^64 - 1], the range that can be "
+        "stored: send larger numbers as strings",
+        field=wide.field,
     )
 
 

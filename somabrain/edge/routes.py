@@ -35,6 +35,9 @@ class Route:
     errors: tuple[int, ...] = ()
     #: Said in the OpenAPI document after the scope the route needs.
     description: str = ""
+    #: The body is stored or sent on as msgpack: its integers must fit 64 bits (``integers``).
+    #: Policy inputs are not (the policies read JSON), so any integer stays valid there.
+    msgpack_bound: bool = True
 
 
 def _metrics_public(config: SomaConfig) -> bool:
@@ -95,7 +98,7 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/constitution/validate", "constitution_validate",
           "Evaluate the policies on an input: {allowed, explain}",
           gov.ValidateRequest, gov.ValidateResponse, tenant=False,
-          errors=(400, 401, 413, 422, 503)),
+          errors=(400, 401, 413, 422, 503), msgpack_bound=False),
     Route("POST", "/constitution/load", "constitution_load",
           "Load a signed constitution (refused with the reason unless it verifies)",
           gov.LoadRequest, gov.LoadResponse, scope="admin", tenant=False,
