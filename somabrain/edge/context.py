@@ -126,6 +126,13 @@ class ContextHandlers(AuditHandlers):
 
     async def _h_context_evaluate(self, request: Request) -> Response:
         body: EvaluateRequest = request.body
+        # Before the governance gate, whose policies also limit the query's size (in bytes,
+        # 16 KiB by default): every query too long for the planner is the same 413 naming it.
+        limit = self.config.context.limits.max_query_chars
+        if len(body.query) > limit:
+            raise HTTPError(
+                413, "too_large", f"query longer than {limit} characters", field="query"
+            )
         tenant = self._tenant(request, body.tenant)
         assert request.principal is not None
         if body.filters:

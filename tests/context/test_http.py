@@ -165,6 +165,20 @@ async def test_bad_input_is_refused_with_the_right_status(tmp_path: Path) -> Non
             assert (await anon.post("/context/evaluate", json={"query": "x"})).status_code == 401
 
 
+async def test_every_query_over_max_query_chars_is_a_413_naming_it(tmp_path: Path) -> None:
+    """The length limit is checked before the governance gate, whose own limit (16 KiB of
+    content) would otherwise answer longer queries with a 403 that names no field."""
+    async with edge(tmp_path) as (app, auth), client(app, auth) as c:
+        limit = app.config.context.limits.max_query_chars
+        for length in (limit + 1, 16 * 1024 + 1, 99_000):
+            r = await c.post("/context/evaluate", json={"query": "q" * length})
+            assert r.status_code == 413, (length, r.text)
+            error = r.json()["error"]
+            assert (error["code"], error["field"]) == ("too_large", "query")
+        r = await c.post("/context/evaluate", json={"query": "q" * limit})
+        assert r.status_code == 200, r.text
+
+
 async def test_working_memory_is_searchable_with_layer_wm(tmp_path: Path) -> None:
     async with edge(tmp_path) as (app, auth), client(app, auth) as c:
         await remember(c, [
