@@ -1,8 +1,8 @@
 """The edge's ASGI application: HTTP in, actor messages out, JSON back.
 
-Per request: match the route (404/405), authenticate (401/403), check the body's media type
-(415 unless JSON: ``application/json`` or ``+json``, UTF-8; a request without Content-Type is
-taken as JSON), read the body within
+Per request: match the route (404/405; HEAD is a GET answered without its body), authenticate
+(401/403), check the body's media type (415 unless JSON: ``application/json`` or ``+json``,
+UTF-8; a request without Content-Type is taken as JSON), read the body within
 ``edge.max_body_bytes`` (413, checked against Content-Length first and again while reading),
 decode it with the one reused msgspec decoder of its type (400 malformed or nested deeper
 than ``nesting.MAX_DEPTH``, 422 naming the field), resolve the tenant and take a rate-limit
@@ -163,24 +163,30 @@ class EdgeApp(OpsHandlers, GovernanceHandlers, ContextHandlers):
             task_group.cancel_scope.cancel()
 
     def _match(self, method: str, path: str) -> tuple[Route, str | None]:
-        route = self._routes.get((method, path))
+        # HEAD is GET without the body (load balancers probe /healthz with it): the GET route
+        # handles it, and ``_http`` drops the body.
+        lookup = "GET" if method == "HEAD" else method
+        route = self._routes.get((lookup, path))
         if route is not None:
             return route, None
-        allowed = self._methods.get(path)
+        allowed = set(self._methods.get(path, ()))
         if path.startswith(_KEY_PREFIX) and len(path) > len(_KEY_PREFIX):
             # Every key is addressable, even one named like a route ("recall"): GET and
             # DELETE of /memory/<anything> are the key routes.
-            key_route = _KEY_ROUTES.get(method)
+            key_route = _KEY_ROUTES.get(lookup)
             if key_route is not None:
                 return key_route, path[len(_KEY_PREFIX) :]
-            allowed = sorted({*(allowed or ()), *_KEY_ROUTES})
-        if allowed is None:
+            allowed.update(_KEY_ROUTES)
+        if not allowed:
             raise HTTPError(404, "not_found", f"no route for {path}")
+        if "GET" in allowed:
+            allowed.add("HEAD")
+        listed = ", ".join(sorted(allowed))
         raise HTTPError(
             405,
             "method_not_allowed",
-            f"{path} accepts {', '.join(sorted(allowed))}",
-            headers=((b"allow", ", ".join(sorted(allowed)).encode()),),
+            f"{path} accepts {listed}",
+            headers=((b"allow", listed.encode()),),
         )
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -257,7 +263,9 @@ class EdgeApp(OpsHandlers, GovernanceHandlers, ContextHandlers):
             await send(
                 {"type": "http.response.start", "status": response.status, "headers": headers}
             )
-            await send({"type": "http.response.body", "body": response.body})
+            # A HEAD answer keeps the GET's headers (its Content-Length included), not its body.
+            body = b"" if scope["method"] == "HEAD" else response.body
+            await send({"type": "http.response.body", "body": body})
         finally:
             # Also when the send was cancelled (the connection went away, the edge was killed
             # meanwhile): the request was handled, and a kill-after-response must still happen.

@@ -359,13 +359,29 @@ async def test_routing_errors(tmp_path: Path) -> None:
         r = await client.get("/nope")
         assert r.status_code == 404 and error_of(r)["code"] == "not_found"
         r = await client.put("/memory/remember", json={})
-        assert r.status_code == 405 and r.headers["allow"] == "DELETE, GET, POST"
+        assert r.status_code == 405 and r.headers["allow"] == "DELETE, GET, HEAD, POST"
         r = await client.get("/healthz/")
         assert r.status_code == 404
         r = await client.post("/healthz")
-        assert r.status_code == 405 and r.headers["allow"] == "GET"
+        assert r.status_code == 405 and r.headers["allow"] == "GET, HEAD"
         r = await client.put("/memory/somekey")
-        assert r.status_code == 405 and r.headers["allow"] == "DELETE, GET"
+        assert r.status_code == 405 and r.headers["allow"] == "DELETE, GET, HEAD"
+
+
+async def test_head_answers_like_get_without_a_body(tmp_path: Path) -> None:
+    """Load balancers probe with HEAD: every GET route answers it with the GET's status and
+    headers, and no body."""
+    async with harness(tmp_path) as h, h.client() as client:
+        assert (await client.post("/memory/remember", json={"content": "x", "key": "k"})).is_success
+        for path in ("/healthz", "/readyz", "/health", "/openapi.json", "/memory/k"):
+            get, head = await client.get(path), await client.head(path)
+            assert (head.status_code, head.content) == (get.status_code, b""), path
+            assert head.headers["content-type"] == get.headers["content-type"], path
+            assert head.headers["content-length"] == get.headers["content-length"], path
+        r = await client.head("/memory/ghost")
+        assert (r.status_code, r.content) == (404, b"")
+        r = await client.head("/context/evaluate")
+        assert r.status_code == 405 and r.headers["allow"] == "POST"
 
 
 async def test_tenants_and_headers(tmp_path: Path) -> None:
