@@ -208,20 +208,21 @@ def rank(
     if not order.shape[0]:
         return []
     slots = candidates[order]
-    # Every view's score for every hit, views of weight 0 included.
-    columns: dict[str, list[float]] = {
-        "semantic": sem[slots].tolist(),
-        "lexical": (lex[slots] * np.float32(lex_scale)).tolist(),
-    }
-    for view in views:
+    # Every view's score for every hit, views of weight 0 included: one row per view (float64
+    # holds float32 and float64 scores exactly), clipped into [0, 1] in one call, since float32
+    # rounding leaves a memory's cosine with its own text at 1.0000001. Ranking above read the
+    # unclipped scores; only what the hits report is clipped.
+    names = [*BUILTIN_VIEWS, *(view.name for view in views)]
+    table = np.empty((len(names), slots.shape[0]))
+    table[0] = sem[slots]
+    table[1] = lex[slots] * np.float32(lex_scale)
+    for row, view in enumerate(views, start=len(BUILTIN_VIEWS)):
         known = view_scores.get(view.name)
-        part = known[order] if known is not None else view.scores(index, query, slots)
-        columns[view.name] = part.tolist()
-    names = list(columns)
-    # Every column has one entry per hit by construction; strict zips cost half the loop.
-    per_slot = zip(*columns.values(), strict=False)
+        table[row] = known[order] if known is not None else view.scores(index, query, slots)
+    np.clip(table, 0.0, 1.0, out=table)
     keys = index.keys_of(slots)
+    # Every row has one entry per hit by construction; strict zips cost half the loop.
     return [
         IndexHit(key, score, dict(zip(names, values, strict=False)))
-        for key, score, values in zip(keys, scores.tolist(), per_slot, strict=False)
+        for key, score, values in zip(keys, scores.tolist(), table.T.tolist(), strict=False)
     ]

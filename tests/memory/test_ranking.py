@@ -121,3 +121,18 @@ async def test_every_hit_reports_every_view_even_unweighted() -> None:
     for hit in hits:
         assert set(hit.views) == {"semantic", "lexical", "graph", "recency", "salience"}
         assert hit.score == pytest.approx(hit.views["lexical"])
+
+
+def test_reported_view_scores_are_clipped_into_the_unit_range() -> None:
+    """float32 rounding can leave a cosine a hair above 1 (``1.0000001`` for a memory and its
+    own text): the hit reports 1, as every view's score is documented in [0, 1]."""
+    from somabrain.memory.hybrid import HybridIndex
+
+    index = HybridIndex(4)
+    index.add(Memory(content="apple", key="a", tenant="t"), [1.0, 0.0, 0.0, 0.0], ["apple"])
+    # A query vector a rounding error longer than a unit vector, as an embedder may give.
+    query = np.array([1.0000001, 0.0, 0.0, 0.0], dtype=np.float32)
+    assert float(index.vectors.unit_scores(query)[0]) > 1.0
+    [hit] = index.search(query, ["apple"], 1, unit=True)
+    assert hit.views["semantic"] == 1.0
+    assert all(0.0 <= score <= 1.0 for score in hit.views.values()), hit.views
