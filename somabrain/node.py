@@ -18,7 +18,7 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -56,9 +56,12 @@ async def serve_node(
     config_path: str | None = None,
     on_ready: Callable[[NodeInfo], Any] | None = None,
     started_at: float | None = None,
+    edge_overrides: Mapping[str, Any] | None = None,
 ) -> None:
-    """Run the node until SIGINT/SIGTERM, then stop it gracefully."""
+    """Run the node until SIGINT/SIGTERM, then stop it gracefully. ``edge_overrides``: the
+    ``[edge]`` settings of ``cfg`` that the command line set (a reload keeps them)."""
     from .edge.auth import Authenticator
+    from .edge.ops import CLI_OVERRIDES_RESOURCE
 
     started = time.perf_counter() if started_at is None else started_at
     _quiet_cancelled_tasks()
@@ -67,6 +70,7 @@ async def serve_node(
         cfg.node.name, mailbox_size=cfg.node.mailbox_size, overflow=cfg.node.overflow
     ) as system:
         system.resources.update(config=cfg, config_path=config_path, data_dir=data_dir, auth=auth)
+        system.resources[CLI_OVERRIDES_RESOURCE] = dict(edge_overrides or {})
         tree = SupervisionTree(system, cfg.tree, cfg.node)
         system.resources["tree"] = tree
         # Listen for signals before anything starts, so that an early SIGTERM still stops
@@ -179,20 +183,20 @@ def run_dev_node(
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    edge = cfg.edge
-    if port is not None or host is not None:
-        edge = msgspec.structs.replace(
-            edge,
-            port=edge.port if port is None else port,
-            host=edge.host if host is None else host,
-        )
-        cfg = msgspec.structs.replace(cfg, edge=edge)
+    overrides: dict[str, Any] = {"port": port, "host": host}
+    overrides = {name: value for name, value in overrides.items() if value is not None}
+    cfg = msgspec.structs.replace(cfg, edge=msgspec.structs.replace(cfg.edge, **overrides))
     path = Path(data_dir).resolve()
     path.mkdir(parents=True, exist_ok=True)
     try:
         anyio.run(
             lambda: serve_node(
-                cfg, path, config_path=config_path, on_ready=_banner, started_at=started
+                cfg,
+                path,
+                config_path=config_path,
+                on_ready=_banner,
+                started_at=started,
+                edge_overrides=overrides,
             ),
             backend=backend,
         )

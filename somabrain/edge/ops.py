@@ -20,9 +20,22 @@ if TYPE_CHECKING:
     from ..config import SomaConfig
     from .app import Request, Response
 
-__all__ = ["OpsHandlers"]
+__all__ = ["CLI_OVERRIDES_RESOURCE", "LISTENER_SETTINGS", "OpsHandlers"]
 
 _TEXT = b"text/plain; version=0.0.4; charset=utf-8"
+
+#: Edge settings read only when the edge starts listening (the socket, Hypercorn's config): a
+#: reload reports a change of one as applying after a node restart.
+LISTENER_SETTINGS = (
+    "host",
+    "port",
+    "backlog",
+    "graceful_timeout",
+    "keep_alive_timeout",
+    "access_log",
+)
+#: The ``[edge]`` settings the command line set over the config file (``--host``, ``--port``).
+CLI_OVERRIDES_RESOURCE = "edge.cli_overrides"
 
 
 class OpsHandlers(Handlers):
@@ -121,11 +134,8 @@ class OpsHandlers(Handlers):
         except ConfigError as exc:
             raise HTTPError(422, "invalid_config", str(exc), field=exc.key or None) from None
         old = self.config
-        # Where the edge listens is fixed for the life of the node (the CLI may override it).
-        new = msgspec.structs.replace(
-            new, edge=msgspec.structs.replace(new.edge, host=old.edge.host, port=old.edge.port)
-        )
         changes = await self.tree.reload(new.tree, new.node)
+        new = self._reload_edge(old, new, changes)
         if new.edge != old.edge:
             rate = new.edge.rate_limit
             self.limiter.configure(
@@ -145,6 +155,20 @@ class OpsHandlers(Handlers):
             request, "admin.reload", {"changes": len(changes), "changed": "; ".join(changes)}
         )
         return self.json(s.ReloadResponse(changes=changes))
+
+    def _reload_edge(self, old: SomaConfig, new: SomaConfig, changes: list[str]) -> SomaConfig:
+        """``new`` with the listener's settings kept as they are, each changed one reported:
+        the socket and Hypercorn are set up once, when the edge starts, and the address must
+        stay the same for the life of the node (a restarted edge listens where it did). What
+        the CLI overrode (``--host``, ``--port``) is not a change of the file."""
+        overridden = self.system.resources.get(CLI_OVERRIDES_RESOURCE, {})
+        edge = msgspec.structs.replace(new.edge, **overridden)
+        pending = [f for f in LISTENER_SETTINGS if getattr(edge, f) != getattr(old.edge, f)]
+        if pending:
+            verb = "applies" if len(pending) == 1 else "apply"
+            changes.append(f"edge: {', '.join(pending)} {verb} after a node restart")
+        kept = {f: getattr(old.edge, f) for f in LISTENER_SETTINGS}
+        return msgspec.structs.replace(new, edge=msgspec.structs.replace(edge, **kept))
 
     def _reload_context(self, old: SomaConfig, new: SomaConfig, changes: list[str]) -> SomaConfig:
         """``new`` as the node can take it, and what it changes in ``[context]``: the planners

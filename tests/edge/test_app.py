@@ -461,6 +461,30 @@ async def test_per_tenant_rate_limits_from_config_and_reload(tmp_path: Path) -> 
         assert await statuses(slow, 5) == [200] * 5  # the refused reload changed nothing
 
 
+async def test_reload_says_which_edge_settings_wait_for_a_restart(tmp_path: Path) -> None:
+    """The listener (socket, Hypercorn) is set up when the node starts: a reload keeps its
+    settings and says so for each changed one; the others apply at once. What the command
+    line overrode is not a change of the file."""
+    config = tmp_path / "soma.toml"
+    async with harness(tmp_path) as h, h.client(scopes=("admin",)) as admin:
+        h.app.system.resources["config_path"] = config
+        port = h.app.config.edge.port
+        config.write_text("[edge]\nport = 19899\nbacklog = 7\nmax_batch_items = 5\n")
+        for _ in range(2):  # the second reload: still waiting for the restart
+            changes = (await admin.post("/admin/reload", json={})).json()["changes"]
+            assert "edge: port, backlog apply after a node restart" in changes
+            assert (h.app.config.edge.port, h.app.config.edge.backlog) == (port, 1024)
+            assert h.app.system.resources["config"].edge.port == port
+        assert h.app.config.edge.max_batch_items == 5
+        config.write_text("[edge]\nport = 19899\nmax_batch_items = 5\n")
+        h.app.system.resources["edge.cli_overrides"] = {"port": port}  # as `--port` does
+        changes = (await admin.post("/admin/reload", json={})).json()["changes"]
+        assert not [c for c in changes if c.startswith("edge:")], changes
+        config.write_text("[edge]\nhost = '0.0.0.0'\nmax_batch_items = 5\n")
+        changes = (await admin.post("/admin/reload", json={})).json()["changes"]
+        assert changes == ["edge: host applies after a node restart"]
+
+
 async def test_unexpected_errors_are_logged_500s(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
