@@ -20,6 +20,8 @@ Sections:
 ``workers`` the integrity and reward workers (``somabrain.workers.settings``)
 ``context`` the context engine: embedder, views, working memory, bundle limits, planner
             utility, adaptation (``somabrain.context.settings``)
+``cluster`` tenant-partitioned nodes over NATS: the server, the member nodes, the timeout of a
+            request to another member (``somabrain.cluster.settings``); off by default
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from msgspec import Meta
 
 from .actors.kafka_bridge import BridgeSettings, KafkaSettings
 from .audit.settings import AuditSettings
+from .cluster.settings import ClusterSettings, valid_member_name
 from .context.settings import ContextSettings
 from .governance.settings import GovernanceSettings
 from .supervision.config import NodeSettings, SupervisorNode, load_config
@@ -179,8 +182,21 @@ class SomaConfig(_Section):
     bridge: BridgeSettings = msgspec.field(default_factory=BridgeSettings)
     workers: WorkersSettings = msgspec.field(default_factory=WorkersSettings)
     context: ContextSettings = msgspec.field(default_factory=ContextSettings)
+    cluster: ClusterSettings = msgspec.field(default_factory=ClusterSettings)
 
     def __post_init__(self) -> None:
+        if self.cluster.enabled:
+            # Checked here, not in the section: it takes both [node] and [cluster].
+            name = self.node.name
+            if not valid_member_name(name):
+                raise ValueError(
+                    f"node.name {name!r} cannot name a cluster member (1-64 of [A-Za-z0-9_-])"
+                )
+            if name not in self.cluster.members:
+                raise ValueError(
+                    f"cluster.members {self.cluster.members} must include this node's"
+                    f" node.name {name!r}"
+                )
         # What the config leaves to the embedder, filled in once for every reader.
         self.context = self.context.for_embedder()
 

@@ -1,0 +1,50 @@
+"""The ``[cluster]`` config section (merged into ``somabrain.config.SomaConfig``)."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+import msgspec
+from msgspec import Meta
+
+__all__ = ["ClusterSettings", "valid_member_name"]
+
+# A member's name is one token of the subjects it serves (``soma.node.<name>.memory``), so it
+# may not hold the separator or the wildcards.
+_MEMBER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+
+
+def valid_member_name(name: str) -> bool:
+    return bool(_MEMBER.match(name))
+
+
+class ClusterSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Tenant-partitioned nodes over NATS (``somabrain.cluster``, docs/cluster.md).
+
+    ``nats_url`` empty (the default) is the single-process node: no NATS connection, every
+    tenant is served here. Set, the node connects to it and serves only the tenants that
+    ``members`` hashes to it (``node.name`` must be one of them); the others are asked of
+    their owner.
+    """
+
+    nats_url: str = ""
+    members: list[str] = msgspec.field(default_factory=list)
+    #: Seconds a node waits for another member's answer before it answers 503 ``unavailable``.
+    request_timeout: Annotated[float, Meta(gt=0)] = 10.0
+
+    def __post_init__(self) -> None:
+        for name in self.members:
+            if not valid_member_name(name):
+                raise ValueError(
+                    f"members: {name!r} is not a node name (1-64 of [A-Za-z0-9_-], starting"
+                    " with a letter or digit)"
+                )
+        if len(set(self.members)) != len(self.members):
+            raise ValueError("members: a node is named twice")
+        if self.nats_url and not self.members:
+            raise ValueError("members: a cluster (nats_url set) needs its list of nodes")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.nats_url)
