@@ -1,0 +1,40 @@
+"""Errors of the cluster layer.
+
+The hierarchy::
+
+    SomaError                   (somabrain.actors)
+    └── ClusterError
+        ├── OwnerUnavailableError  the tenant's owner did not answer: not connected, no
+        │                          responders (the node is down), or no reply in time
+        └── RemoteError            the owner failed with an error that has no meaning here
+                                   (a bug there: the edge answers 500, as the owner would)
+
+Every other error of the owner's memory actor comes back as its own type (``wire.py``).
+"""
+
+from __future__ import annotations
+
+from ..actors import SomaError
+
+__all__ = ["ClusterError", "OwnerUnavailableError", "RemoteError"]
+
+
+class ClusterError(SomaError):
+    """Base of the errors of the cluster layer."""
+
+
+class OwnerUnavailableError(ClusterError):
+    """The member that owns the tenant cannot be reached: retry later."""
+
+    def __init__(self, owner: str, detail: str) -> None:
+        self.owner = owner
+        self.detail = detail
+        super().__init__(f"node {owner!r}, the tenant's owner, is unavailable: {detail}")
+
+
+class RemoteError(ClusterError):
+    """An error of the owner that does not cross as its own type (``error`` names it)."""
+
+    def __init__(self, error: str, message: str) -> None:
+        self.error = error
+        super().__init__(f"{error} on the owner: {message}")
