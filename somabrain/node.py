@@ -8,7 +8,11 @@ memory actors flush and close their logs) and the process exits 0.
 
 Resources the node puts in ``system.resources`` for the actors: ``config`` (``SomaConfig``),
 ``config_path`` (for reloads), ``data_dir`` (``Path``), ``auth`` (``Authenticator``) and
-``tree`` (``SupervisionTree``). The edge adds ``edge.url`` once it listens.
+``tree`` (``SupervisionTree``), and ``cluster`` (``ClusterRouter``) when ``[cluster]`` is set.
+The edge adds ``edge.url`` once it listens.
+
+With ``[cluster] nats_url`` set the node is a member of a tenant-partitioned cluster
+(``somabrain.cluster``, docs/cluster.md); it needs the asyncio backend (nats-py).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import sniffio
 
 from . import config as soma_config
 from .actors import ActorSystem, SomaError
+from .cluster import joined
 from .supervision import ConfigError, SupervisionTree
 from .supervision.config import NodeSettings
 
@@ -73,28 +78,31 @@ async def serve_node(
         system.resources[CLI_OVERRIDES_RESOURCE] = dict(edge_overrides or {})
         tree = SupervisionTree(system, cfg.tree, cfg.node)
         system.resources["tree"] = tree
-        # Listen for signals before anything starts, so that an early SIGTERM still stops
-        # the node gracefully instead of killing it half-started.
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            await tree.start()
-            _tune_gc(cfg.node)
-            token = None
-            if auth.can_sign:
-                token = auth.issuer().issue([DEV_TENANT], scopes=["admin"], subject="dev-node")
-            info = NodeInfo(
-                url=system.resources.get("edge.url", ""),
-                data_dir=str(data_dir),
-                token=token,
-                tenant=DEV_TENANT,
-                startup_seconds=time.perf_counter() - started,
-            )
-            if on_ready is not None:
-                on_ready(info)
-            async for signum in signals:
-                print(f"received {signal.Signals(signum).name}, stopping", flush=True)
-                break
-        with anyio.CancelScope(shield=True):
-            await tree.stop()
+        # With [cluster], the node joins it before the tree starts (the edge may ask other
+        # members from its first request) and leaves after the tree stopped.
+        async with joined(system, cfg):
+            # Listen for signals before anything starts, so that an early SIGTERM still stops
+            # the node gracefully instead of killing it half-started.
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                await tree.start()
+                _tune_gc(cfg.node)
+                token = None
+                if auth.can_sign:
+                    token = auth.issuer().issue([DEV_TENANT], scopes=["admin"], subject="dev-node")
+                info = NodeInfo(
+                    url=system.resources.get("edge.url", ""),
+                    data_dir=str(data_dir),
+                    token=token,
+                    tenant=DEV_TENANT,
+                    startup_seconds=time.perf_counter() - started,
+                )
+                if on_ready is not None:
+                    on_ready(info)
+                async for signum in signals:
+                    print(f"received {signal.Signals(signum).name}, stopping", flush=True)
+                    break
+            with anyio.CancelScope(shield=True):
+                await tree.stop()
     print("stopped", flush=True)
 
 

@@ -39,6 +39,7 @@ import anyio
 import msgspec
 
 from ..actors import Actor, ActorStoppedError, Msg
+from ..cluster import CLUSTER_RESOURCE, ClusterRouter, OwnerUnavailableError
 from ..governance.http import (
     GovernanceRefusal,
     evaluate_input,
@@ -194,13 +195,21 @@ class PlannerActor(Actor):
     async def _memory(self, tenant: str, message: Any) -> Any:
         if not valid_tenant(tenant):
             raise _refuse(400, "invalid_tenant", f"invalid tenant id {tenant!r}")
-        tree = self.context.system.resources.get("tree")
-        runner = tree.find(MEMORY_SUPERVISOR) if tree is not None else None
-        if runner is None or not hasattr(runner, "ref"):
-            raise _refuse(503, "unavailable", "no memory supervisor")
+        resources = self.context.system.resources
+        cluster: ClusterRouter | None = resources.get(CLUSTER_RESOURCE)
         try:
+            # The edge sends a tenant's evaluate and feedback to its owner's planners, so this
+            # is local but for a request that came in on this node's bus for another member.
+            if cluster is not None and not cluster.owns(tenant):
+                return await cluster.ask_owner(tenant, message, self.settings.recall_timeout)
+            tree = resources.get("tree")
+            runner = tree.find(MEMORY_SUPERVISOR) if tree is not None else None
+            if runner is None or not hasattr(runner, "ref"):
+                raise _refuse(503, "unavailable", "no memory supervisor")
             ref = runner.ref(tenant)
             return await ask_memory(ref, message, self.settings.recall_timeout)
+        except OwnerUnavailableError as exc:
+            raise _refuse(503, "unavailable", str(exc)) from None
         except ActorStoppedError as exc:
             raise _refuse(503, "unavailable", f"memory actor unavailable: {exc}") from None
         except TimeoutError as exc:

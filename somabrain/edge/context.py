@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import msgspec
 from msgspec import Meta
 
+from ..cluster import CLUSTER_RESOURCE, ClusterRouter
 from ..context import client
 from ..context.messages import (
     AdaptationQuery,
@@ -114,6 +115,13 @@ class ContextHandlers(AuditHandlers):
 
     async def _context(self, message: Any) -> Any:
         settings = self.config.context
+        # A tenant's adaptation state lives with its memories, on the member that owns it.
+        cluster: ClusterRouter | None = self.system.resources.get(CLUSTER_RESOURCE)
+        if cluster is not None and not cluster.owns(message.tenant):
+            reply = await cluster.context(message, self.config.edge.request_timeout)
+            if isinstance(reply, ContextFailure):
+                raise failure_error(reply)
+            return reply
         reply = await client.request(
             self.system.bus,
             message,

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from ..actors import ActorStoppedError, ActorSystem, MailboxFullError
+from ..cluster import CLUSTER_RESOURCE, ClusterRouter, OwnerUnavailableError
 from ..governance.http import remember_input
 from ..governance.policy import Decision, PolicyInput
 from ..governance.reads import search_readable
@@ -74,6 +75,8 @@ def memory_error(exc: Exception, key_fields: Mapping[str, str] | None = None) ->
         return HTTPError(403, "tenant_forbidden", str(exc))
     if isinstance(exc, msgspec.ValidationError):
         return from_validation(exc)
+    if isinstance(exc, OwnerUnavailableError):
+        return HTTPError.retry_later(503, "unavailable", str(exc), 1)
     if isinstance(exc, LogError | TenantUnavailableError):
         return HTTPError.retry_later(503, "storage_unavailable", str(exc), 1)
     if isinstance(exc, MailboxFullError):
@@ -152,6 +155,9 @@ class Handlers(AuditHandlers):
     async def _ask(
         self, tenant: str, message: MemoryRequest, key_fields: Mapping[str, str] | None = None
     ) -> Any:
+        cluster: ClusterRouter | None = self.system.resources.get(CLUSTER_RESOURCE)
+        if cluster is not None and not cluster.owns(tenant):
+            return await self._ask_owner(cluster, tenant, message, key_fields)
         runner = self.tree.find(MEMORY_PATH)
         if runner is None or not hasattr(runner, "ref"):
             raise HTTPError.retry_later(503, "unavailable", "no memory supervisor", 1)
@@ -165,6 +171,25 @@ class Handlers(AuditHandlers):
             return await ask_memory(ref, message, self.config.edge.request_timeout)
         except Exception as exc:
             error = memory_error(exc, key_fields)
+            if error is None:
+                raise
+            raise error from None
+
+    async def _ask_owner(
+        self,
+        cluster: ClusterRouter,
+        tenant: str,
+        message: MemoryRequest,
+        key_fields: Mapping[str, str] | None,
+    ) -> Any:
+        """Ask the member that owns ``tenant``: its errors come back as the same types, so
+        the answer is the one the owner's edge would give."""
+        try:
+            return await cluster.ask_owner(tenant, message, self.config.edge.request_timeout)
+        except Exception as exc:
+            error = memory_error(exc, key_fields)
+            if error is None and type(exc) is RuntimeError:  # max_children on the owner
+                error = HTTPError.retry_later(503, "overloaded", str(exc), 5)
             if error is None:
                 raise
             raise error from None
