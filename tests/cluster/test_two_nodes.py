@@ -156,8 +156,7 @@ def test_owner_errors_keep_their_status_and_field(cluster: dict[str, DevNode]) -
                 answers = [c.post(path, json=body) for c in (via_a, via_b)]
                 # Equal but for the trace id, which each edge gives its own request.
                 errors = [
-                    {k: v for k, v in r.json()["error"].items() if k != "trace_id"}
-                    for r in answers
+                    {k: v for k, v in r.json()["error"].items() if k != "trace_id"} for r in answers
                 ]
                 assert [r.status_code for r in answers] == [status, status]
                 assert errors[0] == errors[1]
