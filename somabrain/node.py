@@ -17,6 +17,7 @@ With ``[cluster] nats_url`` set the node is a member of a tenant-partitioned clu
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import signal
@@ -32,7 +33,6 @@ import sniffio
 
 from . import config as soma_config
 from .actors import ActorSystem, SomaError
-from .cluster import joined
 from .supervision import ConfigError, SupervisionTree
 from .supervision.config import NodeSettings
 
@@ -80,7 +80,12 @@ async def serve_node(
         system.resources["tree"] = tree
         # With [cluster], the node joins it before the tree starts (the edge may ask other
         # members from its first request) and leaves after the tree stopped.
-        async with joined(system, cfg):
+        membership: contextlib.AbstractAsyncContextManager[object] = contextlib.nullcontext()
+        if cfg.cluster.enabled:
+            from .cluster.router import joined  # nats-py: imported by cluster members only
+
+            membership = joined(system, cfg)
+        async with membership:
             # Listen for signals before anything starts, so that an early SIGTERM still stops
             # the node gracefully instead of killing it half-started.
             with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

@@ -8,10 +8,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from .errors import ClusterError, OwnerUnavailableError, RemoteError
 from .ownership import owner
-from .router import CLUSTER_RESOURCE, ClusterRouter, joined
-from .settings import ClusterSettings
+from .settings import CLUSTER_RESOURCE, ClusterSettings
+
+if TYPE_CHECKING:
+    from .router import ClusterRouter, joined
 
 __all__ = [
     "CLUSTER_RESOURCE",
@@ -23,3 +27,13 @@ __all__ = [
     "joined",
     "owner",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # The router is imported on first use: it imports nats-py (~0.25 s), which only a node
+    # in a cluster needs; the edge and the planners need just the names above.
+    if name in ("ClusterRouter", "joined"):
+        from . import router
+
+        return getattr(router, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -38,7 +38,7 @@ from ..context.messages import AdaptationQuery, ContextFailure, Evaluate, Feedba
 from ..memory.messages import MemoryRequest, ask_memory
 from .errors import OwnerUnavailableError
 from .ownership import owner
-from .settings import ClusterSettings
+from .settings import CLUSTER_RESOURCE, ClusterSettings
 from .wire import (
     ContextCall,
     MemoryCall,
@@ -62,8 +62,6 @@ __all__ = [
 
 logger = logging.getLogger("somabrain.cluster")
 
-#: Where the node puts its router in ``system.resources`` (absent without a cluster).
-CLUSTER_RESOURCE = "cluster"
 MEMORY_SUPERVISOR = "/root/memory"
 #: Requests served at once; beyond, NATS holds them (and counts the slow consumer).
 _MAX_SERVING = 256

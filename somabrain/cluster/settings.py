@@ -8,6 +8,10 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 
+#: Where a node in a cluster puts its ``ClusterRouter`` in ``system.resources`` (absent
+#: without a cluster).
+CLUSTER_RESOURCE = "cluster"
+
 __all__ = ["ClusterSettings", "valid_member_name"]
 
 # A member's name is one token of the subjects it serves (``soma.node.<name>.memory``), so it

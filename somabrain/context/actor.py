@@ -33,13 +33,13 @@ import dataclasses
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import msgspec
 
 from ..actors import Actor, ActorStoppedError, Msg
-from ..cluster import CLUSTER_RESOURCE, ClusterRouter, OwnerUnavailableError
+from ..cluster import CLUSTER_RESOURCE, OwnerUnavailableError
 from ..governance.http import (
     GovernanceRefusal,
     evaluate_input,
@@ -70,6 +70,9 @@ from .messages import (
 )
 from .offload import build as offload_build
 from .settings import ContextSettings, tenant_default_weights
+
+if TYPE_CHECKING:
+    from ..cluster.router import ClusterRouter
 
 __all__ = ["ADAPTATION_RESOURCE", "MEMORY_SUPERVISOR", "PlannerActor"]
 

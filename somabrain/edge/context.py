@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import msgspec
 from msgspec import Meta
 
-from ..cluster import CLUSTER_RESOURCE, ClusterRouter
+from ..cluster import CLUSTER_RESOURCE
 from ..context import client
 from ..context.messages import (
     AdaptationQuery,
@@ -36,6 +36,7 @@ from .schemas import Timestamp
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from ..cluster.router import ClusterRouter
     from ..governance.policy import PolicyInput
     from .app import Request, Response
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from ..actors import ActorStoppedError, ActorSystem, MailboxFullError
-from ..cluster import CLUSTER_RESOURCE, ClusterRouter, OwnerUnavailableError
+from ..cluster import CLUSTER_RESOURCE, OwnerUnavailableError
 from ..governance.http import remember_input
 from ..governance.policy import Decision, PolicyInput
 from ..governance.reads import search_readable
@@ -46,6 +46,7 @@ from .audited import AuditHandlers
 from .errors import HTTPError, from_validation
 
 if TYPE_CHECKING:
+    from ..cluster.router import ClusterRouter
     from ..config import SomaConfig
     from ..supervision import SupervisionTree
     from .app import Request, Response
