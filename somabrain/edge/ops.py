@@ -110,8 +110,9 @@ class OpsHandlers(Handlers):
             raise HTTPError(
                 404, "actor_not_found", f"no actor or supervisor at {path}", field="path"
             )
-        if not runner.running:
-            raise HTTPError(409, "not_running", f"{path} is not running", field="path")
+        if not tree.can_kill(runner):
+            state = "is still starting" if runner.running else "is not running"
+            raise HTTPError(409, "not_running", f"{path} {state}", field="path")
         if self.edge_path == path or self.edge_path.startswith(path + "/"):
             # Killing the edge (or its parent) would cut this very response: answer first.
             async def kill_after_response() -> None:

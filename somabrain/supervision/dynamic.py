@@ -19,7 +19,7 @@ import anyio.abc
 from ..actors import ActorRef, ActorStoppedError, ActorSystem, Exit
 from .clock import Clock
 from .spec import ActorSpec, DynamicSpec
-from .supervisor import Child, Supervisor, SupervisorGaveUpError, _CellRunner, _unregister_tree
+from .supervisor import Child, Supervisor, _CellRunner, _unregister_tree
 
 __all__ = ["DynamicSupervisor"]
 
@@ -39,7 +39,6 @@ class DynamicSupervisor(Supervisor):
         self.dynamic_spec = spec
         self._by_name: dict[str, Child] = {}
         self._activity: dict[str, tuple[tuple[int, int, int], float]] = {}
-        self._gave_up: SupervisorGaveUpError | None = None
         self._sweep_wakeup: anyio.Event | None = None
         self.passivations = 0
         super().__init__(system, spec.as_supervisor_spec(), path, clock=clock, rng=rng)
@@ -83,13 +82,13 @@ class DynamicSupervisor(Supervisor):
 
     def _post_start(self, child: Child) -> None:
         async def start() -> None:
-            if child.running or child not in self.children:
+            if child.running or child.pending is not None or child not in self.children:
                 return
-            failed = await self._start_child(child)
-            if failed is not None:
-                self._gave_up = await self._restart(child, failed.error)
+            self._start_soon(child, 0.0)
 
-        # Fire and forget: the caller already holds the ref; failures go through _restart.
+        # Fire and forget: the caller already holds the ref, and messages wait in the mailbox.
+        # The start itself runs beside the loop (a tenant's log replay can take seconds); a
+        # failed start comes back as an exit of the child and is restarted like any failure.
         self._post_command(start)
 
     def _post_command(self, fn: Any) -> None:
@@ -97,19 +96,20 @@ class DynamicSupervisor(Supervisor):
 
         self._post(_Command(fn, self.system.backend.new_reply()))
 
+    def _initial_children(self) -> list[Child]:
+        # Children known from an earlier incarnation (tenants in use) are started on the side
+        # by _supervise, not one after the other before this supervisor counts as started: a
+        # failed or killed start is then a failure of that child only, and new children do not
+        # wait for all the old ones.
+        return []
+
     async def _supervise(self) -> Exit:
-        self._gave_up = None
         self._activity.clear()
-        # Children known from an earlier incarnation are started again (tenants in use).
         for child in list(self.children):
             self._post_start(child)
         assert self._task_group is not None
         self._task_group.start_soon(self._sweep)
         return await super()._supervise()
-
-    def _check_gave_up(self) -> SupervisorGaveUpError | None:
-        gave_up, self._gave_up = self._gave_up, None
-        return gave_up
 
     # ------------------------------------------------------------------ exits
 
@@ -160,7 +160,7 @@ class DynamicSupervisor(Supervisor):
         await self._stop_child(child)
         child.passivating = False
         if len(self._cell_runner(child).cell.mailbox):
-            await self._start_child(child)  # a message arrived while it stopped
+            self._start_soon(child, 0.0)  # a message arrived while it stopped
             return
         self.passivations += 1
         self._forget(child)

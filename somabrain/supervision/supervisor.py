@@ -11,7 +11,12 @@ OTP semantics (see the Erlang/OTP "Supervisor Behaviour" guide):
   as a child failure. Limits multiply across levels: a subtree two levels down may restart
   ``intensity`` times for every restart its parent allows.
 - a restart waits an exponential backoff with jitter (not in OTP, which restarts at once: a
-  crash loop against a down database should not spin).
+  crash loop against a down database should not spin);
+- under ``one_for_one`` a restart (backoff, then the child's ``on_start``) runs in a task of its
+  own, beside the supervisor's loop, so that it never holds up the start or restart of another
+  child; ``one_for_all`` and ``rest_for_one`` restart their group inside the loop, in order;
+- a child killed while it is still starting has failed, like any child: it is restarted (and
+  counted) by its supervisor, which does not fail for it.
 
 A supervisor is itself a *runner*, the interface shared with ``ActorCell``: ``run`` one
 incarnation, ``request_stop``, ``kill``, ``wait_exited``, ``finish``. So supervisors nest.
@@ -78,15 +83,36 @@ class Runner(Protocol):
 class _StartStatus:
     """Forwards ``started()`` and remembers whether the child started cleanly."""
 
-    __slots__ = ("_inner", "ok")
+    __slots__ = ("_inner", "_on_started", "ok")
 
-    def __init__(self, inner: anyio.abc.TaskStatus[Any]) -> None:
+    def __init__(
+        self,
+        inner: anyio.abc.TaskStatus[Any],
+        on_started: Callable[[], None] | None = None,
+    ) -> None:
         self._inner = inner
+        self._on_started = on_started
         self.ok = False
 
     def started(self, value: Any = None) -> None:
         self.ok = value is None
+        if self.ok and self._on_started is not None:
+            self._on_started()
         self._inner.started(value)
+
+
+class _PendingStart:
+    """A child's start running in a task of its own (a one_for_one restart or a dynamic start).
+
+    Until the child has started, stopping it means cancelling ``scope`` (its backoff or its
+    ``on_start``) and waiting for ``done``: that incarnation has acknowledged nothing yet, so
+    there is nothing to stop gracefully."""
+
+    __slots__ = ("done", "scope")
+
+    def __init__(self) -> None:
+        self.scope = anyio.CancelScope()
+        self.done = anyio.Event()
 
 
 class _Command:
@@ -108,7 +134,16 @@ class _Command:
 class Child:
     """A slot in a supervisor: the spec (read live, for reload) and the runner."""
 
-    __slots__ = ("expected_exit", "generation", "passivating", "runner", "running", "spec")
+    __slots__ = (
+        "expected_exit",
+        "generation",
+        "passivating",
+        "pending",
+        "restart_times",
+        "runner",
+        "running",
+        "spec",
+    )
 
     def __init__(self, spec: ChildSpec, runner: Runner) -> None:
         self.spec = spec
@@ -117,6 +152,10 @@ class Child:
         self.expected_exit = False
         self.passivating = False
         self.generation = 0
+        #: A start in a task of its own, not finished yet (see ``Supervisor._start_soon``).
+        self.pending: _PendingStart | None = None
+        #: This child's restarts within the period: they size its backoff (one_for_one).
+        self.restart_times: deque[float] = deque()
 
 
 def make_runner(
@@ -283,10 +322,12 @@ class Supervisor:
                 async with anyio.create_task_group() as task_group:
                     self._task_group = task_group
                     self.state = ActorState.STARTING
-                    failure = await self._start_group(list(self.children))
+                    failure = await self._start_children()
                     if failure is not None:
                         child, error = failure
-                        logger.error("%s: child %s failed to start", self.path, child.spec.name)
+                        logger.error(
+                            "%s: child %s failed to start: %r", self.path, child.spec.name, error
+                        )
                         await self._stop_group(self.children)
                         exit_ = Exit(ExitReason.FAILURE, error)
                     else:
@@ -309,6 +350,30 @@ class Supervisor:
                 task_status.started(exit_)
         return exit_
 
+    async def _start_children(self) -> tuple[Child, BaseException | None] | None:
+        """Start the children in order, for a new incarnation.
+
+        As in OTP, a child whose ``on_start`` fails fails this start (the supervisor cannot
+        provide what it is for). A child *killed* while starting is different: the kill came
+        from outside (an operator, a chaos run), so it is a failure of that child, restarted
+        and counted like any other, and the start goes on with its siblings."""
+        for child in self._initial_children():
+            if child.running or child.pending is not None:
+                continue  # a restart above (one_for_all, rest_for_one) already started it
+            exit_ = await self._start_child(child)
+            if exit_ is None:
+                continue
+            if exit_.reason is not ExitReason.KILLED:
+                return child, exit_.error
+            logger.warning("%s: child %s was killed while starting", self.path, child.spec.name)
+            gave_up = await self._handle_exit(child, exit_)
+            if gave_up is not None:
+                return child, gave_up
+        return None
+
+    def _initial_children(self) -> list[Child]:
+        return list(self.children)
+
     async def _supervise(self) -> Exit:
         assert self._parker is not None
         while True:
@@ -322,9 +387,6 @@ class Supervisor:
             event = self._events.popleft()
             if isinstance(event, _Command):
                 await event.execute()
-                gave_up = self._check_gave_up()
-                if gave_up is not None:
-                    return Exit(ExitReason.FAILURE, gave_up)
                 continue
             child, generation, exit_ = event
             if generation != child.generation or child.expected_exit:
@@ -333,10 +395,6 @@ class Supervisor:
             gave_up = await self._handle_exit(child, exit_)
             if gave_up is not None:
                 return Exit(ExitReason.FAILURE, gave_up)
-
-    def _check_gave_up(self) -> SupervisorGaveUpError | None:
-        """A command may have exhausted the restart intensity (dynamic starts)."""
-        return None
 
     def _post(self, event: tuple[Child, int, Exit] | _Command) -> None:
         self._events.append(event)
@@ -390,21 +448,22 @@ class Supervisor:
         self, failed: Child, error: BaseException | None
     ) -> SupervisorGaveUpError | None:
         while True:
-            now = self.clock.now()
-            times = self._restart_times
-            while times and times[0] <= now - self.spec.period:
-                times.popleft()
-            times.append(now)
-            if len(times) > self.spec.intensity:
+            if self._count_restart():
                 gave_up = SupervisorGaveUpError(
                     self.path, self.spec.intensity, self.spec.period, error
                 )
                 logger.error("%s", gave_up)
                 await self._stop_group(self.children)
                 return gave_up
+            if self.spec.strategy is Strategy.ONE_FOR_ONE:
+                failed.runner.restarts += 1
+                # The start's outcome comes back to the loop as an exit of the child, so a
+                # failed start is counted and retried like any failure.
+                self._start_soon(failed, self._child_backoff(failed))
+                return None
             group = self._restart_group(failed)
             await self._stop_group([c for c in group if c is not failed])
-            delay = self.spec.backoff.delay(len(times), self.rng)
+            delay = self.spec.backoff.delay(len(self._restart_times), self.rng)
             if delay > 0:
                 await self.clock.sleep(delay)
             for child in group:
@@ -413,6 +472,23 @@ class Supervisor:
             if failure is None:
                 return None
             failed, error = failure
+
+    def _count_restart(self) -> bool:
+        """Count a restart in the supervisor-wide window; True when over the intensity."""
+        times = self._restart_times
+        _slide(times, self.clock.now(), self.spec.period)
+        return len(times) > self.spec.intensity
+
+    def _child_backoff(self, child: Child) -> float:
+        """The backoff before restarting ``child`` alone (one_for_one).
+
+        Sized by that child's own restarts within the period, not by the supervisor's: under
+        one_for_one the children are independent (a dynamic supervisor's are tenants), and a
+        child that keeps crashing must not slow down the restart of a sibling that failed once.
+        The intensity, which decides when the supervisor gives up, stays supervisor-wide."""
+        times = child.restart_times
+        _slide(times, self.clock.now(), self.spec.period)
+        return self.spec.backoff.delay(len(times), self.rng)
 
     # ------------------------------------------------------------------ starting and stopping
 
@@ -428,6 +504,7 @@ class Supervisor:
 
     async def _start_child(self, child: Child) -> Exit | None:
         assert self._task_group is not None
+        assert child.pending is None, child.runner.path
         child.generation += 1
         child.expected_exit = False
         child.passivating = False
@@ -445,11 +522,57 @@ class Supervisor:
         if status.ok:
             self._post((child, generation, exit_))
 
+    def _start_soon(self, child: Child, delay: float) -> None:
+        """Start ``child`` after ``delay`` seconds in a task of its own, so that the loop goes
+        on with other children meanwhile. How the start ends comes back as an exit event."""
+        assert self._task_group is not None
+        assert child.pending is None and not child.running, child.runner.path
+        pending = child.pending = _PendingStart()
+        child.generation += 1
+        child.expected_exit = False
+        child.passivating = False
+        self._task_group.start_soon(
+            self._run_child_soon, child, child.generation, delay, pending, name=child.runner.path
+        )
+
+    async def _run_child_soon(
+        self, child: Child, generation: int, delay: float, pending: _PendingStart
+    ) -> None:
+        def started() -> None:
+            # From here on the child is stopped the usual way (gracefully, see _stop_child).
+            child.running = True
+            child.pending = None
+
+        status = _StartStatus(anyio.TASK_STATUS_IGNORED, started)
+        exit_: Exit | None = None
+        try:
+            with pending.scope:
+                if delay > 0:
+                    await self.clock.sleep(delay)
+                exit_ = await child.runner.run(task_status=status)
+        finally:
+            if child.pending is pending:
+                child.pending = None
+            pending.done.set()
+        if exit_ is not None:  # None: cancelled by _stop_child, which expects no exit
+            if not status.ok:
+                logger.warning(
+                    "%s: child %s failed to start: %r", self.path, child.spec.name, exit_.error
+                )
+            self._post((child, generation, exit_))
+
     async def _stop_group(self, group: list[Child]) -> None:
         for child in reversed(group):
             await self._stop_child(child)
 
     async def _stop_child(self, child: Child) -> None:
+        pending = child.pending
+        if pending is not None:
+            child.expected_exit = True
+            pending.scope.cancel()
+            await pending.done.wait()
+            child.running = False
+            return
         if not child.running:
             return
         child.expected_exit = True
@@ -585,9 +708,17 @@ class Supervisor:
             "state": self.state.value,
             "children": len(self.children),
             "running_children": sum(1 for c in self.children if c.running),
+            "restarting_children": sum(1 for c in self.children if c.pending is not None),
             "restarts_in_window": len(self._restart_times),
             "restarts": self.restarts,
         }
+
+
+def _slide(times: deque[float], now: float, period: float) -> None:
+    """Drop the times older than ``period`` and add ``now``: a restart-intensity window."""
+    while times and times[0] <= now - period:
+        times.popleft()
+    times.append(now)
 
 
 def _unregister_tree(system: ActorSystem, runner: Runner) -> None:

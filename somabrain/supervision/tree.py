@@ -15,7 +15,7 @@ import random
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from ..actors import Actor, ActorSystem, OverflowPolicy
+from ..actors import Actor, ActorState, ActorSystem, OverflowPolicy
 from .clock import Clock, SystemClock
 from .config import (
     ActorNode,
@@ -188,10 +188,23 @@ class SupervisionTree:
                 return None
         return None
 
+    @staticmethod
+    def can_kill(runner: Runner) -> bool:
+        """Whether a kill of ``runner`` is accepted: it runs and has finished starting.
+
+        A kill is refused while the runner restarts: waiting for its backoff, ending a killed
+        incarnation, or still in its start (an actor's ``on_start``, a supervisor starting its
+        children), where ``running`` is already true. Such a kill would only cut a restart
+        short, and a start interrupted on purpose is not a failure worth a restart. (Its
+        supervisor copes if one happens anyway, through ``runner.kill()``: a child killed while
+        starting is a failed child, restarted and counted like any other.)"""
+        return runner.running and runner.state is not ActorState.STARTING
+
     def kill(self, path: str) -> bool:
-        """Kill the actor or supervisor at ``path`` (its supervisor restarts it)."""
+        """Kill the actor or supervisor at ``path`` (its supervisor restarts it); False when
+        there is none or it is not running (see :meth:`can_kill`)."""
         runner = self.find(path)
-        if runner is None or not runner.running:
+        if runner is None or not self.can_kill(runner):
             return False
         runner.kill()
         return True

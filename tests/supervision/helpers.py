@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import msgspec
 
 from somabrain.actors import Actor, ActorSystem
@@ -71,3 +73,65 @@ async def start_supervisor(
 async def settle() -> None:
     """Let every task run until all are blocked (the supervisor finished reacting)."""
     await anyio.wait_all_tasks_blocked()
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Wait until ``condition()`` holds, for what ``settle`` cannot see through (a killed
+    supervisor winding down on asyncio). The deadline only guards against a hang."""
+    with anyio.fail_after(5):
+        while not condition():
+            await anyio.lowlevel.checkpoint()
+
+
+class SlowStart(Actor):
+    """An actor whose ``on_start`` waits while ``gates`` holds an event under its name, as a
+    memory actor replaying a long log does. The journal shows when a start begins and ends."""
+
+    def __init__(self, journal: list[str], gates: dict[str, anyio.Event]) -> None:
+        self.journal = journal
+        self.gates = gates
+
+    async def on_start(self) -> None:
+        name = self.context.name
+        gate = self.gates.get(name)
+        if gate is not None:
+            self.journal.append(f"starting {name}")
+            await gate.wait()
+        self.journal.append(f"start {name}")
+
+    async def receive(self, message: Any) -> Any:
+        if message == "crash":
+            raise RuntimeError("crash")
+        return (self.context.name, self.context.incarnation)
+
+
+class HeldClock(VirtualClock):
+    """A virtual clock whose sleeps last until the test calls :meth:`release`: it holds a
+    supervisor in a restart backoff for as long as a test needs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._release = anyio.Event()
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        await self._release.wait()
+        self._now += max(0.0, seconds)
+
+    def release(self) -> None:
+        """Let every sleep, present and future, end at once."""
+        self._release.set()
+
+
+@contextlib.contextmanager
+def releasing(gates: dict[str, anyio.Event], clock: HeldClock | None = None) -> Iterator[None]:
+    """Open every gate (and the clock) when the block ends, passed or failed: a failed
+    assertion must not leave a supervisor blocked, or the actor system's shutdown would hang
+    instead of reporting it."""
+    try:
+        yield
+    finally:
+        for gate in list(gates.values()):
+            gate.set()
+        if clock is not None:
+            clock.release()
