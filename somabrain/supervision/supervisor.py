@@ -314,6 +314,8 @@ class Supervisor:
         self._parker = self.system.backend.new_parker()
         self._events.clear()
         self._restart_times.clear()
+        for child in self.children:
+            child.restart_times.clear()
         exit_ = Exit(ExitReason.KILLED)
         started = False
         try:
@@ -405,7 +407,8 @@ class Supervisor:
         """Run ``fn`` inside the supervisor's loop, between two exits, and return its result.
 
         Changes to the set of children (reload, pool resize, dynamic starts) go through here so
-        that they never interleave with a restart in progress.
+        that they never interleave with the handling of an exit. A one_for_one restart that is
+        still waiting or starting in its own task is no obstacle: stopping that child cancels it.
         """
         if not self.running:
             raise RuntimeError(f"supervisor {self.path} is not running")
@@ -708,7 +711,8 @@ class Supervisor:
             "state": self.state.value,
             "children": len(self.children),
             "running_children": sum(1 for c in self.children if c.running),
-            "restarting_children": sum(1 for c in self.children if c.pending is not None),
+            # Children waiting for their backoff or starting in a task of their own.
+            "pending_starts": sum(1 for c in self.children if c.pending is not None),
             "restarts_in_window": len(self._restart_times),
             "restarts": self.restarts,
         }
