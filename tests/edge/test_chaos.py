@@ -70,7 +70,9 @@ PROGRESS_PER_ROUND = 2
 #: A request (with its retries) or a wait for the node gives up after this long.
 PATIENCE = 20.0
 
-# Every tenant is searched in the search worker (replicas reopened after each memory kill).
+# Every tenant is searched in the search worker (replicas reopened after each memory kill),
+# and every bundle is built there: by default only while evaluates overlap, which depends on
+# how fast the node serves, not on what this test checks.
 CONFIG = """
 [edge.rate_limit]
 rate = 100000.0
@@ -78,6 +80,9 @@ burst = 100000
 
 [memory]
 offload_min_memories = 1
+
+[context]
+build_in_worker = "always"
 """
 
 WORDS = [
