@@ -17,9 +17,10 @@ import anyio
 import anyio.abc
 
 from ..actors import ActorRef, ActorStoppedError, ActorSystem, Exit
+from ._children import Child, _CellRunner, _unregister_tree
 from .clock import Clock
 from .spec import ActorSpec, DynamicSpec
-from .supervisor import Child, Supervisor, _CellRunner, _unregister_tree
+from .supervisor import Supervisor
 
 __all__ = ["DynamicSupervisor"]
 

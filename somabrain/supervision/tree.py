@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from ..actors import Actor, ActorState, ActorSystem, OverflowPolicy
+from ._children import Child, Runner, _CellRunner
 from .clock import Clock, SystemClock
 from .config import (
     ActorNode,
@@ -38,7 +39,7 @@ from .spec import (
     Strategy,
     SupervisorSpec,
 )
-from .supervisor import Child, Runner, Supervisor, _CellRunner
+from .supervisor import Supervisor
 
 __all__ = ["ActorResolver", "SupervisionTree", "import_actor", "inspected_nodes"]
 
