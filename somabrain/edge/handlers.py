@@ -555,7 +555,8 @@ class Handlers(AuditHandlers):
         memory: Memory | None = await self._ask(tenant, GetMemory(request.key))
         if memory is not None:
             await self._check_namespace(request, tenant, "forget", memory.namespace, key=memory.key)
-        if not await self._ask(tenant, Forget(request.key)):
+        namespace = memory.namespace if memory is not None else None
+        if not await self._ask(tenant, Forget(request.key, namespace)):
             raise HTTPError(404, "memory_not_found", f"no memory with key {request.key!r}")
         audit_id = await self._audit(
             request, tenant, "memory.forget", attributes={"key": request.key}

@@ -268,7 +268,10 @@ class MemoryActor(Actor):
                 return self.store.write(self._reinforce, keys, amount, session, query)
             case LinkMemories(from_key=f, to_key=t, rel=rel, weight=weight):
                 return self.store.write(self._link, f, t, rel, weight)
-            case Forget(key=key):
+            case Forget(key=key, namespace=ns):
+                held = memory.get(key)
+                if ns is not None and held is not None and held.namespace != ns:
+                    return False  # not the memory the caller was allowed to forget
                 self.working.discard(key)
                 if self.associations is not None:
                     self.associations.discard(key)

@@ -72,9 +72,14 @@ class GetMemories(msgspec.Struct, frozen=True, tag=True):
 
 
 class Forget(msgspec.Struct, frozen=True, tag=True):
-    """Delete a memory and its links; the ticket's result is ``True`` if it existed."""
+    """Delete a memory and its links; the ticket's result is ``True`` if it existed.
+
+    ``namespace``: forget it only if it is in this namespace (else ``False``, nothing done):
+    the edge decided the caller may change memories there, and a memory written again under
+    the key meanwhile, into another namespace, is not the one it decided on."""
 
     key: str
+    namespace: str | None = None
 
 
 class LinkMemories(msgspec.Struct, frozen=True, tag=True, kw_only=True):

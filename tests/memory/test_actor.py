@@ -96,7 +96,9 @@ async def test_remember_recall_link_get_forget(tmp_path: Path) -> None:
         got = await ask(sup, "acme", GetMemory("a"))
         assert isinstance(got, Memory) and got.links == (link,)
         assert await ask(sup, "acme", Unlink(from_key="a", to_key="b", rel="near")) is True
-        assert await ask(sup, "acme", Forget("b")) is True
+        assert await ask(sup, "acme", Forget("b", namespace="system")) is False  # not there
+        assert await ask(sup, "acme", GetMemory("b")) is not None
+        assert await ask(sup, "acme", Forget("b", namespace="default")) is True
         assert await ask(sup, "acme", Forget("b")) is False
         assert await ask(sup, "acme", GetMemory("b")) is None
         stats = await ask(sup, "acme", MemoryStats())
