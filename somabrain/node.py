@@ -20,10 +20,11 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -106,9 +107,24 @@ async def serve_node(
                 async for signum in signals:
                     print(f"received {signal.Signals(signum).name}, stopping", flush=True)
                     break
-            with anyio.CancelScope(shield=True):
-                await tree.stop()
+                # Still listening while the tree stops: a second signal (Ctrl-C twice) exits at
+                # once, instead of raising KeyboardInterrupt in whatever the stop was doing
+                # (tracebacks, and a stop left half done anyway).
+                async with anyio.create_task_group() as stopping:
+                    stopping.start_soon(_exit_on_another_signal, signals)
+                    with anyio.CancelScope(shield=True):
+                        await tree.stop()
+                    stopping.cancel_scope.cancel()
     print("stopped", flush=True)
+
+
+async def _exit_on_another_signal(signals: AsyncIterator[int]) -> None:
+    async for signum in signals:
+        name = signal.Signals(signum).name
+        # Safe: every acknowledged write is already on disk (fsynced before its answer), and
+        # the search worker exits when its pipe closes.
+        print(f"received {name} again: exiting now, without waiting for the stop", flush=True)
+        os._exit(128 + signum)
 
 
 def _tune_gc(node: NodeSettings) -> None:

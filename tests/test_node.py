@@ -6,6 +6,7 @@ import gc
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -77,6 +78,34 @@ def test_a_signal_to_the_process_group_stops_the_node_then_its_search_worker(
         os.killpg(node.process.pid, 0)
     with pytest.raises(ProcessLookupError):  # nor the worker, stopped by the node
         os.kill(worker["pid"], 0)
+
+
+def test_a_second_signal_while_stopping_exits_at_once_and_loses_nothing(tmp_path: Path) -> None:
+    node = DevNode(tmp_path).start()
+    try:
+        with node.client() as client:
+            key = client.post("/memory/remember", json={"content": "acknowledged"}).json()["key"]
+        host, port = node.url.removeprefix("http://").split(":")
+        # A request whose body never ends: the graceful stop waits for it (up to
+        # edge.graceful_timeout, 10 s), so the second signal finds the node stopping.
+        held = socket.create_connection((host, int(port)))
+        held.sendall(b"POST /memory/remember HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n"
+                     b"Content-Type: application/json\r\n\r\n{")  # fmt: skip
+        assert node.process is not None
+        node.process.send_signal(signal.SIGINT)
+        for _ in range(100):  # bounded: the line comes at once
+            if any("stopping" in line for line in node.output):
+                break
+            time.sleep(0.05)
+        assert node.stop(signal.SIGINT, timeout=5.0) == 128 + signal.SIGINT
+        held.close()
+    finally:
+        node.kill()
+    output = "".join(node.output)
+    assert "received SIGINT again: exiting now" in output
+    assert "Traceback" not in output and "KeyboardInterrupt" not in output, output
+    with DevNode.running(tmp_path) as again, again.client() as client:
+        assert client.get(f"/memory/{key}").json()["content"] == "acknowledged"
 
 
 def test_token_command_and_secret_reuse(tmp_path: Path) -> None:
