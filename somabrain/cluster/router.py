@@ -7,9 +7,10 @@ associations and planner adaptation state live only there. The router, on every 
   under ``/root/memory``, as the edge does) and ``soma.node.<name>.context`` (a
   ``ContextCall``: asks the local planner pool on the in-process bus, as the edge does), for
   the tenants it owns;
-* offers ``ask`` / ``ask_owner`` (memory requests) and ``context`` (evaluate, feedback,
-  adaptation) to the edge and the planners: local for its own tenants, else a request to the
-  owner over NATS whose reply or error is decoded into what the local call would have given.
+* offers ``ask_owner`` (memory requests; ``routing.ask_tenant`` picks it or the local actor)
+  and ``context`` (evaluate, feedback, adaptation) to the edge and the planners, for tenants
+  another member owns: a request to the owner over NATS whose reply or error is decoded into
+  what the local call would have given.
 
 The node's own bus stays in process: only these two subjects per node cross NATS, so a node
 with a cluster configured behaves exactly as a single node for the tenants it owns.
@@ -31,13 +32,14 @@ import anyio
 import anyio.abc
 import nats.errors
 
-from ..actors import ActorStoppedError, BusError, CodecError, Msg, NoRespondersError
+from ..actors import BusError, CodecError, Msg, NoRespondersError
 from ..actors.nats_transport import NatsBus
 from ..context import client as planners
 from ..context.messages import AdaptationQuery, ContextFailure, Evaluate, Feedback
-from ..memory.messages import MemoryRequest, ask_memory
+from ..memory.messages import MemoryRequest
 from .errors import OwnerUnavailableError
 from .ownership import owner
+from .routing import ask_local
 from .settings import CLUSTER_RESOURCE, ClusterSettings
 from .wire import (
     ContextCall,
@@ -54,7 +56,6 @@ from .wire import (
 __all__ = [
     "CLUSTER_RESOURCE",
     "ClusterRouter",
-    "ask_local",
     "context_subject",
     "joined",
     "memory_subject",
@@ -62,7 +63,6 @@ __all__ = [
 
 logger = logging.getLogger("somabrain.cluster")
 
-MEMORY_SUPERVISOR = "/root/memory"
 #: Requests served at once; beyond, NATS holds them (and counts the slow consumer).
 _MAX_SERVING = 256
 _OWNER_SHARE = 0.9
@@ -76,15 +76,6 @@ def memory_subject(member: str) -> str:
 
 def context_subject(member: str) -> str:
     return f"soma.node.{member}.context"
-
-
-async def ask_local(system: Any, tenant: str, message: MemoryRequest, timeout: float) -> Any:
-    """Ask this node's memory actor of ``tenant`` (started on first use)."""
-    tree = system.resources.get("tree")
-    runner = tree.find(MEMORY_SUPERVISOR) if tree is not None else None
-    if runner is None or not hasattr(runner, "ref"):
-        raise ActorStoppedError(MEMORY_SUPERVISOR, "is not running")
-    return await ask_memory(runner.ref(tenant), message, timeout)
 
 
 @asynccontextmanager
@@ -152,12 +143,6 @@ class ClusterRouter:
                 group.cancel_scope.cancel()
 
     # ------------------------------------------------------------------ asking
-
-    async def ask(self, tenant: str, message: MemoryRequest, timeout: float) -> Any:
-        """The reply of the tenant's memory actor, wherever it lives."""
-        if self.owns(tenant):
-            return await ask_local(self.system, tenant, message, timeout)
-        return await self.ask_owner(tenant, message, timeout)
 
     async def ask_owner(self, tenant: str, message: MemoryRequest, timeout: float) -> Any:
         """Ask the owner over NATS: its reply, or its error raised here as the same type."""

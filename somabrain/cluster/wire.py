@@ -65,6 +65,7 @@ from ..memory.recall import ContextRecallResult
 from ..memory.tenant import TenantMemoryStatistics
 from ..memory.types import Link, Memory, RecallHit, Remembered
 from ..memory.working import WMHit
+from ..supervision import MaxChildrenError
 from .errors import OwnerUnavailableError, RemoteError
 
 __all__ = [
@@ -229,6 +230,7 @@ CROSSING_ERRORS: dict[str, type[Exception]] = {
         AskTimeoutError,
         MailboxFullError,
         OwnerUnavailableError,
+        MaxChildrenError,
         msgspec.ValidationError,
         TimeoutError,
         ValueError,

@@ -32,14 +32,16 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 import msgspec
 
 from ..actors import Actor, ActorStoppedError, Msg
-from ..cluster import CLUSTER_RESOURCE, OwnerUnavailableError
+from ..cluster import OwnerUnavailableError
+from ..cluster.routing import ask_tenant
 from ..governance.http import (
     GovernanceRefusal,
     evaluate_input,
@@ -48,10 +50,11 @@ from ..governance.http import (
 )
 from ..governance.policy import PolicyInput
 from ..governance.reads import search_readable
-from ..memory.messages import ContextRecall, ask_memory
+from ..memory.messages import ContextRecall
 from ..memory.recall import ContextRecallResult
 from ..memory.replica import shared_offload
 from ..memory.types import RecallFilter
+from ..supervision import MaxChildrenError
 from ..tenancy import valid_tenant
 from .adaptation import AdaptationStore
 from .feedback import apply_feedback
@@ -71,16 +74,11 @@ from .messages import (
 from .offload import build as offload_build
 from .settings import ContextSettings, tenant_default_weights
 
-if TYPE_CHECKING:
-    from ..cluster.router import ClusterRouter
-
-__all__ = ["ADAPTATION_RESOURCE", "MEMORY_SUPERVISOR", "PlannerActor"]
+__all__ = ["ADAPTATION_RESOURCE", "PlannerActor"]
 
 logger = logging.getLogger("somabrain.context")
 
 ADAPTATION_RESOURCE = "context.adaptation"
-#: Where the tenants' memory actors live in the SomaBrain tree (``[tree.children.memory]``).
-MEMORY_SUPERVISOR = "/root/memory"
 _SUBSCRIPTIONS = "context.subscriptions"
 _EVALUATING = "context.evaluating"
 _STORE_CONFIG = "context.adaptation.config"
@@ -198,26 +196,19 @@ class PlannerActor(Actor):
     async def _memory(self, tenant: str, message: Any) -> Any:
         if not valid_tenant(tenant):
             raise _refuse(400, "invalid_tenant", f"invalid tenant id {tenant!r}")
-        resources = self.context.system.resources
-        cluster: ClusterRouter | None = resources.get(CLUSTER_RESOURCE)
         try:
-            # The edge sends a tenant's evaluate and feedback to its owner's planners, so this
-            # is local but for a request that came in on this node's bus for another member.
-            if cluster is not None and not cluster.owns(tenant):
-                return await cluster.ask_owner(tenant, message, self.settings.recall_timeout)
-            tree = resources.get("tree")
-            runner = tree.find(MEMORY_SUPERVISOR) if tree is not None else None
-            if runner is None or not hasattr(runner, "ref"):
-                raise _refuse(503, "unavailable", "no memory supervisor")
-            ref = runner.ref(tenant)
-            return await ask_memory(ref, message, self.settings.recall_timeout)
+            # In a cluster the edge sends a tenant's evaluate and feedback to its owner's
+            # planners, so this is local but for a request sent on this node's bus directly.
+            return await ask_tenant(
+                self.context.system, tenant, message, self.settings.recall_timeout
+            )
         except OwnerUnavailableError as exc:
             raise _refuse(503, "unavailable", str(exc)) from None
         except ActorStoppedError as exc:
             raise _refuse(503, "unavailable", f"memory actor unavailable: {exc}") from None
         except TimeoutError as exc:
             raise _refuse(503, "timeout", f"memory actor did not answer: {exc}") from None
-        except RuntimeError as exc:  # max_children reached
+        except MaxChildrenError as exc:
             raise _refuse(503, "overloaded", str(exc)) from None
         except msgspec.ValidationError as exc:
             raise _refuse(422, "invalid_field", str(exc), "filters") from None
@@ -273,15 +264,15 @@ class PlannerActor(Actor):
             )
             return found
 
-        # Memories of namespaces closed to the caller (e.g. reserved) are searched around,
-        # and left out of what is still refused below (``_governed``).
-        recall, _ = await search_readable(
+        # Memories of namespaces closed to the caller (e.g. reserved) are searched around;
+        # what is still in one after the last search is left out below (``_governed``).
+        recall, refused = await search_readable(
             search,
             filters,
             lambda found: (hit.memory.namespace for hit in found.hits),
             lambda namespaces: self._refused(reader, namespaces),
         )
-        recall = self._governed(reader, recall)
+        recall = self._governed(reader, recall, refused)
         where = settings.build_in_worker
         # Asked for even when this bundle stays here: the first evaluate starts the worker, so
         # it is running when the load comes.
@@ -310,22 +301,25 @@ class PlannerActor(Actor):
             scopes=request.scopes,
         )
 
-    def _refused(self, reader: PolicyInput, namespaces: Any) -> frozenset[str]:
+    def _refused(self, reader: PolicyInput, namespaces: Iterable[str]) -> frozenset[str]:
         try:
             return refused_namespaces(self.context.system.resources, reader, namespaces)
         except GovernanceRefusal as refusal:
             raise _refuse(refusal.status, refusal.code, refusal.message) from None
 
-    def _governed(self, reader: PolicyInput, recall: ContextRecallResult) -> ContextRecallResult:
+    def _governed(
+        self, reader: PolicyInput, recall: ContextRecallResult, refused: frozenset[str]
+    ) -> ContextRecallResult:
         """Leave out memories whose tags the constitution's policies refuse (e.g. blocked
-        since they were remembered), or whose namespace is closed to the caller, before they
-        reach the prompt; and working-memory items of such namespaces."""
+        since they were remembered), or whose namespace is closed to the caller (``refused``,
+        from the search), before they reach the prompt; and working-memory items of closed
+        namespaces."""
         keep = keep_memories(
-            self.context.system.resources,
-            reader,
-            [hit.memory.tags for hit in recall.hits],
-            [hit.memory.namespace for hit in recall.hits],
+            self.context.system.resources, reader, [hit.memory.tags for hit in recall.hits]
         )
+        if refused:
+            namespaces = [hit.memory.namespace for hit in recall.hits]
+            keep = [k and ns not in refused for k, ns in zip(keep, namespaces, strict=True)]
         wm_refused = self._refused(
             reader, (m.namespace for m in recall.wm_memories if m is not None)
         )

@@ -120,15 +120,13 @@ class ContextHandlers(AuditHandlers):
         cluster: ClusterRouter | None = self.system.resources.get(CLUSTER_RESOURCE)
         if cluster is not None and not cluster.owns(message.tenant):
             reply = await cluster.context(message, self.config.edge.request_timeout)
-            if isinstance(reply, ContextFailure):
-                raise failure_error(reply)
-            return reply
-        reply = await client.request(
-            self.system.bus,
-            message,
-            timeout=self.config.edge.request_timeout / max(1, settings.attempts),
-            attempts=settings.attempts,
-        )
+        else:
+            reply = await client.request(
+                self.system.bus,
+                message,
+                timeout=self.config.edge.request_timeout / max(1, settings.attempts),
+                attempts=settings.attempts,
+            )
         if isinstance(reply, ContextFailure):
             raise failure_error(reply)
         return reply

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from ..actors import ActorStoppedError, ActorSystem, MailboxFullError
-from ..cluster import CLUSTER_RESOURCE, OwnerUnavailableError
+from ..cluster import OwnerUnavailableError
+from ..cluster.routing import ask_tenant
 from ..governance.http import remember_input
 from ..governance.policy import Decision, PolicyInput
 from ..governance.reads import search_readable
@@ -38,15 +39,14 @@ from ..memory.messages import (
     MemoryRequest,
     Recall,
     Remember,
-    ask_memory,
 )
 from ..memory.types import DEFAULT_NAMESPACE, Link, Memory, RecallFilter, RecallHit
+from ..supervision import MaxChildrenError
 from . import schemas as s
 from .audited import AuditHandlers
 from .errors import HTTPError, from_validation
 
 if TYPE_CHECKING:
-    from ..cluster.router import ClusterRouter
     from ..config import SomaConfig
     from ..supervision import SupervisionTree
     from .app import Request, Response
@@ -54,9 +54,8 @@ if TYPE_CHECKING:
     from .metrics import Metrics
     from .ratelimit import RateLimiter
 
-__all__ = ["MEMORY_PATH", "Handlers", "memory_error"]
+__all__ = ["Handlers", "memory_error"]
 
-MEMORY_PATH = "/root/memory"
 _CONTENT_FIELDS = ("text", "content", "task")
 
 
@@ -77,13 +76,15 @@ def memory_error(exc: Exception, key_fields: Mapping[str, str] | None = None) ->
     if isinstance(exc, msgspec.ValidationError):
         return from_validation(exc)
     if isinstance(exc, OwnerUnavailableError):
-        return HTTPError.retry_later(503, "unavailable", str(exc), 1)
+        return HTTPError.retry_later(503, "unavailable", f"memory actor unavailable: {exc}", 1)
     if isinstance(exc, LogError | TenantUnavailableError):
         return HTTPError.retry_later(503, "storage_unavailable", str(exc), 1)
+    if isinstance(exc, MaxChildrenError):
+        return HTTPError.retry_later(503, "overloaded", str(exc), 5)
     if isinstance(exc, MailboxFullError):
         return HTTPError.retry_later(503, "overloaded", "the tenant's memory actor is busy", 1)
     if isinstance(exc, ActorStoppedError):
-        return HTTPError.retry_later(503, "unavailable", f"memory actor unavailable: {exc}", 1)
+        return HTTPError.retry_later(503, "unavailable", str(exc), 1)
     if isinstance(exc, TimeoutError):
         return HTTPError.retry_later(503, "timeout", f"no answer in time: {exc}", 1)
     if isinstance(exc, ValueError):
@@ -156,41 +157,12 @@ class Handlers(AuditHandlers):
     async def _ask(
         self, tenant: str, message: MemoryRequest, key_fields: Mapping[str, str] | None = None
     ) -> Any:
-        cluster: ClusterRouter | None = self.system.resources.get(CLUSTER_RESOURCE)
-        if cluster is not None and not cluster.owns(tenant):
-            return await self._ask_owner(cluster, tenant, message, key_fields)
-        runner = self.tree.find(MEMORY_PATH)
-        if runner is None or not hasattr(runner, "ref"):
-            raise HTTPError.retry_later(503, "unavailable", "no memory supervisor", 1)
+        """The reply of ``tenant``'s memory actor (here, or its owner's in a cluster: errors
+        come back as the same types, so the answer is the one the owner's edge would give)."""
         try:
-            ref = runner.ref(tenant)
-        except ActorStoppedError as exc:
-            raise HTTPError.retry_later(503, "unavailable", str(exc), 1) from None
-        except RuntimeError as exc:  # max_children reached
-            raise HTTPError.retry_later(503, "overloaded", str(exc), 5) from None
-        try:
-            return await ask_memory(ref, message, self.config.edge.request_timeout)
+            return await ask_tenant(self.system, tenant, message, self.config.edge.request_timeout)
         except Exception as exc:
             error = memory_error(exc, key_fields)
-            if error is None:
-                raise
-            raise error from None
-
-    async def _ask_owner(
-        self,
-        cluster: ClusterRouter,
-        tenant: str,
-        message: MemoryRequest,
-        key_fields: Mapping[str, str] | None,
-    ) -> Any:
-        """Ask the member that owns ``tenant``: its errors come back as the same types, so
-        the answer is the one the owner's edge would give."""
-        try:
-            return await cluster.ask_owner(tenant, message, self.config.edge.request_timeout)
-        except Exception as exc:
-            error = memory_error(exc, key_fields)
-            if error is None and type(exc) is RuntimeError:  # max_children on the owner
-                error = HTTPError.retry_later(503, "overloaded", str(exc), 5)
             if error is None:
                 raise
             raise error from None

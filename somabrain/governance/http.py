@@ -281,24 +281,16 @@ def _memory_decisions(
 
 
 def keep_memories(
-    resources: Mapping[str, Any],
-    request: PolicyInput,
-    memory_tags: Sequence[Iterable[str]],
-    namespaces: Sequence[str] | None = None,
+    resources: Mapping[str, Any], request: PolicyInput, memory_tags: Sequence[Iterable[str]]
 ) -> list[bool]:
     """Which candidate memories a bundle may carry: False for a memory whose tags the
-    policies refuse (e.g. blocked since it was remembered), or, given the memories'
-    ``namespaces``, whose namespace is closed to the caller (e.g. reserved). For the planner,
-    before it builds the prompt; all True when the node has no Governance (the edge's gate
-    answers 503)."""
+    policies refuse (e.g. blocked since it was remembered). For the planner, before it builds
+    the prompt; all True when the node has no Governance (the edge's gate answers 503). The
+    namespaces a caller may not read are ``refused_namespaces``' (``governance.reads``)."""
     governance = resources.get("governance")
     if not isinstance(governance, Governance) or not governance.ready:
         return [True] * len(memory_tags)
-    base, _, keep = _memory_decisions(governance, request, memory_tags)
-    if namespaces is None or not base.allowed:
-        return keep
-    refused = refused_namespaces(resources, request, namespaces)
-    return [k and ns not in refused for k, ns in zip(keep, namespaces, strict=True)]
+    return _memory_decisions(governance, request, memory_tags)[2]
 
 
 def refused_namespaces(

@@ -2,7 +2,7 @@
 
 from .clock import Clock, SystemClock, VirtualClock
 from .config import ConfigError, NodeSettings, SupervisorNode, load_config
-from .dynamic import DynamicSupervisor
+from .dynamic import DynamicSupervisor, MaxChildrenError
 from .spec import (
     BRUTAL_KILL,
     ActorSpec,
@@ -26,6 +26,7 @@ __all__ = [
     "ConfigError",
     "DynamicSpec",
     "DynamicSupervisor",
+    "MaxChildrenError",
     "NodeSettings",
     "Restart",
     "Shutdown",

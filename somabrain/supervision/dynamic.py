@@ -16,13 +16,18 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from ..actors import ActorRef, ActorStoppedError, ActorSystem, Exit
+from ..actors import ActorRef, ActorStoppedError, ActorSystem, Exit, SomaError
 from ._children import Child, _CellRunner, _unregister_tree
 from .clock import Clock
 from .spec import ActorSpec, DynamicSpec
 from .supervisor import Supervisor
 
-__all__ = ["DynamicSupervisor"]
+__all__ = ["DynamicSupervisor", "MaxChildrenError"]
+
+
+class MaxChildrenError(SomaError, RuntimeError):
+    """A new child was asked of a dynamic supervisor that holds ``max_children`` already:
+    the node is overloaded (a 503 at the edge), not broken."""
 
 
 class DynamicSupervisor(Supervisor):
@@ -53,7 +58,7 @@ class DynamicSupervisor(Supervisor):
             if not self.running:
                 raise ActorStoppedError(f"{self.path}/{name}", "is not running (supervisor down)")
             if len(self._by_name) >= self.dynamic_spec.max_children:
-                raise RuntimeError(
+                raise MaxChildrenError(
                     f"{self.path} has reached max_children={self.dynamic_spec.max_children}"
                 )
             child = self._add_child(self._member(name))

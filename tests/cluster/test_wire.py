@@ -60,6 +60,7 @@ from somabrain.memory.recall import ContextRecallResult
 from somabrain.memory.tenant import TenantMemoryStatistics
 from somabrain.memory.types import Link, Memory, RecallFilter, RecallHit, Remembered
 from somabrain.memory.working import WMHit
+from somabrain.supervision import MaxChildrenError
 
 CODEC = wire_codec()
 MEMORY = Memory(
@@ -232,7 +233,8 @@ ERRORS: list[Exception] = [
     _validation_error(),
     TimeoutError("write not acknowledged within 1 s"),
     ValueError("content must not be blank"),
-    RuntimeError("max_children reached"),
+    MaxChildrenError("/root/memory has reached max_children=2"),
+    RuntimeError("a bug on the owner"),
 ]
 
 

@@ -9,7 +9,14 @@ import anyio.lowlevel
 import pytest
 
 from somabrain.actors import Actor, ActorSystem
-from somabrain.supervision import ActorSpec, Backoff, DynamicSpec, DynamicSupervisor, VirtualClock
+from somabrain.supervision import (
+    ActorSpec,
+    Backoff,
+    DynamicSpec,
+    DynamicSupervisor,
+    MaxChildrenError,
+    VirtualClock,
+)
 
 from .helpers import Recorder, settle
 
@@ -38,6 +45,21 @@ async def test_children_start_on_first_use_and_keep_their_ref() -> None:
         assert journal == ["start tenant-a", "start tenant-b"]
         tree = supervisor.inspect()
         assert [c["path"] for c in tree["children"]] == ["/mem/tenant-a", "/mem/tenant-b"]
+
+
+async def test_a_child_beyond_max_children_is_refused_with_its_own_error() -> None:
+    # Its own type, so that the edge (here or over a cluster) answers 503 "overloaded" while a
+    # RuntimeError of a bug stays a 500.
+    journal: list[str] = []
+    async with ActorSystem() as system:
+        spec = DynamicSpec(
+            "mem", ActorSpec("t", lambda: Recorder(journal)), idle_timeout=0, max_children=1
+        )
+        supervisor = await start_dynamic(system, spec)
+        assert await supervisor.ref("a").ask("who") == ("a", 1)
+        with pytest.raises(MaxChildrenError, match="max_children=1"):
+            supervisor.ref("b")
+        assert supervisor.names() == ["a"]
 
 
 async def test_a_failed_child_is_restarted_alone() -> None:
