@@ -147,6 +147,14 @@ class MemorySettings(_Section):
     group_window: Seconds = 0.0
     #: Seconds a stopping memory actor waits for its in-flight writes before closing its log.
     drain_timeout: Seconds = 10.0
+    #: Where the tenants' memory logs live: empty, in files under ``<data-dir>/memory``; a
+    #: ``postgresql://user:password@host:port/db`` URL, in that database's ``soma_memory_log``
+    #: table (``somabrain.memory.pg_log``; the asyncio backend only).
+    postgres_url: str = ""
+    #: At most this many connections to that database (shared by the node's tenants).
+    postgres_max_connections: Annotated[int, Meta(ge=1, le=1000)] = 10
+    #: Seconds a connection attempt or a statement may take before the write fails (503).
+    postgres_timeout: Annotated[float, Meta(gt=0)] = 10.0
     #: Views scored besides semantic and lexical (always on); see ``somabrain.memory.views``
     #: and, for ``association`` (what feedback taught about queries like this one),
     #: ``somabrain.memory.associations``. Each costs recall time; [] is the lean setting.
@@ -162,6 +170,8 @@ class MemorySettings(_Section):
     offload_min_memories: Annotated[int, Meta(ge=0)] = 2000
 
     def __post_init__(self) -> None:
+        if self.postgres_url and not self.postgres_url.startswith(("postgresql://", "postgres://")):
+            raise ValueError("postgres_url must be a postgresql:// URL (or empty: files)")
         enabled = {"semantic", "lexical", *self.extra_views}
         unknown = sorted(set(self.weights) - enabled)
         if unknown:

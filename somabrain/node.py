@@ -70,6 +70,8 @@ async def serve_node(
     from .edge.ops import CLI_OVERRIDES_RESOURCE
 
     started = time.perf_counter() if started_at is None else started_at
+    if cfg.memory.postgres_url and sniffio.current_async_library() != "asyncio":
+        raise RuntimeError("memory.postgres_url needs the asyncio backend (asyncpg)")
     _quiet_cancelled_tasks()
     auth = Authenticator(cfg.auth, data_dir)
     async with ActorSystem(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import KafkaServer, NatsServer, RedisServer, ServerError
+from tests.servers import KafkaServer, NatsServer, PostgresServer, RedisServer, ServerError
 
 
 @pytest.fixture(params=["asyncio", "trio"])
@@ -44,6 +44,30 @@ def kafka_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaServ
     try:
         with KafkaServer.running_in(tmp_path_factory.mktemp("kafka")) as server:
             assert isinstance(server, KafkaServer)
+            yield server
+    except ServerError as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    """A real PostgreSQL server on a free loopback port, shared by the session (tests use
+    their own tenants). Fails, never skips, when the server binaries are missing (scripts/test
+    installs them)."""
+    try:
+        with PostgresServer.running_in(tmp_path_factory.mktemp("postgres")) as server:
+            assert isinstance(server, PostgresServer)
+            yield server
+    except ServerError as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+@pytest.fixture
+def own_postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    """A PostgreSQL server for one test (that stops, kills or restarts it)."""
+    try:
+        with PostgresServer.running_in(tmp_path_factory.mktemp("postgres")) as server:
+            assert isinstance(server, PostgresServer)
             yield server
     except ServerError as exc:
         pytest.fail(str(exc), pytrace=False)

@@ -11,11 +11,14 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import importlib.util
+import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -24,10 +27,12 @@ from pathlib import Path
 __all__ = [
     "KafkaServer",
     "NatsServer",
+    "PostgresServer",
     "RedisServer",
     "ServerError",
     "find_nats_server",
     "find_noida_db",
+    "find_postgres",
     "find_redis_server",
     "free_port",
 ]
@@ -198,6 +203,7 @@ class _Process:
     the same data (fault tests stop Kafka or Redis in the middle of a run)."""
 
     name = "server"
+    stop_signal = signal.SIGTERM
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
@@ -219,7 +225,7 @@ class _Process:
     def stop(self, *, kill: bool = False) -> None:
         process, self.process = self.process, None
         if process is not None and process.poll() is None:
-            process.kill() if kill else process.terminate()
+            process.kill() if kill else process.send_signal(self.stop_signal)
             try:
                 process.wait(_STARTUP_TIMEOUT)
             except subprocess.TimeoutExpired:
@@ -274,3 +280,87 @@ class KafkaServer(_Process):
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+
+# ---------------------------------------------------------------------- PostgreSQL
+
+
+def find_postgres() -> Path:
+    """The directory of Debian's PostgreSQL server binaries (``postgres``, ``initdb``;
+    ``scripts/test`` installs the ``postgresql`` package when it is missing)."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"), key=lambda p: p.parts)
+    on_path = shutil.which("postgres")
+    if on_path:
+        found.append(Path(on_path).resolve())  # Debian links some binaries into PATH
+    for binary in reversed(found):
+        if binary.is_file() and (binary.parent / "initdb").is_file():
+            return binary.parent
+    raise ServerError(
+        "PostgreSQL server not found: apt-get install -y postgresql (scripts/test does)"
+    )
+
+
+class PostgresServer(_Process):
+    """A PostgreSQL cluster of its own (``initdb`` on first start, data kept across stop and
+    start; a kill is a crash, recovered from the WAL on the next start). PostgreSQL refuses to
+    run as root: as root, the server runs as Debian's ``postgres`` user, in a directory of
+    its own that user can reach."""
+
+    name = "postgres"
+    stop_signal = signal.SIGINT  # "fast" shutdown: SIGTERM waits for the clients to leave
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory)
+        self.bin = find_postgres()
+        self.user = "postgres" if os.geteuid() == 0 else None
+        self.data = directory / "data"
+
+    def command(self) -> list[str]:
+        return [
+            str(self.bin / "postgres"), "-D", str(self.data), "-p", str(self.port),
+            "-k", str(self.directory), "-c", "listen_addresses=127.0.0.1",
+            "-c", "max_connections=200", "-c", "shared_buffers=32MB",
+        ]  # fmt: skip
+
+    def start(self) -> None:
+        if not (self.data / "PG_VERSION").exists():
+            done = subprocess.run(
+                [str(self.bin / "initdb"), "-D", str(self.data), "-U", "soma", "--auth=trust",
+                 "-E", "UTF8", "--no-instructions"],
+                user=self.user, capture_output=True, text=True, check=False,
+            )  # fmt: skip
+            if done.returncode != 0:
+                raise ServerError(f"initdb failed ({done.returncode}):\n{done.stderr}")
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(
+                self.command(), stdout=log, stderr=subprocess.STDOUT, cwd=self.directory,
+                user=self.user,
+            )  # fmt: skip
+        _wait_for_port(self.port, _STARTUP_TIMEOUT, self.process, self.log)
+        # The port opens before the server takes queries (crash recovery, start-up).
+        ready = [str(self.bin / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port)]
+        deadline = time.monotonic() + _STARTUP_TIMEOUT
+        while subprocess.run(ready, check=False).returncode != 0:
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                raise ServerError(f"postgres is not ready:\n{self.log.read_text(errors='replace')}")
+            time.sleep(0.05)
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://soma@127.0.0.1:{self.port}/postgres"
+
+    @classmethod
+    @contextlib.contextmanager
+    def running_in(cls, directory: Path) -> Iterator[_Process]:
+        """A server in a new directory (``directory`` is ignored: pytest's are root-only)."""
+        del directory
+        own = Path(tempfile.mkdtemp(prefix="soma-postgres-"))
+        if os.geteuid() == 0:
+            shutil.chown(own, "postgres")
+        server = cls(own)
+        try:
+            server.start()
+            yield server
+        finally:
+            server.stop()
+            shutil.rmtree(own, ignore_errors=True)

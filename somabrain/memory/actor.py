@@ -27,6 +27,7 @@ only then reopens the log, so it replays them too. The open handles are kept in
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
@@ -44,7 +45,7 @@ from .associations import (
     with_association,
 )
 from .embedding import BatchingEmbedder, shared_embedder
-from .errors import MemoryStoreError
+from .errors import LogUnavailableError, MemoryStoreError
 from .events import Announcer
 from .messages import (
     ContextRecall,
@@ -59,6 +60,7 @@ from .messages import (
     Unlink,
     WriteTicket,
 )
+from .pg_log import close_postgres_logs, shared_postgres_logs
 from .recall import ContextRecallResult, context_recall, query_embedding, with_working_memory
 from .replica import TenantReplica
 from .tenant import TenantMemory
@@ -73,6 +75,8 @@ __all__ = ["STORES_RESOURCE", "MemoryActor", "TenantUnavailableError", "tenant_d
 logger = logging.getLogger("somabrain.memory")
 
 STORES_RESOURCE = "memory.stores"
+# Seconds between a broken tenant's tries at a database that could not be reached.
+REOPEN_AFTER = 1.0
 
 
 def tenant_data_dir(system: ActorSystem) -> Path:
@@ -166,7 +170,9 @@ class MemoryActor(Actor):
         stores: dict[str, _OpenStore] | None = system.resources.get(STORES_RESOURCE)
         if stores is None:
             stores = system.resources[STORES_RESOURCE] = {}
-            system.add_finalizer(partial(_close_orphans, stores, settings.drain_timeout))
+            system.add_finalizer(
+                partial(_close_orphans, system.resources, stores, settings.drain_timeout)
+            )
         previous = stores.pop(tenant, None)
         if previous is not None:  # the last incarnation was killed: hand its log over
             await previous.close(settings.drain_timeout)
@@ -176,35 +182,53 @@ class MemoryActor(Actor):
         self.batcher = embedder if isinstance(embedder, BatchingEmbedder) else None
         self.embedder = embedder.embedder if self.batcher is not None else embedder
         self.broken: BaseException | None = None
+        self.broken_at = 0.0
+        await self._open(system, tenant, settings, ctx, params, embedder)
+
+    async def _open(
+        self,
+        system: ActorSystem,
+        tenant: str,
+        settings: Any,
+        ctx: Any,
+        params: Any,
+        embedder: Any,
+    ) -> None:
+        """Open the tenant's log and rebuild its memory (``broken`` instead when the log is
+        unavailable: see ``receive`` for when it is tried again)."""
         associations: AssociationStore | None = None
         if params.association is not None:  # filled from its journal below
             associations = AssociationStore(embedder.dim, capacity=params.association.capacity)
         views = build_views(params, associations)
         try:
-            memory = await TenantMemory.open(
-                tenant_data_dir(system),
+            memory = await _open_memory(
+                system,
+                settings,
                 tenant,
-                fsync=settings.fsync,
-                group_window=settings.group_window,
                 views=views,
                 embedder=embedder.embedder if self.batcher is not None else embedder,
                 embed_async=self.batcher.embed if self.batcher is not None else None,
             )
         except (MemoryStoreError, OSError) as exc:
-            # One tenant's unreadable log (corrupt, locked by another process, disk error)
-            # must not take the other tenants down: failing to start would make the dynamic
-            # supervisor retry until it gives up, with every tenant under it. Start anyway
-            # and refuse this tenant's messages; the next incarnation (after passivation or
-            # a kill) tries the log again.
+            # One tenant's unreadable log (corrupt, locked by another process, disk error,
+            # database down) must not take the other tenants down: failing to start would
+            # make the dynamic supervisor retry until it gives up, with every tenant under
+            # it. Start anyway and refuse this tenant's messages; the next incarnation (after
+            # passivation or a kill) tries the log again, and an unreachable database is tried
+            # again by this one (``receive``).
             logger.error("memory of tenant %r is unavailable: %r", tenant, exc)
             self.broken = exc
+            self.broken_at = time.monotonic()
+            self._reopen = partial(self._open, system, tenant, settings, ctx, params, embedder)
             return
+        self.broken = None
         self.memory = memory
         self.weights = resolve_weights(settings.weights, settings.extra_views, ctx.embedder)
         if ASSOCIATION in settings.extra_views and not settings.weights:
             self.weights = with_association(self.weights, ctx.associations.view_weight)
         self.associations = associations
         self.learner = FeedbackLearner(memory, associations, ctx.associations)
+        stores = system.resources[STORES_RESOURCE]
         self.store = stores[tenant] = _OpenStore(system, memory)
         self.events = Announcer(system, memory)  # after each acknowledged change (events.py)
         self.store.associations = associations
@@ -240,7 +264,13 @@ class MemoryActor(Actor):
 
     async def receive(self, message: Any) -> Any:
         if self.broken is not None:
-            raise TenantUnavailableError(self.context.name, self.broken)
+            if (
+                isinstance(self.broken, LogUnavailableError)
+                and time.monotonic() - self.broken_at >= REOPEN_AFTER
+            ):
+                await self._reopen()  # the database may be back
+            if self.broken is not None:
+                raise TenantUnavailableError(self.context.name, self.broken)
         memory = self.memory
         match message:
             case Recall(query=query, top_k=top_k, namespace=ns, filters=flt, weights=w, at=at):
@@ -397,12 +427,38 @@ class MemoryActor(Actor):
         return result
 
 
-async def _close_orphans(stores: dict[str, _OpenStore], drain_timeout: float) -> None:
+async def _close_orphans(
+    resources: dict[str, Any], stores: dict[str, _OpenStore], drain_timeout: float
+) -> None:
     """At shutdown: close the stores of killed actors that no next incarnation took over
-    (their logs would stay open and locked for as long as the process lives)."""
+    (their logs would stay open and locked for as long as the process lives), then the
+    connections to the memory database, which the logs needed until then."""
     while stores:
         _, store = stores.popitem()
         await store.close(drain_timeout)
+    await close_postgres_logs(resources)
+
+
+async def _open_memory(
+    system: ActorSystem, settings: Any, tenant: str, **kwargs: Any
+) -> TenantMemory:
+    """The tenant's memory, rebuilt from its log: a file, or rows in PostgreSQL."""
+    if not settings.postgres_url:
+        return await TenantMemory.open(
+            tenant_data_dir(system),
+            tenant,
+            fsync=settings.fsync,
+            group_window=settings.group_window,
+            **kwargs,
+        )
+    logs = await shared_postgres_logs(
+        system.resources,
+        settings.postgres_url,
+        max_connections=settings.postgres_max_connections,
+        timeout=settings.postgres_timeout,
+    )
+    log = await logs.open_tenant(tenant, fsync=settings.fsync, group_window=settings.group_window)
+    return await TenantMemory.from_log(log, tenant, **kwargs)
 
 
 def _context_settings(system: ActorSystem) -> Any:

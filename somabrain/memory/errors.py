@@ -14,6 +14,8 @@ The hierarchy::
             │                      write: those are truncated silently on open)
             ├── LogLockedError     another handle (this process or another) holds the log
             ├── LogClosedError     you closed the log and then used it
+            ├── LogUnavailableError  the log's database could not be reached: nothing of the
+            │                      write was acknowledged; the next write tries again
             └── LogBrokenError     a write or fsync failed: the log refuses further appends,
                                    because after a failed fsync the kernel may have dropped the
                                    dirty pages and nothing written since can be trusted
@@ -33,6 +35,7 @@ __all__ = [
     "LogCorruptError",
     "LogError",
     "LogLockedError",
+    "LogUnavailableError",
     "MemoryStoreError",
     "TenantMismatchError",
     "UnknownMemoryError",
@@ -108,3 +111,12 @@ class LogBrokenError(LogError):
     def __init__(self, path: str, cause: BaseException) -> None:
         self.cause = cause
         super().__init__(path, f"log is broken by an earlier I/O failure: {cause!r}")
+
+
+class LogUnavailableError(LogError):
+    """The log's store (PostgreSQL) could not be reached or did not answer in time; the write
+    was not acknowledged, and the log tries again on the next one."""
+
+    def __init__(self, path: str, cause: BaseException) -> None:
+        self.cause = cause
+        super().__init__(path, f"the memory store is unavailable: {cause!r}")

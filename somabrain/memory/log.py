@@ -29,7 +29,7 @@ Fsync policies (``fsync=``):
 Cancellation: a cancelled append that was not yet handed to the writer is withdrawn; once
 handed over, it is written (it may survive a crash) but its caller sees the cancellation.
 The write+fsync section is shielded, because abandoning it would leave the other records of the
-batch unacknowledged forever.
+batch unacknowledged forever. (The batching is ``_group_commit``, shared with ``pg_log``.)
 
 Compaction (``rewrite``): the owner passes the live records; they are written to
 ``<name>.compact``, fsynced, renamed over the log (atomic) and the directory is fsynced. Appends
@@ -44,17 +44,18 @@ import os
 import re
 import struct
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 import anyio
 import anyio.lowlevel
 import msgspec
 
 from .._files import fsync_dir
-from .errors import LogBrokenError, LogClosedError, LogCorruptError, LogError, LogLockedError
+from ._group_commit import Batch, GroupCommit
+from .errors import LogBrokenError, LogClosedError, LogCorruptError, LogLockedError
 from .types import LogRecord
 
 try:  # flock is POSIX; elsewhere two handles are not prevented (documented caveat)
@@ -62,7 +63,14 @@ try:  # flock is POSIX; elsewhere two handles are not prevented (documented cave
 except ImportError:  # pragma: no cover
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["FsyncPolicy", "LogStatistics", "MemoryLog", "encode_frame", "tenant_log_path"]
+__all__ = [
+    "FsyncPolicy",
+    "LogStatistics",
+    "MemoryLog",
+    "RecordLog",
+    "encode_frame",
+    "tenant_log_path",
+]
 
 FsyncPolicy = Literal["always", "group", "never"]
 MAGIC = b"SBMLOG\x00\x01"
@@ -106,18 +114,6 @@ class LogStatistics(msgspec.Struct, frozen=True, kw_only=True):
     compactions: int
 
 
-class _Batch:
-    __slots__ = ("count", "done", "error", "frames")
-
-    def __init__(self) -> None:
-        self.frames: list[bytes] = []
-        self.count = 0
-        self.done = False
-        # Makes the error each appender of a failed batch raises (a fresh instance each, so
-        # concurrent raisers do not share and grow one traceback).
-        self.error: Callable[[], LogError] | None = None
-
-
 def _lock(fd: int, path: Path) -> None:
     if fcntl is None:  # pragma: no cover
         return
@@ -145,7 +141,25 @@ def _scan(data: memoryview) -> tuple[int, int]:
     return pos, count
 
 
-class MemoryLog:
+class RecordLog(Protocol):
+    """What a tenant's memory needs of its log: ``MemoryLog`` (a file) or
+    ``pg_log.PostgresMemoryLog`` (rows in PostgreSQL)."""
+
+    @property
+    def record_count(self) -> int: ...
+
+    def replay(self) -> Iterator[LogRecord]: ...
+
+    def statistics(self) -> LogStatistics: ...
+
+    async def append_many(self, records: Sequence[LogRecord]) -> None: ...
+
+    async def rewrite(self, records: Iterable[LogRecord]) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+class MemoryLog(GroupCommit):
     """A tenant's append-only record log (see the module docstring for format and policies)."""
 
     def __init__(
@@ -160,18 +174,15 @@ class MemoryLog:
         valid_end: int,
         truncated: int,
     ) -> None:
+        super().__init__(group_window)
         self._path = path
         self._fd = fd
         self._policy: FsyncPolicy = fsync
-        self._window = group_window
         self._records = records
         self._size = size
         self._replay_end = valid_end
         self._truncated = truncated
         self._io_lock = anyio.Lock()
-        self._open_batch = _Batch()
-        self._leader = False
-        self._leader_done = anyio.Event()
         self._broken: OSError | None = None
         self._closed = False
         self._appends = self._writes = self._fsyncs = self._compactions = 0
@@ -358,46 +369,7 @@ class MemoryLog:
                     raise LogBrokenError(str(self._path), exc) from exc
                 self._account(len(data), len(records), synced=False)
 
-    async def _append_group(self, data: bytes, count: int) -> None:
-        batch = self._open_batch
-        batch.frames.append(data)
-        batch.count += count
-        try:
-            while not batch.done:
-                if self._leader:
-                    await self._leader_done.wait()
-                else:
-                    await self._lead()
-        except BaseException:
-            if not batch.done and batch is self._open_batch:
-                # Not handed to the writer yet: withdraw this append (by identity).
-                for i, frame in enumerate(batch.frames):
-                    if frame is data:
-                        del batch.frames[i]
-                        batch.count -= count
-                        break
-            raise
-        if batch.error is not None:
-            raise batch.error()
-
-    async def _lead(self) -> None:
-        """Flush the open batch (which holds the caller's record) as the one leader."""
-        self._leader = True
-        self._leader_done = done = anyio.Event()
-        try:
-            if self._window > 0:
-                await anyio.sleep(self._window)
-            else:
-                await anyio.lowlevel.checkpoint()  # let ready appenders join this batch
-            batch = self._open_batch
-            self._open_batch = _Batch()
-            with anyio.CancelScope(shield=True):
-                await self._flush_batch(batch)
-        finally:
-            self._leader = False
-            done.set()
-
-    async def _flush_batch(self, batch: _Batch) -> None:
+    async def _flush_batch(self, batch: Batch) -> None:
         try:
             async with self._io_lock:
                 path = str(self._path)
@@ -405,9 +377,9 @@ class MemoryLog:
                     batch.error = partial(LogClosedError, path)
                 elif self._broken is not None:
                     batch.error = partial(LogBrokenError, path, self._broken)
-                elif batch.frames:
+                elif batch.items:
                     try:
-                        await self._write(b"".join(batch.frames), batch.count, sync=True)
+                        await self._write(b"".join(batch.items), batch.count, sync=True)
                     except LogBrokenError as exc:
                         batch.error = partial(LogBrokenError, path, exc.cause)
         finally:
@@ -473,11 +445,11 @@ class MemoryLog:
             async with self._io_lock:
                 if self._closed:
                     return
-                batch, self._open_batch = self._open_batch, _Batch()
+                batch = self._take_open_batch()
                 try:
-                    if batch.frames and self._broken is None:
+                    if batch.items and self._broken is None:
                         with contextlib.suppress(LogBrokenError):
-                            await self._write(b"".join(batch.frames), batch.count, sync=True)
+                            await self._write(b"".join(batch.items), batch.count, sync=True)
                     elif self._policy == "never" and self._broken is None:
                         await anyio.to_thread.run_sync(_fdatasync, self._fd)
                 finally:

@@ -47,7 +47,7 @@ from ._steps import dropping, finish
 from .embedder import Embedder, HashingEmbedder
 from .errors import TenantMismatchError, UnknownMemoryError
 from .hybrid import HybridIndex, IndexHit, ScoreView
-from .log import FsyncPolicy, LogStatistics, MemoryLog
+from .log import FsyncPolicy, LogStatistics, MemoryLog, RecordLog
 from .text import tokenize
 from .types import (
     ForgetRecord,
@@ -96,7 +96,7 @@ class TenantMemory:
         tenant: str,
         *,
         embedder: Embedder | None = None,
-        log: MemoryLog | None = None,
+        log: RecordLog | None = None,
         clock: Callable[[], float] = time.time,
         views: Sequence[ScoreView] = (),
         compact_ratio: float = 0.5,
@@ -147,6 +147,12 @@ class TenantMemory:
         Replay and indexing run in a worker thread (~10 s per 100k memories on 2 cores).
         """
         log = await MemoryLog.open_tenant(data_dir, tenant, fsync=fsync, group_window=group_window)
+        return await cls.from_log(log, tenant, **kwargs)
+
+    @classmethod
+    async def from_log(cls, log: RecordLog, tenant: str, **kwargs: Any) -> TenantMemory:
+        """Rebuild the state from ``log`` (just opened: ``MemoryLog`` or a PostgreSQL log),
+        which the memory then owns (closed with it, or here if the rebuild fails)."""
         try:
             tm = cls(tenant, log=log, **kwargs)
             await anyio.to_thread.run_sync(tm._rebuild)
