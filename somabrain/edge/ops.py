@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from ..governance.http import governance_health, readiness
+from ..memory.pg_log import memory_store_health
 from ..memory.replica import OFFLOAD_RESOURCE
 from . import schemas as s
 from .errors import HTTPError
@@ -72,7 +73,14 @@ class OpsHandlers(Handlers):
         offload = self.system.resources.get(OFFLOAD_RESOURCE)
         if offload is not None:  # started with the first tenant large enough to need it
             components["search_worker"] = offload.health()
-        healthy = tree.ready and components["governance"]["ready"]
+        config = self.system.resources.get("config")
+        url = config.memory.postgres_url if config is not None else ""
+        components["memory_store"] = await memory_store_health(self.system.resources, url)
+        healthy = (
+            tree.ready
+            and components["governance"]["ready"]
+            and components["memory_store"]["reachable"] is not False
+        )
         return self.json(
             s.HealthResponse(status="ok" if healthy else "degraded", components=components)
         )

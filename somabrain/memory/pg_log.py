@@ -67,6 +67,7 @@ __all__ = [
     "PostgresLogs",
     "PostgresMemoryLog",
     "close_postgres_logs",
+    "memory_store_health",
     "redacted_url",
     "shared_postgres_logs",
 ]
@@ -165,6 +166,22 @@ class PostgresLogs:
     async def aclose(self) -> None:
         with anyio.CancelScope(shield=True), anyio.move_on_after(10):
             await self.pool.close()
+
+    async def health(self, timeout: float = 1.0) -> dict[str, Any]:
+        """The pool's size and whether the database answers a ``SELECT 1`` within
+        ``timeout`` seconds (for ``/health``)."""
+        reachable = True
+        try:
+            with anyio.fail_after(timeout):
+                await self.pool.fetchval("SELECT 1")
+        except Exception:
+            reachable = False
+        return {
+            "connections": self.pool.get_size(),
+            "idle": self.pool.get_idle_size(),
+            "max_connections": self.pool.get_max_size(),
+            "reachable": reachable,
+        }
 
 
 class PostgresMemoryLog(GroupCommit):
@@ -400,9 +417,14 @@ async def shared_postgres_logs(
     async with lock:
         found = resources.get(POSTGRES_RESOURCE)
         if found is None:
-            found = await PostgresLogs.connect(
-                url, max_connections=max_connections, timeout=timeout
-            )
+            try:
+                found = await PostgresLogs.connect(
+                    url, max_connections=max_connections, timeout=timeout
+                )
+            except LogUnavailableError as exc:
+                resources[POSTGRES_RESOURCE + ".error"] = str(exc)  # for /health
+                raise
+            resources.pop(POSTGRES_RESOURCE + ".error", None)
             resources[POSTGRES_RESOURCE] = found
         return found
 
@@ -412,6 +434,23 @@ async def close_postgres_logs(resources: dict[str, Any]) -> None:
     logs: PostgresLogs | None = resources.pop(POSTGRES_RESOURCE, None)
     if logs is not None:
         await logs.aclose()
+
+
+async def memory_store_health(resources: dict[str, Any], url: str) -> dict[str, Any]:
+    """Where the tenants' logs are (``/health``'s ``memory_store``): files, or a database
+    (its URL without the password) and whether it answers."""
+    if not url:
+        return {"kind": "files", "reachable": True}
+    entry: dict[str, Any] = {"kind": "postgres", "url": redacted_url(url)}
+    logs: PostgresLogs | None = resources.get(POSTGRES_RESOURCE)
+    if logs is None:  # no tenant opened yet, or the database was down when one tried
+        error = resources.get(POSTGRES_RESOURCE + ".error")
+        entry.update(connections=0, reachable=None if error is None else False)
+        if error is not None:
+            entry["error"] = error
+        return entry
+    entry.update(await logs.health())
+    return entry
 
 
 def _fresh_copy(exc: LogError) -> LogError:

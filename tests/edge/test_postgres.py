@@ -109,7 +109,14 @@ def test_a_database_that_goes_away_is_a_503_until_it_is_back(
         known = node.token_for("pg-known")
         with node.client(known) as client:
             assert _remember(client, "before the outage").status_code == 200
+            health = client.get("/health").json()
+            assert health["status"] == "ok"
+            assert health["components"]["memory_store"]["kind"] == "postgres"
+            assert health["components"]["memory_store"]["reachable"] is True
             server.stop()
+            health = client.get("/health").json()
+            assert health["status"] == "degraded"
+            assert health["components"]["memory_store"]["reachable"] is False
             r = _remember(client, "during the outage")
             assert r.status_code == 503, r.text
             assert r.json()["error"]["code"] == "storage_unavailable"
@@ -121,6 +128,7 @@ def test_a_database_that_goes_away_is_a_503_until_it_is_back(
                 server.start()
                 assert _until_ok(fresh, "a new tenant after the outage").status_code == 200
             assert _until_ok(client, "after the outage").status_code == 200
+            assert client.get("/health").json()["status"] == "ok"
             r = client.post("/memory/recall", json={"query": "outage", "top_k": 10})
             contents = {hit["content"] for hit in r.json()["results"]}
             assert "after the outage" in contents
