@@ -27,6 +27,7 @@ only then reopens the log, so it replays them too. The open handles are kept in
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -45,7 +46,7 @@ from .associations import (
     with_association,
 )
 from .embedding import BatchingEmbedder, shared_embedder
-from .errors import LogUnavailableError, MemoryStoreError
+from .errors import LogStaleError, LogUnavailableError, MemoryStoreError
 from .events import Announcer
 from .messages import (
     ContextRecall,
@@ -98,7 +99,16 @@ class TenantUnavailableError(MemoryStoreError):
 class _OpenStore:
     """A ``TenantMemory`` plus the writes in flight on it."""
 
-    __slots__ = ("_idle", "associations", "inflight", "memory", "replica", "system", "working")
+    __slots__ = (
+        "_idle",
+        "associations",
+        "inflight",
+        "memory",
+        "replica",
+        "stale",
+        "system",
+        "working",
+    )
 
     def __init__(self, system: ActorSystem, memory: TenantMemory) -> None:
         self.system = system
@@ -108,6 +118,9 @@ class _OpenStore:
         self.replica: TenantReplica | None = None
         self.inflight = 0
         self._idle: anyio.Event | None = None
+        # Set when a write found the log ahead of this memory (``LogStaleError``): the actor
+        # reopens the tenant before its next message.
+        self.stale: LogStaleError | None = None
 
     def write(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> WriteTicket:
         ticket = WriteTicket()
@@ -121,6 +134,8 @@ class _OpenStore:
         try:
             ticket.set_result(await fn(*args))
         except Exception as exc:  # the asker's error (bad link, broken log...), not ours
+            if isinstance(exc, LogStaleError):
+                self.stale = exc
             ticket.set_exception(exc)
         finally:
             if not ticket.done:  # cancelled: the system is shutting down
@@ -183,7 +198,8 @@ class MemoryActor(Actor):
         self.embedder = embedder.embedder if self.batcher is not None else embedder
         self.broken: BaseException | None = None
         self.broken_at = 0.0
-        await self._open(system, tenant, settings, ctx, params, embedder)
+        self._reopen = partial(self._open, system, tenant, settings, ctx, params, embedder)
+        await self._reopen()
 
     async def _open(
         self,
@@ -219,7 +235,6 @@ class MemoryActor(Actor):
             logger.error("memory of tenant %r is unavailable: %r", tenant, exc)
             self.broken = exc
             self.broken_at = time.monotonic()
-            self._reopen = partial(self._open, system, tenant, settings, ctx, params, embedder)
             return
         self.broken = None
         self.memory = memory
@@ -254,6 +269,19 @@ class MemoryActor(Actor):
                 association_journal_path(tenant_data_dir(system), tenant), self._embed
             )
 
+    async def _close_stale(self) -> None:
+        """The log is ahead of this memory (another writer appended to the tenant): close
+        the store, once its writes in flight are done, so that the reopen replays it all."""
+        stale = self.store.stale
+        logger.warning(
+            "memory of tenant %r is behind its log, reopening: %s", self.context.name, stale
+        )
+        stores = self.context.system.resources.get(STORES_RESOURCE, {})
+        if stores.get(self.context.name) is self.store:
+            del stores[self.context.name]
+        await self.store.close(_memory_settings(self.context.system).drain_timeout)
+        self.broken, self.broken_at = stale, -math.inf
+
     async def on_stop(self) -> None:
         if self.broken is not None:
             return
@@ -263,12 +291,14 @@ class MemoryActor(Actor):
         await self.store.close(_memory_settings(self.context.system).drain_timeout)
 
     async def receive(self, message: Any) -> Any:
+        if self.broken is None and self.store.stale is not None:
+            await self._close_stale()
         if self.broken is not None:
             if (
-                isinstance(self.broken, LogUnavailableError)
+                isinstance(self.broken, LogUnavailableError | LogStaleError)
                 and time.monotonic() - self.broken_at >= REOPEN_AFTER
             ):
-                await self._reopen()  # the database may be back
+                await self._reopen()  # the database may be back; a stale log is replayed
             if self.broken is not None:
                 raise TenantUnavailableError(self.context.name, self.broken)
         memory = self.memory

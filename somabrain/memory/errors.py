@@ -17,8 +17,11 @@ The hierarchy::
             ├── LogUnavailableError  the log's database could not be reached: nothing of the
             │                      write was acknowledged; the next write tries again
             └── LogBrokenError     a write or fsync failed: the log refuses further appends,
-                                   because after a failed fsync the kernel may have dropped the
-                                   dirty pages and nothing written since can be trusted
+                │                  because after a failed fsync the kernel may have dropped the
+                │                  dirty pages and nothing written since can be trusted
+                └── LogStaleError  the log holds records this process has not applied (another
+                                   writer appended to the tenant, or a commit whose answer was
+                                   lost did land): reopening the tenant replays them
 
 As in trio, "closed" (your code did it) and "broken" (something outside did it) are separate
 cases, so a caller can decide whether to restart (broken) or treat it as a bug (closed).
@@ -35,6 +38,7 @@ __all__ = [
     "LogCorruptError",
     "LogError",
     "LogLockedError",
+    "LogStaleError",
     "LogUnavailableError",
     "MemoryStoreError",
     "TenantMismatchError",
@@ -120,3 +124,9 @@ class LogUnavailableError(LogError):
     def __init__(self, path: str, cause: BaseException) -> None:
         self.cause = cause
         super().__init__(path, f"the memory store is unavailable: {cause!r}")
+
+
+class LogStaleError(LogBrokenError):
+    """The tenant's log (in PostgreSQL) holds records this handle has not applied: another
+    writer appended to it, or a commit whose answer was lost did land. This handle refuses
+    further appends; a reopened one replays them (the memory actor does so by itself)."""

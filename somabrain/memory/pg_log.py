@@ -16,17 +16,17 @@ durable (its WAL is flushed at commit) before it answers. ``fsync = "never"`` co
 database server, never in a crash of the node). Batches commit one after the other, in log
 order.
 
-One writer per tenant: the ``seq`` of every row is the writer's own count, so two nodes (or two
-handles) appending to one tenant collide on the primary key; the second's write fails and its
-log refuses further appends (``LogBrokenError``: its view of the tenant is stale, the tenant
-must be reopened). Each write is one atomic statement (``executemany``, which asyncpg runs in
-one implicit transaction, or ``COPY``): when the server answers with an error, nothing of it
-took effect and the log goes on. When it does not answer (the connection dropped, a timeout),
-the write is in doubt: it may have committed. The next flush first reads the tenant's last
-``seq``; if the write is not there the log goes on, and if it is, the log is broken, since the
-tenant's memory in this process lacks what the database now holds (reopening the tenant
-replays it). Either way no acknowledged write is lost and nothing unacknowledged is reported
-as written.
+One writer at a time per tenant: the ``seq`` of every row is the writer's own count, so two
+nodes (or two handles) appending to one tenant collide on the primary key, and the second's
+write fails rather than interleave. Its log then refuses further appends (``LogStaleError``:
+its view of the tenant is behind the table), and the memory actor reopens the tenant, which
+replays the other writer's records, before its next message. Each write is one atomic
+statement (``executemany``, which asyncpg runs in one implicit transaction, or ``COPY``): when
+the server answers with an error, nothing of it took effect and the log goes on. When it does
+not answer (the connection dropped, a timeout), the write is in doubt: it may have committed.
+The next flush first reads the tenant's last ``seq``; if the write is not there the log goes
+on, and if it is, the log is stale, as above. Either way no acknowledged write is lost and
+nothing unacknowledged is reported as written.
 
 Compaction (``rewrite``) inserts the live records after the current last ``seq`` and deletes
 the rows before them, in one transaction: a reader sees the old log or the new one, and the
@@ -49,10 +49,10 @@ import msgspec
 
 from ._group_commit import Batch, GroupCommit
 from .errors import (
-    LogBrokenError,
     LogClosedError,
     LogCorruptError,
     LogError,
+    LogStaleError,
     LogUnavailableError,
 )
 from .log import FsyncPolicy, LogStatistics
@@ -257,7 +257,7 @@ class PostgresMemoryLog(GroupCommit):
         if self._closed:
             raise LogClosedError(self._where)
         if self._broken is not None:
-            raise LogBrokenError(self._where, self._broken)
+            raise LogStaleError(self._where, self._broken)
 
     async def append(self, record: LogRecord) -> None:
         await self.append_many((record,))
@@ -309,7 +309,7 @@ class PostgresMemoryLog(GroupCommit):
         except asyncpg.UniqueViolationError as exc:
             # Rows this writer did not write: another writer appended to the tenant.
             self._broken = exc
-            raise LogBrokenError(self._where, exc) from exc
+            raise LogStaleError(self._where, exc) from exc
         except Exception as exc:
             if _unavailable(exc):
                 raise LogUnavailableError(self._where, exc) from exc
@@ -367,7 +367,7 @@ class PostgresMemoryLog(GroupCommit):
                 f"a commit whose answer was lost did land (last seq {last}, expected "
                 f"{self._last_seq}): reopen the tenant to replay it"
             )
-            raise LogBrokenError(self._where, self._broken)
+            raise LogStaleError(self._where, self._broken)
 
     # --- compaction and closing --------------------------------------------------------------
 

@@ -135,6 +135,38 @@ def test_a_database_that_goes_away_is_a_503_until_it_is_back(
             assert "during the outage" not in contents  # refused, so not there
 
 
+def test_two_nodes_on_one_tenant_never_interleave_and_catch_up(
+    tmp_path: Path, postgres_server: PostgresServer
+) -> None:
+    """Two nodes writing one tenant in one database (a misconfiguration, or a cluster whose
+    members disagree for a moment): the write that finds the other's rows ahead is refused
+    (503), and the next request sees them, since its memory actor replayed the table."""
+    cfg = str(config(tmp_path, postgres_server.url))
+    with (
+        DevNode.running(tmp_path / "a", "--config", cfg) as a,
+        DevNode.running(tmp_path / "b", "--config", cfg) as b,
+        a.client(a.token_for("pg-shared")) as on_a,
+        b.client(b.token_for("pg-shared")) as on_b,
+    ):
+        first = _remember(on_a, "written through a first")
+        assert first.status_code == 200, first.text
+        second = _remember(on_b, "written through b")  # b opens the tenant: sees a's row
+        assert second.status_code == 200, second.text
+        behind = _remember(on_a, "written through a again")  # a is one row behind
+        assert behind.status_code == 503, behind.text
+        assert behind.json()["error"]["code"] == "storage_unavailable"
+        r = on_a.get(f"/memory/{second.json()['key']}")  # a replayed b's row
+        assert r.status_code == 200, r.text
+        again = _remember(on_a, "written through a again")
+        assert again.status_code == 200, again.text
+    with (
+        DevNode.running(tmp_path / "c", "--config", cfg) as c,
+        c.client(c.token_for("pg-shared")) as on_c,
+    ):
+        for key in (first.json()["key"], second.json()["key"], again.json()["key"]):
+            assert on_c.get(f"/memory/{key}").status_code == 200, key
+
+
 def test_a_trio_node_refuses_postgres(tmp_path: Path) -> None:
     cfg = config(tmp_path, "postgresql://soma@127.0.0.1:1/postgres")
     done = subprocess.run(

@@ -12,8 +12,8 @@ from somabrain.memory import (
     ForgetRecord,
     Link,
     LinkRecord,
-    LogBrokenError,
     LogClosedError,
+    LogStaleError,
     LogUnavailableError,
     Memory,
     RememberRecord,
@@ -154,9 +154,9 @@ async def test_a_second_writer_is_refused(postgres_server: PostgresServer) -> No
     try:
         first, second = await logs.open_tenant(tenant), await logs.open_tenant(tenant)
         await first.append(remember(1))
-        with pytest.raises(LogBrokenError):
+        with pytest.raises(LogStaleError):
             await second.append(remember(2))
-        with pytest.raises(LogBrokenError):
+        with pytest.raises(LogStaleError):
             await second.append(remember(3))
         await first.append(remember(4))
         await first.aclose()
@@ -181,7 +181,7 @@ async def test_a_commit_in_doubt_is_settled_on_the_next_flush(
         async with logs.pool.acquire() as conn:  # one that did land
             await conn.execute(f"INSERT INTO {TABLE} VALUES ($1, 3, $2)", tenant, b"\x81\xa1x\x01")
         log._in_doubt = True
-        with pytest.raises(LogBrokenError, match="did land"):
+        with pytest.raises(LogStaleError, match="did land"):
             await log.append(remember(3))
         await log.aclose()
     finally:
