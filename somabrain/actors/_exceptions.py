@@ -108,6 +108,17 @@ class RequestTimeoutError(BusError, TimeoutError):
         super().__init__(f"no reply on subject {subject!r} within {timeout:g} s")
 
 
+class MessageTooLargeError(BusError):
+    """An encoded message is larger than the transport carries (NATS: the server's
+    ``max_payload``); nothing was sent."""
+
+    def __init__(self, subject: str, size: int, limit: int) -> None:
+        self.subject = subject
+        self.size = size
+        self.limit = limit
+        super().__init__(f"message of {size} bytes on {subject!r} exceeds the {limit}-byte limit")
+
+
 class BusClosedError(BusError):
     """The bus (or the subscription) was closed by its owner."""
 

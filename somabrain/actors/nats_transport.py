@@ -20,6 +20,8 @@ Differences from the in-process bus, all forced by the network and all visible:
   a publish from any connection after that reaches it, as it would in process.
 * Queue group members are picked by the server, at random, not round-robin.
 * Late replies are discarded by nats-py and not counted (``late_replies`` stays 0).
+* A message larger than the server's ``max_payload`` (1 MiB by default) is refused with
+  ``MessageTooLargeError`` before anything is sent.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from ._exceptions import (
     BusClosedError,
     BusError,
     CodecError,
+    MessageTooLargeError,
     NoRespondersError,
     RequestTimeoutError,
 )
@@ -87,6 +90,8 @@ class NatsBus(BusBase):
         self._requests = 0
         self._no_responders = 0
         self._request_timeouts = 0
+        #: Failed reconnect attempts since the connection was lost (0: connected).
+        self._reconnect_failures = 0
 
     async def __aenter__(self) -> NatsBus:
         await super().__aenter__()
@@ -138,6 +143,16 @@ class NatsBus(BusBase):
             with anyio.CancelScope(shield=True), anyio.move_on_after(self._flush_timeout):
                 await client.close()  # writes out what is still buffered first
 
+    @property
+    def connected(self) -> bool:
+        """Connected to a NATS server now (false while nats-py reconnects)."""
+        return self._nc is not None and self._nc.is_connected
+
+    @property
+    def max_payload(self) -> int:
+        """The largest message the server accepts (its ``max_payload``, from its INFO)."""
+        return self._nc.max_payload if self._nc is not None else 0
+
     def _client(self) -> Client:
         self._check_open()
         assert self._nc is not None
@@ -149,6 +164,19 @@ class NatsBus(BusBase):
             if subscription is not None:
                 subscription._drop()
             return
+        if isinstance(exc, OSError) and self._nc is not None and not self._nc.is_connected:
+            # A failed reconnect attempt: logged at the first and then every 60th, not every
+            # second for as long as the server is down.
+            self._reconnect_failures += 1
+            if self._reconnect_failures % 60 != 1:
+                logger.debug("NATS reconnect attempt failed: %r", exc)
+                return
+            logger.warning(
+                "cannot reach NATS (%d attempts so far; retrying): %r",
+                self._reconnect_failures,
+                exc,
+            )
+            return
         logger.warning("NATS error: %r", exc)
 
     async def _on_disconnected(self) -> None:
@@ -156,7 +184,8 @@ class NatsBus(BusBase):
             logger.warning("disconnected from NATS; nats-py reconnects")
 
     async def _on_reconnected(self) -> None:
-        logger.info("reconnected to NATS")
+        logger.info("reconnected to NATS (after %d failed attempts)", self._reconnect_failures)
+        self._reconnect_failures = 0
 
     # ------------------------------------------------------------------ subscribing
 
@@ -228,7 +257,7 @@ class NatsBus(BusBase):
         validate_subject(subject)
         if reply is not None:
             validate_subject(reply)
-        payload = self.codec.encode(data)
+        payload = self._fitting(subject, self.codec.encode(data), client)
         await client.publish(
             subject, payload, reply=reply or "", headers=dict(headers) if headers else None
         )
@@ -244,7 +273,7 @@ class NatsBus(BusBase):
     ) -> Msg:
         client = self._client()
         validate_subject(subject)
-        payload = self.codec.encode(data)
+        payload = self._fitting(subject, self.codec.encode(data), client)
         self._requests += 1
         # nats-py leaves a request waiting until its timeout when the connection closes;
         # close() cancels this scope so that it fails at once, as in process.
@@ -268,6 +297,14 @@ class NatsBus(BusBase):
         return Msg(
             raw.subject, self.codec.decode(raw.data), raw.reply or None, raw.headers, bus=self
         )
+
+    @staticmethod
+    def _fitting(subject: str, payload: bytes, client: Client) -> bytes:
+        # Checked here rather than left to nats-py, whose request would keep waiting for the
+        # reply to a message it refused to send.
+        if len(payload) > client.max_payload:
+            raise MessageTooLargeError(subject, len(payload), client.max_payload)
+        return payload
 
     async def flush(self, timeout: float = DEFAULT_REQUEST_TIMEOUT) -> None:
         """Round trip to the server: what was published before has been routed, and what it
