@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .errors import ClusterError, OwnerUnavailableError, RemoteError
+from .errors import ClusterError, OwnerUnavailableError, PayloadTooLargeError, RemoteError
 from .ownership import owner
 from .settings import CLUSTER_RESOURCE, ClusterSettings
 
@@ -23,6 +23,7 @@ __all__ = [
     "ClusterRouter",
     "ClusterSettings",
     "OwnerUnavailableError",
+    "PayloadTooLargeError",
     "RemoteError",
     "joined",
     "owner",

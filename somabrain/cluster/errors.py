@@ -6,6 +6,8 @@ The hierarchy::
     └── ClusterError
         ├── OwnerUnavailableError  the tenant's owner did not answer: not connected, no
         │                          responders (the node is down), or no reply in time
+        ├── PayloadTooLargeError   the request or the owner's reply does not fit in one NATS
+        │                          message (the server's ``max_payload``, 1 MiB by default)
         └── RemoteError            the owner failed with an error that has no meaning here
                                    (a bug there: the edge answers 500, as the owner would)
 
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 from ..actors import SomaError
 
-__all__ = ["ClusterError", "OwnerUnavailableError", "RemoteError"]
+__all__ = ["ClusterError", "OwnerUnavailableError", "PayloadTooLargeError", "RemoteError"]
 
 
 class ClusterError(SomaError):
@@ -30,6 +32,22 @@ class OwnerUnavailableError(ClusterError):
         self.owner = owner
         self.detail = detail
         super().__init__(f"node {owner!r}, the tenant's owner, is unavailable: {detail}")
+
+
+class PayloadTooLargeError(ClusterError):
+    """A request to the owner, or its reply, is larger than one NATS message may be: sending
+    it again will not help (a smaller batch, fewer results, or a larger ``max_payload`` on
+    the nats-server will)."""
+
+    def __init__(self, what: str, size: int, limit: int) -> None:
+        self.what = what
+        self.size = size
+        self.limit = limit
+        super().__init__(
+            f"the {what} is {size} bytes on the cluster wire, more than the NATS server's"
+            f" max_payload of {limit} bytes: send less (a smaller batch, a lower top_k) or"
+            " raise max_payload on the nats-server"
+        )
 
 
 class RemoteError(ClusterError):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 
-__all__ = ["owner", "weight"]
+__all__ = ["membership_digest", "owner", "weight"]
 
 
 def weight(tenant: str, member: str) -> int:
@@ -37,3 +37,13 @@ def owner(tenant: str, members: Iterable[str]) -> str:
     if best is None:
         raise ValueError("a cluster needs at least one member")
     return best[1]
+
+
+def membership_digest(members: Iterable[str]) -> str:
+    """A short digest of the member list (its order does not matter): members that agree on
+    ownership have the same one. The cluster compares it to find members configured apart."""
+    digest = hashlib.blake2b(digest_size=8, person=b"soma-members")
+    for member in sorted(set(members)):
+        digest.update(len(member).to_bytes(4, "big"))
+        digest.update(member.encode())
+    return digest.hexdigest()

@@ -66,11 +66,12 @@ from ..memory.tenant import TenantMemoryStatistics
 from ..memory.types import Link, Memory, RecallHit, Remembered
 from ..memory.working import WMHit
 from ..supervision import MaxChildrenError
-from .errors import OwnerUnavailableError, RemoteError
+from .errors import OwnerUnavailableError, PayloadTooLargeError, RemoteError
 
 __all__ = [
     "CROSSING_ERRORS",
     "ContextCall",
+    "Hello",
     "MemoryCall",
     "Raised",
     "Returned",
@@ -85,11 +86,14 @@ ContextRequest = Evaluate | Feedback | AdaptationQuery
 
 
 class MemoryCall(msgspec.Struct, frozen=True, kw_only=True, tag="cluster.memory"):
-    """Ask the owner's memory actor of ``tenant``; ``timeout``: seconds it may take there."""
+    """Ask the owner's memory actor of ``tenant``; ``timeout``: seconds it may take there;
+    ``members``: the asker's ``membership_digest`` (the owner refuses a call from a member
+    whose list differs: they would not agree on who owns what)."""
 
     tenant: str
     request: MemoryRequest
     timeout: float
+    members: str = ""
 
 
 class ContextCall(msgspec.Struct, frozen=True, kw_only=True, tag="cluster.context"):
@@ -97,6 +101,18 @@ class ContextCall(msgspec.Struct, frozen=True, kw_only=True, tag="cluster.contex
 
     request: ContextRequest
     timeout: float
+    members: str = ""
+
+
+class Hello(msgspec.Struct, frozen=True, kw_only=True, tag="cluster.hello"):
+    """What every member publishes on ``soma.cluster.hello`` now and then: its name, its
+    member list and its digest, and an id of its process (two processes with one name are
+    a misconfiguration too)."""
+
+    member: str
+    members: list[str]
+    digest: str
+    instance: str
 
 
 class Returned(msgspec.Struct, frozen=True, tag="cluster.returned"):
@@ -113,7 +129,7 @@ class Raised(msgspec.Struct, frozen=True, kw_only=True, tag="cluster.raised"):
 
 def wire_codec() -> Codec:
     """The codec of the cluster's NATS connection."""
-    return Codec([MemoryCall, ContextCall, Returned, Raised])
+    return Codec([MemoryCall, ContextCall, Hello, Returned, Raised])
 
 
 # --- replies -----------------------------------------------------------------------------------
@@ -230,6 +246,7 @@ CROSSING_ERRORS: dict[str, type[Exception]] = {
         AskTimeoutError,
         MailboxFullError,
         OwnerUnavailableError,
+        PayloadTooLargeError,
         MaxChildrenError,
         msgspec.ValidationError,
         TimeoutError,

@@ -40,7 +40,7 @@ import anyio
 import msgspec
 
 from ..actors import Actor, ActorStoppedError, Msg
-from ..cluster import OwnerUnavailableError
+from ..cluster import OwnerUnavailableError, PayloadTooLargeError
 from ..cluster.routing import ask_tenant
 from ..governance.http import (
     GovernanceRefusal,
@@ -202,6 +202,8 @@ class PlannerActor(Actor):
             return await ask_tenant(
                 self.context.system, tenant, message, self.settings.recall_timeout
             )
+        except PayloadTooLargeError as exc:
+            raise _refuse(413, "payload_too_large", str(exc)) from None
         except OwnerUnavailableError as exc:
             raise _refuse(503, "unavailable", str(exc)) from None
         except ActorStoppedError as exc:

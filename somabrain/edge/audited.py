@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from ..actors import ActorSystem
 from ..audit.errors import AuditUnavailableError
 from ..audit.event import AuditDraft, new_event_id, request_meta, utc_now
+from ..cluster import CLUSTER_RESOURCE
 from ..governance.http import governance_of
 from ..governance.policy import Decision, PolicyInput
 from .errors import HTTPError
@@ -67,6 +68,10 @@ class AuditHandlers:
             else {"decision": "none", "reason": "", "constitution_checksum": "", "attributes": {}}
         )
         attrs = {**fields["attributes"], **(attributes or {})}
+        cluster = self.system.resources.get(CLUSTER_RESOURCE)
+        if cluster is not None and tenant:
+            # Recorded by the member the agent called; the owner holds the tenant's data.
+            attrs["owner"] = cluster.owner_of(tenant)
         principal = request.principal
         draft = AuditDraft(
             tenant=tenant,

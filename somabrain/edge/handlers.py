@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from ..actors import ActorStoppedError, ActorSystem, MailboxFullError
-from ..cluster import OwnerUnavailableError
+from ..cluster import OwnerUnavailableError, PayloadTooLargeError
 from ..cluster.routing import ask_tenant
 from ..governance.http import remember_input
 from ..governance.policy import Decision, PolicyInput
@@ -75,6 +75,8 @@ def memory_error(exc: Exception, key_fields: Mapping[str, str] | None = None) ->
         return HTTPError(403, "tenant_forbidden", str(exc))
     if isinstance(exc, msgspec.ValidationError):
         return from_validation(exc)
+    if isinstance(exc, PayloadTooLargeError):
+        return HTTPError(413, "payload_too_large", str(exc))
     if isinstance(exc, OwnerUnavailableError):
         return HTTPError.retry_later(503, "unavailable", f"memory actor unavailable: {exc}", 1)
     if isinstance(exc, LogError | TenantUnavailableError):

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from ..cluster import CLUSTER_RESOURCE
 from ..governance.http import governance_health, readiness
 from ..memory.pg_log import memory_store_health
 from ..memory.replica import OFFLOAD_RESOURCE
@@ -81,6 +82,10 @@ class OpsHandlers(Handlers):
             and components["governance"]["ready"]
             and components["memory_store"]["reachable"] is not False
         )
+        cluster = self.system.resources.get(CLUSTER_RESOURCE)
+        if cluster is not None:  # a member of a cluster (docs/cluster.md)
+            components["cluster"] = cluster.health()
+            healthy = healthy and not components["cluster"]["problems"]
         return self.json(
             s.HealthResponse(status="ok" if healthy else "degraded", components=components)
         )

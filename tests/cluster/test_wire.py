@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from somabrain.actors import ActorKilledError, ActorStoppedError, AskTimeoutError, MailboxFullError
-from somabrain.cluster.errors import OwnerUnavailableError, RemoteError
+from somabrain.cluster.errors import OwnerUnavailableError, PayloadTooLargeError, RemoteError
 from somabrain.cluster.wire import (
     ContextCall,
     MemoryCall,
@@ -230,6 +230,7 @@ ERRORS: list[Exception] = [
     AskTimeoutError("/root/memory/acme", 2.0),
     MailboxFullError("/root/memory/acme", 16),
     OwnerUnavailableError("b", "no responders"),
+    PayloadTooLargeError("reply", 2_000_000, 1_048_576),
     _validation_error(),
     TimeoutError("write not acknowledged within 1 s"),
     ValueError("content must not be blank"),
