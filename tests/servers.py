@@ -67,12 +67,15 @@ def find_nats_server() -> Path:
 
 class NatsServer:
     """A ``nats-server`` on a random loopback port chosen by the server itself (``-p -1``),
-    read back from its log, so two test runs never race for a port."""
+    read back from its log, so two test runs never race for a port. Fault tests kill it and
+    start it again on the same port (``kill``, ``restart``)."""
 
-    def __init__(self, process: subprocess.Popen[str], port: int, log: list[str]) -> None:
-        self.process = process
-        self.port = port
-        self.log = log
+    def __init__(self, extra_args: tuple[str, ...]) -> None:
+        self.extra_args = extra_args
+        self.process: subprocess.Popen[str] | None = None
+        self.port = 0
+        self.log: list[str] = []
+        self._reader: threading.Thread | None = None
 
     @property
     def url(self) -> str:
@@ -81,42 +84,60 @@ class NatsServer:
     @classmethod
     @contextlib.contextmanager
     def running(cls, *extra_args: str) -> Iterator[NatsServer]:
+        server = cls(extra_args)
+        try:
+            server._start(-1)
+            yield server
+        finally:
+            server.stop()
+
+    def _start(self, port: int) -> None:
         binary = find_nats_server()
         process = subprocess.Popen(
-            [str(binary), "-a", "127.0.0.1", "-p", "-1", "-n", "soma-test", *extra_args],
+            [str(binary), "-a", "127.0.0.1", "-p", str(port), "-n", "soma-test", *self.extra_args],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
         )
-        log: list[str] = []
-        port: list[int] = []
+        self.process = process
+        found: list[int] = []
         ready = threading.Event()
         # The log must be drained for the server's whole life, or a full pipe would block it.
-        reader = threading.Thread(
-            target=_read_log, args=(process, log, port, ready), name="nats-server log", daemon=True
-        )
-        reader.start()
-        server = cls(process, 0, log)
-        try:
-            if not ready.wait(_STARTUP_TIMEOUT) or not port:
-                raise ServerError(f"nats-server did not become ready:\n{''.join(log)}")
-            server.port = port[0]
-            _wait_for_info(server.port, _STARTUP_TIMEOUT)
-            yield server
-        finally:
-            server.stop()
-            reader.join(_STARTUP_TIMEOUT)  # ends at EOF, once the server has exited
-            if process.stderr is not None:
-                process.stderr.close()
+        self._reader = threading.Thread(
+            target=_read_log, args=(process, self.log, found, ready), name="nats-server log",
+            daemon=True,
+        )  # fmt: skip
+        self._reader.start()
+        if not ready.wait(_STARTUP_TIMEOUT) or not found:
+            self.stop()
+            raise ServerError(f"nats-server did not become ready:\n{''.join(self.log)}")
+        self.port = found[0]
+        _wait_for_info(self.port, _STARTUP_TIMEOUT)
 
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
+    def restart(self) -> None:
+        """Start it again (after ``kill`` or ``stop``) on the port it had."""
+        assert self.process is None or self.process.poll() is not None, "still running"
+        self._start(self.port)
+
+    def kill(self) -> None:
+        """SIGKILL: the clients see their connection cut."""
+        self.stop(kill=True)
+
+    def stop(self, *, kill: bool = False) -> None:
+        process = self.process
+        if process is None:
+            return
+        if process.poll() is None:
+            process.kill() if kill else process.terminate()
             try:
-                self.process.wait(_STARTUP_TIMEOUT)
+                process.wait(_STARTUP_TIMEOUT)
             except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+                process.kill()
+                process.wait()
+        if self._reader is not None:
+            self._reader.join(_STARTUP_TIMEOUT)  # ends at EOF, once the server has exited
+        if process.stderr is not None:
+            process.stderr.close()
 
 
 _LISTENING = re.compile(r"Listening for client connections on [^\s]*:(\d+)")
