@@ -39,6 +39,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import anyio.abc
@@ -95,6 +96,13 @@ def context_subject(member: str) -> str:
     return f"soma.node.{member}.context"
 
 
+def _without_credentials(url: str) -> str:
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
+
+
 @asynccontextmanager
 async def joined(system: Any, config: Any) -> AsyncIterator[ClusterRouter | None]:
     """This node's router for the body of the ``with`` (None without ``[cluster]``), in
@@ -124,6 +132,9 @@ class ClusterRouter:
         self._bus: NatsBus | None = None
         self._serving = anyio.Semaphore(_MAX_SERVING)
         self.membership = Membership(name, settings.members)
+        #: The server's URL without its credentials: shown in /health (no token needed),
+        #: in the logs and in the errors agents get.
+        self._shown_url = _without_credentials(settings.nats_url)
 
     # ------------------------------------------------------------------ ownership
 
@@ -160,7 +171,7 @@ class ClusterRouter:
                 logger.info(
                     "member %r joined the cluster at %s (members %s)",
                     self.name,
-                    self.settings.nats_url,
+                    self._shown_url,
                     self.membership.members,
                 )
                 task_status.started()
@@ -198,13 +209,13 @@ class ClusterRouter:
         connected = bus is not None and bus.connected
         problems = self.membership.problems(now)
         if not connected:
-            problems.insert(0, f"not connected to NATS at {self.settings.nats_url}")
+            problems.insert(0, f"not connected to NATS at {self._shown_url}")
         return {
             "member": self.name,
             "members": self.membership.members,
             "members_digest": self.membership.digest,
             "nats": {
-                "url": self.settings.nats_url,
+                "url": self._shown_url,
                 "connected": connected,
                 "max_payload": bus.max_payload if bus is not None else 0,
             },
@@ -259,8 +270,7 @@ class ClusterRouter:
         if not bus.connected:
             raise OwnerUnavailableError(
                 member,
-                f"node {self.name!r} is not connected to NATS at {self.settings.nats_url}"
-                " (reconnecting)",
+                f"node {self.name!r} is not connected to NATS at {self._shown_url} (reconnecting)",
             )
         try:
             msg = await bus.request(subject, call, timeout=wait)

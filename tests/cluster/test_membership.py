@@ -1,4 +1,5 @@
-"""What a member makes of the hellos it hears (``somabrain.cluster.membership``)."""
+"""What a member makes of the hellos it hears (``somabrain.cluster.membership``), and what
+it shows of the NATS server."""
 
 from __future__ import annotations
 
@@ -79,3 +80,11 @@ def test_a_stranger_and_a_twin_are_reported(caplog: pytest.LogCaptureFixture) ->
     here.heard(_hello("b", ["a", "b"]), SILENT_AFTER + 1)
     assert here.problems(SILENT_AFTER + 1) == []
     assert "x" not in here.peers(SILENT_AFTER + 1)
+
+
+def test_health_and_errors_show_the_nats_url_without_credentials() -> None:
+    from somabrain.cluster.router import _without_credentials
+
+    assert _without_credentials("nats://user:pw@10.0.0.1:4222") == "nats://***@10.0.0.1:4222"
+    assert _without_credentials("tls://token@nats.internal") == "tls://***@nats.internal"
+    assert _without_credentials("nats://127.0.0.1:4222") == "nats://127.0.0.1:4222"
