@@ -207,6 +207,11 @@ class SomaConfig(_Section):
                     f"cluster.members {self.cluster.members} must include this node's"
                     f" node.name {name!r}"
                 )
+            if self.cluster.failover and not self.memory.postgres_url:
+                raise ValueError(
+                    "cluster.failover needs memory.postgres_url: a member taking over a"
+                    " tenant reads its memories from the database every member shares"
+                )
         # What the config leaves to the embedder, filled in once for every reader.
         self.context = self.context.for_embedder()
 

@@ -65,6 +65,7 @@ def test_every_member_loads_and_names_the_services(services: dict[str, Any]) -> 
         cfg = soma_config.load(None, environ=env)
         names.add(cfg.node.name)
         assert set(cfg.cluster.members) == {"a", "b"}
+        assert cfg.cluster.failover
         assert len(cfg.auth.secret) >= 32
 
         db = urllib.parse.urlsplit(cfg.memory.postgres_url)

@@ -14,6 +14,9 @@ round trip). From what it hears, each member knows:
 
 Each is logged when it starts (an error for a misconfiguration, a warning for a silent
 member) and reported under ``cluster`` in ``/health``, which is ``degraded`` meanwhile.
+
+With ``cluster.failover``, ``up`` is the list ownership is computed over: a silent member's
+tenants go to the members that are up, and come back when it is heard again.
 """
 
 from __future__ import annotations
@@ -48,9 +51,15 @@ class _Peer:
 class Membership:
     """What this member heard of the others (module doc). Not thread-safe: one event loop."""
 
-    def __init__(self, name: str, members: list[str]) -> None:
+    def __init__(
+        self, name: str, members: list[str], *, failover: bool = False, now: float = 0.0
+    ) -> None:
         self.name = name
         self.members = sorted(members)
+        self.failover = failover
+        #: When this member started listening: a member not heard from yet counts as up
+        #: until ``SILENT_AFTER`` from then (it may simply not have said hello yet).
+        self.started = now
         self.digest = membership_digest(members)
         self.instance = secrets.token_hex(8)
         self._peers: dict[str, _Peer] = {}
@@ -122,10 +131,28 @@ class Membership:
             if peer is None or now - peer.seen > SILENT_AFTER:
                 self._silent.add(member)
                 logger.warning(
-                    "cluster member %r not heard from for %g s: its tenants answer 503",
+                    "cluster member %r not heard from for %g s: %s",
                     member,
                     SILENT_AFTER,
+                    "its tenants move to the members that are up"
+                    if self.failover
+                    else "its tenants answer 503",
                 )
+
+    def up(self, now: float) -> list[str]:
+        """The members that own tenants when failing over: this one, those heard within
+        ``SILENT_AFTER``, and those not heard yet while this one is younger than that."""
+        young = now - self.started <= SILENT_AFTER
+        found = []
+        for member in self.members:
+            peer = self._peers.get(member)
+            if (
+                member == self.name
+                or (peer is not None and now - peer.seen <= SILENT_AFTER)
+                or (peer is None and young)
+            ):
+                found.append(member)
+        return found
 
     def problems(self, now: float) -> list[str]:
         found: list[str] = []

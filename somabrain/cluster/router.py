@@ -53,7 +53,7 @@ from ..memory.messages import MemoryRequest
 from .errors import ClusterError, OwnerUnavailableError, PayloadTooLargeError
 from .membership import HELLO_INTERVAL, HELLO_SUBJECT, Membership
 from .ownership import owner
-from .routing import ask_local
+from .routing import MEMORY_SUPERVISOR, ask_local
 from .settings import CLUSTER_RESOURCE, ClusterSettings
 from .wire import (
     ContextCall,
@@ -131,7 +131,9 @@ class ClusterRouter:
         self.name = name
         self._bus: NatsBus | None = None
         self._serving = anyio.Semaphore(_MAX_SERVING)
-        self.membership = Membership(name, settings.members)
+        self.membership = Membership(
+            name, settings.members, failover=settings.failover, now=time.monotonic()
+        )
         #: The server's URL without its credentials: shown in /health (no token needed),
         #: in the logs and in the errors agents get.
         self._shown_url = _without_credentials(settings.nats_url)
@@ -139,6 +141,8 @@ class ClusterRouter:
     # ------------------------------------------------------------------ ownership
 
     def owner_of(self, tenant: str) -> str:
+        if self.settings.failover:  # among the members that are up (membership.py)
+            return owner(tenant, self.membership.up(time.monotonic()))
         return owner(tenant, self.settings.members)
 
     def owns(self, tenant: str) -> bool:
@@ -178,6 +182,8 @@ class ClusterRouter:
                 while True:
                     await self._say_hello(bus)
                     self.membership.tick(time.monotonic())
+                    if self.settings.failover:
+                        self._release_moved()
                     await anyio.sleep(HELLO_INTERVAL)
             finally:
                 self._bus = None
@@ -186,6 +192,17 @@ class ClusterRouter:
                 group.cancel_scope.cancel()
 
     # ------------------------------------------------------------------ membership
+
+    def _release_moved(self) -> None:
+        """Stop this member's memory actors of tenants it no longer owns (a member it stood
+        in for is back): their owner now writes their log, and this one would be behind it."""
+        tree = self.system.resources.get("tree")
+        runner = tree.find(MEMORY_SUPERVISOR) if tree is not None else None
+        if runner is None or not hasattr(runner, "passivate"):
+            return
+        for tenant in runner.names():
+            if not self.owns(tenant) and runner.passivate(tenant):
+                logger.info("tenant %r moved to member %r", tenant, self.owner_of(tenant))
 
     async def _say_hello(self, bus: NatsBus) -> None:
         if bus.connected:
@@ -198,8 +215,11 @@ class ClusterRouter:
         bus = self._bus
         if not isinstance(msg.data, Hello):
             return
-        if self.membership.heard(msg.data, time.monotonic()) and bus is not None:
-            await self._say_hello(bus)
+        if self.membership.heard(msg.data, time.monotonic()):
+            if self.settings.failover:  # a member back: hand its tenants over at once
+                self._release_moved()
+            if bus is not None:
+                await self._say_hello(bus)
 
     def health(self) -> dict[str, Any]:
         """The ``cluster`` component of ``/health``: the connection to NATS, the members
@@ -220,6 +240,11 @@ class ClusterRouter:
                 "max_payload": bus.max_payload if bus is not None else 0,
             },
             "peers": self.membership.peers(now),
+            "failover": self.settings.failover,
+            # The members that own tenants now: all of them, or those up with failover.
+            "owners": self.membership.up(now)
+            if self.settings.failover
+            else self.membership.members,
             "problems": problems,
         }
 
@@ -318,7 +343,9 @@ class ClusterRouter:
                 f" differ from its own {self.membership.members}: give every member the same"
                 " list",
             )
-        if not self.owns(tenant):
+        if not self.owns(tenant) and not self.settings.failover:
+            # With failover, members may see another one fall silent a hello apart: the
+            # asker's view is served (the log's one-writer check keeps the tenant whole).
             return OwnerUnavailableError(
                 self.owner_of(tenant),
                 f"node {self.name!r} got a request for tenant {tenant!r}, which it does not"

@@ -36,6 +36,11 @@ class ClusterSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     members: list[str] = msgspec.field(default_factory=list)
     #: Seconds a node waits for another member's answer before it answers 503 ``unavailable``.
     request_timeout: Annotated[float, Meta(gt=0)] = 10.0
+    #: A member not heard from for ``membership.SILENT_AFTER`` seconds loses its tenants to
+    #: the members that are up (each to its next owner by rendezvous), and gets them back
+    #: when it is heard again. Needs the tenants' memories in a database every member reaches
+    #: (``memory.postgres_url``): with files, the member taking over would start them empty.
+    failover: bool = False
 
     def __post_init__(self) -> None:
         for name in self.members:

@@ -160,6 +160,16 @@ class DynamicSupervisor(Supervisor):
                     child.passivating = True
                     self._post_command(lambda child=child: self._passivate(child))
 
+    def passivate(self, name: str) -> bool:
+        """Stop the child ``name`` gracefully, as when it is idle (a message that arrives
+        meanwhile starts it again). False when no such child is running."""
+        child = self._by_name.get(name)
+        if child is None or not child.running or child.passivating:
+            return False
+        child.passivating = True
+        self._post_command(lambda: self._passivate(child))
+        return True
+
     async def _passivate(self, child: Child) -> None:
         if child not in self.children or not child.running:
             return

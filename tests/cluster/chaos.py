@@ -33,7 +33,8 @@ def tenant_owned_by(member: str, prefix: str, *member_lists: list[str]) -> str:
     return next(t for t in candidates if all(owner(t, m) == member for m in lists))
 
 
-def config(name: str, nats_url: str, members: list[str]) -> str:
+def config(name: str, nats_url: str, members: list[str], extra: str = "") -> str:
+    """A member's config; ``extra`` is TOML appended to it (keys of ``[cluster]`` first)."""
     listed = ", ".join(f'"{m}"' for m in members)
     return f"""
 [node]
@@ -49,12 +50,15 @@ enabled = false
 nats_url = "{nats_url}"
 members = [{listed}]
 request_timeout = {REQUEST_TIMEOUT}
+{extra}
 """
 
 
-def start_member(root: Path, name: str, nats_url: str, members: list[str] = MEMBERS) -> DevNode:
+def start_member(
+    root: Path, name: str, nats_url: str, members: list[str] = MEMBERS, extra: str = ""
+) -> DevNode:
     path = root / f"{name}.toml"
-    path.write_text(config(name, nats_url, members))
+    path.write_text(config(name, nats_url, members, extra))
     return DevNode(root / name, "--config", str(path)).start()
 
 
@@ -73,15 +77,17 @@ class Cluster:
 
 
 @contextmanager
-def cluster(root: Path, members: dict[str, list[str]] | None = None) -> Iterator[Cluster]:
+def cluster(
+    root: Path, members: dict[str, list[str]] | None = None, extra: str = ""
+) -> Iterator[Cluster]:
     """A nats-server of its own (fault tests kill it) and one member per entry of
-    ``members`` (name: its cluster.members)."""
+    ``members`` (name: its cluster.members); ``extra``: TOML for every member's config."""
     lists = members or {name: MEMBERS for name in MEMBERS}
     with NatsServer.running() as nats:
         nodes: dict[str, DevNode] = {}
         try:
             for name, listed in lists.items():
-                nodes[name] = start_member(root, name, nats.url, listed)
+                nodes[name] = start_member(root, name, nats.url, listed, extra)
             for node in nodes.values():
                 with client(node, "default") as c:
                     node.wait_ready(c)

@@ -88,3 +88,23 @@ def test_health_and_errors_show_the_nats_url_without_credentials() -> None:
     assert _without_credentials("nats://user:pw@10.0.0.1:4222") == "nats://***@10.0.0.1:4222"
     assert _without_credentials("tls://token@nats.internal") == "tls://***@nats.internal"
     assert _without_credentials("nats://127.0.0.1:4222") == "nats://127.0.0.1:4222"
+
+
+def test_the_members_up_are_those_heard_and_the_unheard_while_young() -> None:
+    here = Membership("a", ["a", "b", "c"], failover=True, now=100.0)
+    assert here.up(100.0 + SILENT_AFTER) == ["a", "b", "c"]  # nobody had time to say hello
+    here.heard(_hello("b", ["a", "b", "c"]), 101.0)
+    assert here.up(101.0 + SILENT_AFTER) == ["a", "b"]  # c never said hello: not up
+    assert here.up(101.5 + SILENT_AFTER) == ["a"]  # b silent for longer than SILENT_AFTER
+    here.heard(_hello("b", ["a", "b", "c"]), 120.0)
+    assert here.up(120.0) == ["a", "b"]  # b is back
+
+
+def test_a_silent_member_is_logged_as_moved_with_failover(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    here = Membership("a", ["a", "b"], failover=True, now=0.0)
+    here.heard(_hello("b", ["a", "b"]), 0.0)
+    with caplog.at_level(logging.WARNING, logger="somabrain.cluster"):
+        here.tick(SILENT_AFTER + 1)
+    assert "move to the members that are up" in caplog.text

@@ -1,0 +1,102 @@
+"""Failover (``cluster.failover``, memories in a PostgreSQL every member reaches): a member
+killed with SIGKILL loses its tenants to the member that is up, which serves them with every
+acknowledged memory; when the member is back it gets them again, with what was written
+meanwhile, and the stand-in lets go of them."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from somabrain import config as soma_config
+from somabrain.cluster.membership import SILENT_AFTER
+from somabrain.supervision import ConfigError
+from tests.cluster.chaos import (
+    MEMBERS,
+    Cluster,
+    client,
+    cluster,
+    config,
+    health,
+    ok,
+    tenant_owned_by,
+    wait_for,
+)
+from tests.edge.devnode import DevNode
+from tests.servers import PostgresServer
+
+pytestmark = pytest.mark.integration
+
+TENANT_B = tenant_owned_by("node-b", "failover-b")
+
+
+@pytest.fixture
+def pair(tmp_path: Path, postgres_server: PostgresServer) -> Iterator[Cluster]:
+    extra = f'failover = true\n\n[memory]\npostgres_url = "{postgres_server.url}"\n'
+    with cluster(tmp_path, extra=extra) as running:
+        yield running
+
+
+def _remember(node: DevNode, content: str) -> httpx.Response:
+    with client(node, TENANT_B) as c:
+        return c.post("/memory/remember", json={"content": content})
+
+
+def _get(node: DevNode, key: str) -> int:
+    with client(node, TENANT_B) as c:
+        return c.get(f"/memory/{key}").status_code
+
+
+def test_a_dead_members_tenants_move_and_come_back(pair: Cluster) -> None:
+    a, b = pair.a, pair.b
+    before = ok(_remember(a, "written through a, kept by b"))["key"]
+    assert health(a)["components"]["cluster"]["owners"] == MEMBERS
+
+    b.kill()  # SIGKILL: b's tenants answer 503 until a hears b is gone, then a serves them
+    started = time.monotonic()
+    statuses: list[int] = []
+
+    def taken_over() -> bool:
+        r = _remember(a, "written through a while b is down")
+        statuses.append(r.status_code)
+        return r.status_code == 200
+
+    wait_for("node-a serves node-b's tenant", taken_over, timeout=SILENT_AFTER + 15)
+    assert set(statuses) <= {200, 503}, statuses  # never a 500
+    assert time.monotonic() - started >= 1.0  # not before b was missed
+    assert _get(a, before) == 200  # replayed from the database
+    meanwhile = ok(_remember(a, "written through a, b away"))["key"]
+    assert health(a)["components"]["cluster"]["owners"] == ["node-a"]
+    assert TENANT_B in _memory_actors(a)
+
+    b.start()  # on its data directory; its tenants come back to it
+    with client(b, "default") as c:
+        b.wait_ready(c)
+    wait_for("node-b serves its tenant again", lambda: _get(b, meanwhile) == 200)
+    wait_for(
+        "node-a forwards to node-b again",
+        lambda: health(a)["components"]["cluster"]["owners"] == MEMBERS,
+    )
+    after = ok(_remember(a, "written through a, kept by b again"))["key"]
+    for key in (before, meanwhile, after):
+        assert _get(b, key) == 200, key
+    assert TENANT_B not in _memory_actors(a)  # a let go of it
+
+
+def _memory_actors(node: DevNode) -> set[str]:
+    """The tenants whose memory actor runs on ``node``."""
+    with client(node, "default") as c:
+        tree = ok(c.get("/admin/tree"))
+    memory = next(c for c in tree["children"] if c["path"].endswith("/memory"))
+    return {c["path"].rsplit("/", 1)[-1] for c in memory.get("children", ())}
+
+
+def test_failover_needs_the_memories_in_a_database(tmp_path: Path) -> None:
+    path = tmp_path / "a.toml"
+    path.write_text(config("node-a", "nats://127.0.0.1:4222", MEMBERS, "failover = true\n"))
+    with pytest.raises(ConfigError, match="postgres_url"):
+        soma_config.load(path)
