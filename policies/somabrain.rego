@@ -4,7 +4,10 @@
 #   action        "remember", "evaluate"; for reads and changes of stored memories
 #                 "recall", "get", "link", "forget" (decided per namespace, size 0)
 #   tenant        the tenant the request acts for
-#   namespace     the memory namespace ("default" when the request names none)
+#   namespace     the memory namespace ("default" when a remember names none); "" for a read
+#                 that names none (an evaluate over all namespaces): the namespace rules are
+#                 then left out, since the node decides each namespace the read finds
+#                 separately (as the request made in it) and leaves out the refused ones
 #   tags          the memory's tags (remember) or the request's tags
 #   scopes        the caller's token scopes
 #   content_size  bytes of content (remember) or of the query (evaluate)
@@ -59,6 +62,7 @@ decision := {
 
 		# Namespaces open to this tenant.
 		{sprintf("namespace %q is not open to tenant %q", [input.namespace, input.tenant]) |
+			input.namespace != ""
 			not_listed(input.namespace, ns.allow)
 		},
 

@@ -50,6 +50,20 @@ test_per_tenant_namespaces if {
 	other.deny == {"namespace \"default\" is not open to tenant \"acme\""}
 }
 
+test_a_read_naming_no_namespace_is_decided_without_the_namespace_rules if {
+	rules := {"acme": {"allow": ["notes"], "reserved_prefixes": ["_"]}}
+	unscoped := {"action": "evaluate", "namespace": ""}
+	d := policy.decision with input as object.union(ok, unscoped)
+		with data.constitution.policy.namespaces.tenants as rules
+	d.allow
+
+	# the other rules still apply
+	big := object.union(ok, object.union(unscoped, {"content_size": 20000}))
+	too_big := policy.decision with input as big
+		with data.constitution.policy.namespaces.tenants as rules
+	too_big.deny == {"content of 20000 bytes exceeds the 16384-byte limit for evaluate"}
+}
+
 test_reserved_namespace_needs_admin if {
 	d := decide({"namespace": "_system"})
 	not d.allow

@@ -43,10 +43,12 @@ from ..actors import Actor, ActorStoppedError, Msg
 from ..cluster import OwnerUnavailableError, PayloadTooLargeError
 from ..cluster.routing import ask_tenant
 from ..governance.http import (
+    UNSCOPED,
     GovernanceRefusal,
     evaluate_input,
     keep_memories,
     refused_namespaces,
+    unscoped_reader,
 )
 from ..governance.policy import PolicyInput
 from ..governance.reads import search_readable
@@ -57,7 +59,7 @@ from ..memory.types import RecallFilter
 from ..supervision import MaxChildrenError
 from ..tenancy import valid_tenant
 from .adaptation import AdaptationStore
-from .feedback import apply_feedback
+from .feedback import apply_feedback, unknown_keys
 from .messages import (
     ADAPTATION_SUBJECT,
     EVALUATE_SUBJECT,
@@ -72,7 +74,7 @@ from .messages import (
     FeedbackResult,
 )
 from .offload import build as offload_build
-from .settings import ContextSettings, tenant_default_weights
+from .settings import ContextSettings, query_too_long, tenant_default_weights
 
 __all__ = ["ADAPTATION_RESOURCE", "PlannerActor"]
 
@@ -238,9 +240,7 @@ class PlannerActor(Actor):
         if not request.query.strip():
             raise _refuse(422, "invalid_field", "query must not be blank", "query")
         if len(request.query) > limits.max_query_chars:
-            raise _refuse(
-                413, "too_large", f"query longer than {limits.max_query_chars} characters", "query"
-            )
+            raise _refuse(422, "out_of_range", query_too_long(limits.max_query_chars), "query")
         filters = None
         if request.filters:
             try:
@@ -294,13 +294,17 @@ class PlannerActor(Actor):
         elapsed = (time.perf_counter() - started) * 1e3
         return msgspec.structs.replace(bundle, duration_ms=round(elapsed, 3))
 
-    @staticmethod
-    def _reader(request: Evaluate) -> PolicyInput:
-        return evaluate_input(
-            request.tenant,
-            namespace=request.namespace or "default",
-            query=request.query,
-            scopes=request.scopes,
+    def _reader(self, request: Evaluate) -> PolicyInput:
+        """The request as the edge's gate decided it (an unscoped one as ``unscoped_reader``
+        says), so that the policies' verdict on a memory's tags is taken as the gate's."""
+        return unscoped_reader(
+            self.context.system.resources,
+            evaluate_input(
+                request.tenant,
+                namespace=request.namespace or UNSCOPED,
+                query=request.query,
+                scopes=request.scopes,
+            ),
         )
 
     def _refused(self, reader: PolicyInput, namespaces: Iterable[str]) -> frozenset[str]:
@@ -348,7 +352,7 @@ class PlannerActor(Actor):
 
     async def feedback(self, request: Feedback) -> Any:
         if len(request.used_keys) > _MAX_USED_KEYS:
-            raise _refuse(413, "too_large", f"more than {_MAX_USED_KEYS} used_keys", "used_keys")
+            raise _refuse(422, "out_of_range", f"more than {_MAX_USED_KEYS} used_keys", "used_keys")
         for name in ("utility", "reward", "latency_ms"):
             value = getattr(request, name)
             if value is not None and value != value:  # NaN
@@ -369,6 +373,9 @@ class PlannerActor(Actor):
             at=request.at,
             session_id=request.session_id,
         )
+        unknown = await unknown_keys(
+            lambda message: self._memory(tenant, message), request.used_keys, reinforced
+        )
         await self.store.save(tenant)
         await self._publish_event(request)
         return FeedbackResult(
@@ -378,6 +385,7 @@ class PlannerActor(Actor):
             weights_after=update.weights_after,
             reinforced=len(reinforced),
             learning_rate=update.learning_rate,
+            unknown_keys=unknown,
         )
 
     async def _publish_event(self, request: Feedback) -> None:

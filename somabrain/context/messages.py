@@ -152,6 +152,9 @@ class FeedbackResult(msgspec.Struct, frozen=True, kw_only=True):
     weights_after: dict[str, float]
     reinforced: int = 0
     learning_rate: float = 0.0
+    #: Used keys the tenant does not hold (never remembered, or forgotten since the bundle):
+    #: they change nothing; the feedback applies to the others.
+    unknown_keys: list[str] = []
 
 
 class AdaptationView(msgspec.Struct, frozen=True, kw_only=True):

@@ -28,14 +28,19 @@ from .adaptation import AdaptationSettings
 from .planner import PlannerSettings
 
 __all__ = [
+    "MAX_QUERY_CHARS",
     "ContextSettings",
     "EmbedderSettings",
     "LimitSettings",
     "ViewSettings",
     "WorkingMemorySettings",
     "default_weights_for",
+    "query_too_long",
     "tenant_default_weights",
 ]
+
+#: The longest query any route takes, whatever the config (``max_query_chars`` is at most it).
+MAX_QUERY_CHARS = 100_000
 
 PositiveInt = Annotated[int, Meta(ge=1)]
 PositiveFloat = Annotated[float, Meta(gt=0)]
@@ -92,7 +97,8 @@ class LimitSettings(_Section, frozen=True):
     default_top_k: PositiveInt = 10
     max_memories: Annotated[int, Meta(ge=1, le=1000)] = 50
     max_prompt_chars: Annotated[int, Meta(ge=64)] = 8000
-    max_query_chars: PositiveInt = 4000
+    #: An evaluate's or a feedback's query: 422 ``out_of_range`` naming ``query`` beyond it.
+    max_query_chars: Annotated[int, Meta(ge=1, le=MAX_QUERY_CHARS)] = 4000
     #: Dimension of the HRR residual vector; embeddings are projected to it (see ``hrr``).
     hrr_dim: Annotated[int, Meta(ge=16)] = 1024
     max_vector_dim: PositiveInt = 4096
@@ -135,6 +141,11 @@ class ContextSettings(_Section, frozen=True):
             adaptation=self.adaptation.for_embedder(self.embedder),
             associations=self.associations.for_embedder(self.embedder),
         )
+
+
+def query_too_long(limit: int) -> str:
+    """The message of a query over ``max_query_chars`` (the edge and the planners say it)."""
+    return f"query is longer than {limit} characters (context.limits.max_query_chars)"
 
 
 def tenant_default_weights(config: Any) -> dict[str, float]:

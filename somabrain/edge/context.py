@@ -27,8 +27,9 @@ from ..context.messages import (
     FeedbackResult,
     Tokens,
 )
-from ..governance.http import BundleGovernance, evaluate_input
-from ..memory.types import DEFAULT_NAMESPACE, RecallFilter
+from ..context.settings import MAX_QUERY_CHARS, query_too_long
+from ..governance.http import UNSCOPED, BundleGovernance, evaluate_input
+from ..memory.types import RecallFilter
 from .audited import AuditHandlers
 from .errors import HTTPError, from_validation
 from .schemas import Timestamp
@@ -51,12 +52,15 @@ __all__ = [
 Session = Annotated[str, Meta(min_length=1, max_length=256)]
 TenantId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")]
 Key = Annotated[str, Meta(min_length=1, max_length=512)]
+#: The schema's bound is the hard cap; ``context.limits.max_query_chars`` (at most the cap) is
+#: checked by the handlers, with the same 422 ``out_of_range`` naming ``query``.
+Query = Annotated[str, Meta(min_length=1, max_length=MAX_QUERY_CHARS)]
 
 
 class EvaluateRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """``at``: the time the query is about (recency view), epoch seconds or RFC 3339."""
 
-    query: Annotated[str, Meta(min_length=1, max_length=100_000)]
+    query: Query
     session_id: Session | None = None
     top_k: Annotated[int, Meta(ge=1, le=1000)] | None = None
     namespace: Annotated[str, Meta(min_length=1, max_length=128)] | None = None
@@ -73,7 +77,7 @@ class TokensIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 class FeedbackRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     session_id: Session
-    query: Annotated[str, Meta(min_length=1, max_length=100_000)]
+    query: Query
     prompt: Annotated[str, Meta(max_length=1_000_000)] = ""
     response_text: Annotated[str, Meta(max_length=1_000_000)] | None = None
     utility: Annotated[float, Meta(ge=-1e6, le=1e6)] | None = None
@@ -107,6 +111,7 @@ class ContextHandlers(AuditHandlers):
     the memory routes: ``AuditHandlers``)."""
 
     _govern_bundle: Callable[[PolicyInput, list[list[str]], list[float]], BundleGovernance]
+    _unscoped: Callable[[PolicyInput], PolicyInput]
 
     def json(self, value: Any, status: int = 200) -> Response:
         raise NotImplementedError
@@ -131,15 +136,20 @@ class ContextHandlers(AuditHandlers):
             raise failure_error(reply)
         return reply
 
+    def _check_query(self, query: str) -> None:
+        """422 ``out_of_range`` naming ``query`` over ``context.limits.max_query_chars``, as
+        recall's own bound is (a field over its limit; 413 is for a body over
+        ``edge.max_body_bytes``). Before the governance gate, whose policies also limit the
+        query's size (in bytes, 16 KiB by default) with a 403 that names no field."""
+        if not query.strip():
+            raise HTTPError(422, "invalid_field", "query must not be blank", field="query")
+        limit = self.config.context.limits.max_query_chars
+        if len(query) > limit:
+            raise HTTPError(422, "out_of_range", query_too_long(limit), field="query")
+
     async def _h_context_evaluate(self, request: Request) -> Response:
         body: EvaluateRequest = request.body
-        # Before the governance gate, whose policies also limit the query's size (in bytes,
-        # 16 KiB by default): every query too long for the planner is the same 413 naming it.
-        limit = self.config.context.limits.max_query_chars
-        if len(body.query) > limit:
-            raise HTTPError(
-                413, "too_large", f"query longer than {limit} characters", field="query"
-            )
+        self._check_query(body.query)
         tenant = self._tenant(request, body.tenant)
         assert request.principal is not None
         if body.filters:
@@ -149,13 +159,23 @@ class ContextHandlers(AuditHandlers):
                 RecallFilter.from_mapping(body.filters)
             except msgspec.ValidationError as exc:
                 raise from_validation(exc, prefix="filters") from None
-        namespace = body.namespace or DEFAULT_NAMESPACE
-        request_input = evaluate_input(
-            tenant, namespace=namespace, query=body.query, scopes=request.principal.scopes
+        # Without a namespace, every namespace the caller may read is searched (the planner
+        # leaves out the refused ones): the gate does not decide it as ``default``, which a
+        # tenant's policy may close (``unscoped_reader``).
+        request_input = self._unscoped(
+            evaluate_input(
+                tenant,
+                namespace=body.namespace or UNSCOPED,
+                query=body.query,
+                scopes=request.principal.scopes,
+            )
         )
         # Audited as ``context.evaluate`` with the session: the reward worker matches feedback
         # to the bundle by its audit_id, or by (tenant, session_id). The query is hashed.
-        attributes: dict[str, object] = {"session_id": body.session_id, "namespace": namespace}
+        attributes: dict[str, object] = {
+            "session_id": body.session_id,
+            "namespace": body.namespace,
+        }
         decision = await self._govern_audited(
             request,
             tenant,
@@ -203,6 +223,7 @@ class ContextHandlers(AuditHandlers):
 
     async def _h_context_feedback(self, request: Request) -> Response:
         body: FeedbackRequest = request.body
+        self._check_query(body.query)
         tenant = self._tenant(request, body.tenant)
         tokens = None
         if body.tokens is not None:
@@ -239,6 +260,7 @@ class ContextHandlers(AuditHandlers):
             attributes={
                 "session_id": body.session_id,
                 "used_keys": len(body.used_keys or ()),
+                "unknown_keys": len(result.unknown_keys),
                 "reward": body.reward,
                 "utility": body.utility,
                 "adaptation_applied": result.adaptation_applied,

@@ -58,6 +58,10 @@ class GovernanceHandlers:
         except gov.GovernanceRefusal as refusal:
             raise http_error(refusal) from None
 
+    def _unscoped(self, request: PolicyInput) -> PolicyInput:
+        """The gate's input for a read over every namespace (``gov.unscoped_reader``)."""
+        return gov.unscoped_reader(self.system.resources, request)
+
     def _govern_bundle(
         self, request: PolicyInput, memory_tags: list[list[str]], weights: list[float]
     ) -> gov.BundleGovernance:

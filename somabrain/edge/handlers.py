@@ -332,6 +332,8 @@ class Handlers(AuditHandlers):
 
     async def _h_recall(self, request: Request) -> Response:
         body: s.RecallRequest = request.body
+        if not body.query.strip():  # as evaluate and feedback answer it
+            raise HTTPError(422, "invalid_field", "query must not be blank", field="query")
         tenant = self._tenant(request, body.tenant)
         flt: RecallFilter | None = None
         if body.filters:

@@ -41,6 +41,7 @@ from .service import Governance
 
 __all__ = [
     "GUARDIAN_PATH",
+    "UNSCOPED",
     "BundleGovernance",
     "GovernanceRefusal",
     "LoadResponse",
@@ -62,7 +63,16 @@ __all__ = [
     "readiness",
     "refused_namespaces",
     "remember_input",
+    "unscoped_reader",
 ]
+
+#: The ``namespace`` of a read that names none (e.g. an unscoped evaluate): the policies leave
+#: out their namespace rules, and each namespace the read finds is decided on its own
+#: (``refused_namespaces``). Not a namespace anything can be remembered in (they are 1-128
+#: characters).
+UNSCOPED = ""
+#: Where a remember that names no namespace goes (``memory.types.DEFAULT_NAMESPACE``).
+_DEFAULT_NAMESPACE = "default"
 
 #: Where the default tree runs the guardian (``[tree.children.guardian]``).
 GUARDIAN_PATH = "/root/guardian"
@@ -106,7 +116,8 @@ class ValidateInput(msgspec.Struct, kw_only=True):
 
     action: Annotated[str, Meta(min_length=1)] = "validate"
     tenant: Annotated[str, Meta(min_length=1)]
-    namespace: Annotated[str, Meta(min_length=1)] = "default"
+    #: ``""``: a read that names no namespace (an unscoped evaluate; see ``UNSCOPED``).
+    namespace: str = "default"
     tags: list[str] = []
     scopes: list[str] = []
     content_size: Annotated[int, Meta(ge=0)] = 0
@@ -246,6 +257,24 @@ def evaluate_input(
     return remember_input(
         tenant, namespace=namespace, tags=tags, scopes=scopes, content=query, action="evaluate"
     )
+
+
+def unscoped_reader(resources: Mapping[str, Any], request: PolicyInput) -> PolicyInput:
+    """The policy input of a read over every namespace (``request.namespace`` is
+    ``UNSCOPED``): as the read made in ``default`` when the policies open that namespace to the
+    caller (what the node always sent), else without a namespace. Why not simply ``default``:
+    a tenant whose policy closes ``default`` could not evaluate over the namespaces it may read.
+    Why not always ``UNSCOPED``: a constitution signed before its policies knew it decides
+    ``""`` as a namespace, which an explicit allowlist refuses; trying ``default`` first keeps
+    what such a constitution allowed. Any other request is returned as it is."""
+    if request.namespace != UNSCOPED:
+        return request
+    default = msgspec.structs.replace(request, namespace=_DEFAULT_NAMESPACE)
+    try:
+        refused = refused_namespaces(resources, default, (_DEFAULT_NAMESPACE,))
+    except GovernanceRefusal:  # not governed: the gate answers it (503)
+        return default
+    return request if refused else default
 
 
 def penalize(

@@ -206,7 +206,8 @@ async def test_refusals_come_back_as_failures(tmp_path: Path) -> None:
         blank = await ask(system, Evaluate(tenant="acme", query="   "))
         assert isinstance(blank, ContextFailure) and blank.status == 422
         big = await ask(system, Evaluate(tenant="acme", query="x" * 5000))
-        assert isinstance(big, ContextFailure) and big.status == 413
+        assert isinstance(big, ContextFailure) and (big.status, big.code) == (422, "out_of_range")
+        assert big.field == "query"
         flt = await ask(system, Evaluate(tenant="acme", query="x", filters={"tags": 3}))
         assert isinstance(flt, ContextFailure) and flt.status == 422
         empty = await ask(system, Evaluate(tenant="nobody", query="anything"))

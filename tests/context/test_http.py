@@ -165,18 +165,74 @@ async def test_bad_input_is_refused_with_the_right_status(tmp_path: Path) -> Non
             assert (await anon.post("/context/evaluate", json={"query": "x"})).status_code == 401
 
 
-async def test_every_query_over_max_query_chars_is_a_413_naming_it(tmp_path: Path) -> None:
-    """The length limit is checked before the governance gate, whose own limit (16 KiB of
-    content) would otherwise answer longer queries with a 403 that names no field."""
+async def test_a_query_over_its_limit_is_the_same_422_on_every_route(tmp_path: Path) -> None:
+    """Recall, evaluate and feedback answer a query over its limit alike: 422 ``out_of_range``
+    naming ``query`` (a field over its bound, as ``top_k``; 413 is for a body over
+    ``edge.max_body_bytes``). Evaluate's limit is checked before the governance gate, whose
+    own (16 KiB of content) would otherwise answer longer queries with a 403 naming no field;
+    a blank query is a 422 ``invalid_field`` on all three."""
     async with edge(tmp_path) as (app, auth), client(app, auth) as c:
         limit = app.config.context.limits.max_query_chars
-        for length in (limit + 1, 16 * 1024 + 1, 99_000):
-            r = await c.post("/context/evaluate", json={"query": "q" * length})
-            assert r.status_code == 413, (length, r.text)
+        feedback = {"session_id": "s"}
+        for route, body, length in (
+            ("/memory/recall", {}, 10_001),
+            ("/context/evaluate", {}, limit + 1),
+            ("/context/evaluate", {}, 16 * 1024 + 1),
+            ("/context/evaluate", {}, 99_000),
+            ("/context/evaluate", {}, 100_001),
+            ("/context/feedback", feedback, limit + 1),
+        ):
+            r = await c.post(route, json={**body, "query": "q" * length})
+            assert r.status_code == 422, (route, length, r.text)
             error = r.json()["error"]
-            assert (error["code"], error["field"]) == ("too_large", "query")
-        r = await c.post("/context/evaluate", json={"query": "q" * limit})
+            assert (error["code"], error["field"]) == ("out_of_range", "query"), (route, length)
+        for route, body in (
+            ("/memory/recall", {}),
+            ("/context/evaluate", {}),
+            ("/context/feedback", feedback),
+        ):
+            r = await c.post(route, json={**body, "query": " \n\t "})
+            assert r.status_code == 422, (route, r.text)
+            error = r.json()["error"]
+            assert (error["code"], error["field"]) == ("invalid_field", "query"), route
+        for route, body in (("/context/evaluate", {}), ("/context/feedback", feedback)):
+            r = await c.post(route, json={**body, "query": "q" * limit})
+            assert r.status_code == 200, (route, r.text)
+        r = await c.post("/memory/recall", json={"query": "q" * 10_000})
         assert r.status_code == 200, r.text
+
+
+async def test_feedback_names_the_used_keys_the_tenant_does_not_hold(tmp_path: Path) -> None:
+    """A key forgotten between the bundle and its feedback (or never remembered) does not fail
+    the feedback: the known keys are applied, the others listed in ``unknown_keys``."""
+    async with edge(tmp_path) as (app, auth), client(app, auth) as c:
+        await remember(c, [
+            {"key": "a", "content": "the lighthouse keeper rows to the island"},
+            {"key": "b", "content": "the lighthouse lamp burns whale oil"},
+            {"key": "c", "content": "a note about something else entirely"},
+        ])  # fmt: skip
+        query = {"session_id": "s", "query": "lighthouse"}
+        bundle = (await c.post("/context/evaluate", json=query)).json()
+        assert {"a", "b"} <= {m["key"] for m in bundle["memories"]}
+        assert (await c.delete("/memory/b")).status_code == 200  # forgotten since the bundle
+        used = ["a", "b", "never", "a"]
+        r = await c.post("/context/feedback", json={**query, "used_keys": used, "reward": 1})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["accepted"] and body["reinforced"] == 1
+        assert body["unknown_keys"] == ["b", "never"]
+        memory = (await c.post("/memory/recall", json={"query": "lighthouse"})).json()
+        salience = {m["key"]: m["views"]["salience"] for m in memory["results"]}
+        assert salience["a"] > 0.5 and "b" not in salience  # a reinforced, b stays forgotten
+        # a reward of 0 reinforces nothing, and still says which keys are unknown
+        r = await c.post("/context/feedback", json={**query, "used_keys": used, "reward": 0})
+        assert r.status_code == 200, r.text
+        assert (r.json()["reinforced"], r.json()["unknown_keys"]) == (0, ["b", "never"])
+        r = await c.post("/context/feedback", json={**query, "used_keys": ["a"]})
+        assert r.json()["unknown_keys"] == []
+        r = await c.post("/context/feedback", json={**query, "used_keys": ["gone"]})
+        assert r.status_code == 200, r.text
+        assert (r.json()["reinforced"], r.json()["unknown_keys"]) == (0, ["gone"])
 
 
 async def test_working_memory_is_searchable_with_layer_wm(tmp_path: Path) -> None:

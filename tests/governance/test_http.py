@@ -26,7 +26,7 @@ from somabrain.governance import (
     verify,
 )
 from somabrain.supervision import SupervisionTree, SupervisorNode
-from tests.governance.helpers import genesis, make
+from tests.governance.helpers import MODULES, genesis, make
 
 pytestmark = pytest.mark.anyio
 
@@ -333,3 +333,88 @@ async def test_reserved_namespaces_are_read_and_changed_with_the_admin_scope_onl
         assert (await user.get("/memory/note0")).status_code == 200
         assert (await user.delete("/memory/note0")).json()["deleted"] is True
         assert (await admin.delete("/memory/sys0")).json()["deleted"] is True
+
+
+async def _successor(
+    client: httpx.AsyncClient,
+    tmp_path: Path,
+    change: Any,
+    policies: dict[str, str] | None = None,
+) -> None:
+    """Load the next version, signed by the dev signer, with ``change(policy)`` applied."""
+    signer = SignerKey.read(tmp_path / "constitution" / "dev-signer.key")
+    stored = sorted((tmp_path / "constitution").glob("v*.json"))[-1]
+    active = verify(parse_signed(stored.read_bytes()))
+    policy = json.loads(json.dumps(active.doc.policy))
+    change(policy)
+    successor = draft(
+        signers=[signer.public_entry()],
+        threshold=1,
+        policy=policy,
+        policies=active.doc.policies if policies is None else policies,
+        previous=active,
+    )
+    successor.signatures.append(signer.sign(checksum(successor.document)))
+    loaded = await client.post("/constitution/load", content=msgspec.json.encode(successor))
+    assert loaded.status_code == 200, loaded.text
+
+
+async def test_an_unscoped_evaluate_reads_the_namespaces_open_to_the_caller(
+    tmp_path: Path,
+) -> None:
+    """A tenant whose policy closes ``default`` still evaluates without naming a namespace:
+    the gate does not decide it as ``default``, and the bundle holds what it may read."""
+    async with edge(tmp_path) as e, e.client("admin") as admin, e.client() as user:
+        items = [
+            {"key": "n1", "namespace": "notes", "content": "the heron nests by the lake"},
+            {"key": "d1", "content": "the heron was seen in the default namespace"},
+        ]
+        r = await admin.post("/memory/remember/batch", json={"items": items})
+        assert r.status_code == 200, r.text
+
+        def close_default(policy: dict[str, Any]) -> None:
+            policy["namespaces"]["tenants"]["acme"] = {
+                "allow": ["notes"],
+                "reserved_prefixes": ["_", "system"],
+            }
+            policy["tenants"]["deny"] = ["beta"]
+
+        await _successor(admin, tmp_path, close_default)
+        query = {"query": "heron", "top_k": 5}
+        r = await user.post("/context/evaluate", json=query)
+        assert r.status_code == 200, r.text
+        assert [m["key"] for m in r.json()["memories"]] == ["n1"]
+        assert "default namespace" not in r.json()["prompt"]
+        recalled = (await user.post("/memory/recall", json=query)).json()["results"]
+        assert [m["key"] for m in recalled] == ["n1"]  # as recall reads it
+        named = await user.post("/context/evaluate", json={**query, "namespace": "default"})
+        assert named.status_code == 403, named.text
+        assert error(named)["message"] == 'namespace "default" is not open to tenant "acme"'
+        ok = await user.post("/context/evaluate", json={**query, "namespace": "notes"})
+        assert [m["key"] for m in ok.json()["memories"]] == ["n1"]
+        # the other rules still gate it: a denied tenant, a query over the policy's size
+        async with e.client(tenant="beta") as beta:
+            denied = await beta.post("/context/evaluate", json=query)
+            assert denied.status_code == 403
+            assert error(denied)["message"] == 'tenant "beta" is denied by the constitution'
+        validate = {"input": {"action": "evaluate", "tenant": "acme", "namespace": ""}}
+        assert (await user.post("/constitution/validate", json=validate)).json()["allowed"]
+
+
+async def test_an_unscoped_evaluate_under_policies_that_predate_it(tmp_path: Path) -> None:
+    """A constitution whose policies decide ``""`` as a namespace (signed before the node sent
+    it): an unscoped evaluate is decided in ``default`` while that is open, as it always was."""
+    async with edge(tmp_path) as e, e.client("admin") as admin, e.client() as user:
+        r = await admin.post("/memory/remember", json={"key": "n1", "content": "the heron"})
+        assert r.status_code == 200, r.text
+        module = MODULES["somabrain.rego"]
+        older = module.replace('\t\t\tinput.namespace != ""\n', "")
+        assert older != module
+
+        def allowlist(policy: dict[str, Any]) -> None:
+            policy["namespaces"]["default"]["allow"] = ["default", "notes"]
+
+        await _successor(admin, tmp_path, allowlist, {"somabrain.rego": older})
+        r = await user.post("/context/evaluate", json={"query": "heron"})
+        assert r.status_code == 200, r.text
+        assert [m["key"] for m in r.json()["memories"]] == ["n1"]
