@@ -25,6 +25,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote_plus
 
 import anyio
 import msgspec
@@ -169,7 +170,14 @@ class EdgeApp(OpsHandlers, GovernanceHandlers, ContextHandlers):
         route = self._routes.get((lookup, path))
         if route is not None:
             return route, None
+        # One trailing slash is ignored (``POST /memory/recall/`` is ``/memory/recall``),
+        # except on the key routes below: a key may end with a slash.
+        bare = path[:-1] if len(path) > 1 and path.endswith("/") else None
+        if bare is not None and (route := self._routes.get((lookup, bare))) is not None:
+            return route, None
         allowed = set(self._methods.get(path, ()))
+        if bare is not None:
+            allowed.update(self._methods.get(bare, ()))
         if path.startswith(_KEY_PREFIX) and len(path) > len(_KEY_PREFIX):
             # Every key is addressable, even one named like a route ("recall"): GET and
             # DELETE of /memory/<anything> are the key routes.
@@ -178,7 +186,9 @@ class EdgeApp(OpsHandlers, GovernanceHandlers, ContextHandlers):
                 return key_route, path[len(_KEY_PREFIX) :]
             allowed.update(_KEY_ROUTES)
         if not allowed:
-            raise HTTPError(404, "not_found", f"no route for {path}")
+            raise HTTPError(
+                404, "not_found", f"no route for {method} {path} (GET /openapi.json lists them)"
+            )
         if "GET" in allowed:
             allowed.add("HEAD")
         listed = ", ".join(sorted(allowed))
@@ -226,12 +236,18 @@ class EdgeApp(OpsHandlers, GovernanceHandlers, ContextHandlers):
                 principal = self.auth.authenticate(authorization)
                 principal.authorize(route.scope)
             body = None
+            if not route.lenient and scope.get("query_string"):
+                raise _query_refused(route, scope["query_string"])
             if route.request is not None:
                 if media_type is not None:
                     _check_media_type(media_type)
                 raw = await self._read_body(receive, content_length)
                 body_read = True
                 body = self._decode(route, raw)
+            elif has_body and not route.lenient:
+                raw = await self._read_body(receive, content_length)
+                body_read = True
+                _check_no_body(route, raw)
             request = Request(route, trace_id, principal, tenant, key, body)
             response = await self._handlers[route.name](request)
         except HTTPError as exc:
@@ -341,7 +357,10 @@ class EdgeApp(OpsHandlers, GovernanceHandlers, ContextHandlers):
         try:
             body = self._decoders[route.request].decode(raw)
         except msgspec.ValidationError as exc:
-            raise from_validation(exc) from None
+            error = from_validation(exc)
+            if error.field is None and error.message.startswith("Expected `object`"):
+                error.message = f"the request body must be a JSON object ({error.message})"
+            raise error from None
         except msgspec.DecodeError as exc:
             raise from_decode_error(exc) from None
         except UnicodeDecodeError as exc:  # msgspec's error for bad UTF-8 inside a string
@@ -409,6 +428,53 @@ def _check_media_type(value: bytes) -> None:
                     "unsupported_media_type",
                     f"charset {charset!r} is not supported: JSON bodies are UTF-8",
                 )
+
+
+def _route_name(route: Route) -> str:
+    return f"{route.method} {route.path}"
+
+
+def _query_refused(route: Route, query: bytes) -> HTTPError:
+    """422 ``unknown_field`` naming the first query parameter: no route but the lenient ones
+    takes any (request fields go in the JSON body, the key in the path), and one the edge
+    ignored could change what a request does (``DELETE /memory/k?namespace=notes`` would
+    forget ``k`` whatever its namespace)."""
+    first = query.split(b"&", 1)[0].split(b"=", 1)[0]
+    name = unquote_plus(first.decode("latin-1"))[:64]
+    where = "in the JSON body" if route.request is not None else "nowhere: it takes no fields"
+    return HTTPError(
+        422,
+        "unknown_field",
+        f"{_route_name(route)} takes no query parameters ({name!r}): its fields go {where}",
+        field=name or None,
+    )
+
+
+def _check_no_body(route: Route, raw: bytes) -> None:
+    """A route without a request body accepts an empty one or ``{}`` (what many clients send
+    with every POST), and refuses anything else rather than ignore it: a body field the edge
+    ignored could change what the request does, as a query parameter could."""
+    text = raw.strip()
+    if not text:
+        return
+    try:
+        value = msgspec.json.decode(text)
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        value = None
+    else:
+        if value == {}:
+            return
+    if isinstance(value, dict):
+        name = str(next(iter(value)))[:64]
+        raise HTTPError(
+            422,
+            "unknown_field",
+            f"{_route_name(route)} takes no request body: unknown field {name!r}",
+            field=name or None,
+        )
+    raise HTTPError(
+        400, "bad_request", f"{_route_name(route)} takes no request body: send none, or {{}}"
+    )
 
 
 def _too_deep() -> HTTPError:

@@ -504,7 +504,7 @@ class Handlers(AuditHandlers):
             request, tenant, "memory.get", found, status=200 if found else 404
         )
         if memory is None:
-            raise HTTPError(404, "memory_not_found", f"no memory with key {request.key!r}")
+            raise _no_memory(request.key)
         return self.json(
             s.MemoryRecord(
                 key=memory.key,
@@ -533,7 +533,7 @@ class Handlers(AuditHandlers):
             await self._check_namespace(request, tenant, "forget", memory.namespace, key=memory.key)
         namespace = memory.namespace if memory is not None else None
         if not await self._ask(tenant, Forget(request.key, namespace)):
-            raise HTTPError(404, "memory_not_found", f"no memory with key {request.key!r}")
+            raise _no_memory(request.key)
         audit_id = await self._audit(
             request, tenant, "memory.forget", attributes={"key": request.key}
         )
@@ -542,6 +542,13 @@ class Handlers(AuditHandlers):
                 key=request.key, deleted=True, trace_id=request.trace_id, audit_id=audit_id
             )
         )
+
+
+def _no_memory(key: str) -> HTTPError:
+    """404 for ``/memory/{key}``; a key that ends with a slash says that the slash is part of
+    it (everything after ``/memory/`` is the key: keys may end with one)."""
+    hint = " (the trailing slash is part of the key)" if key.endswith("/") else ""
+    return HTTPError(404, "memory_not_found", f"no memory with key {key!r}{hint}")
 
 
 def _link_fields(memories: Sequence[Memory], prefix: Callable[[int], str]) -> dict[str, str]:

@@ -38,6 +38,11 @@ class Route:
     #: The body is stored or sent on as msgpack: its integers must fit 64 bits (``integers``).
     #: Policy inputs are not (the policies read JSON), so any integer stays valid there.
     msgpack_bound: bool = True
+    #: Query parameters and a request body are ignored (the probes, the metrics and the
+    #: document: monitors, scrapers and fetchers add cache busters and the like). Every other
+    #: route takes neither (it refuses them: ``app._check_extras``), so that a parameter an
+    #: agent believes it sent (``DELETE /memory/k?namespace=notes``) never goes unheeded.
+    lenient: bool = False
 
 
 def _metrics_public(config: SomaConfig) -> bool:
@@ -57,20 +62,20 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/memory/link", "link", "Link two memories (graph edge)",
           s.LinkRequest, s.LinkResponse, errors=(*_MEMORY_ERRORS, 404)),
     Route("GET", "/healthz", "healthz", "Liveness: the process answers",
-          response=s.StatusResponse, scope=None, tenant=False),
+          response=s.StatusResponse, scope=None, tenant=False, lenient=True),
     Route("GET", "/readyz", "readyz", "Readiness: the whole supervision tree is up",
-          response=s.StatusResponse, scope=None, tenant=False, errors=(503,)),
+          response=s.StatusResponse, scope=None, tenant=False, errors=(503,), lenient=True),
     Route("GET", "/health", "health", "Health of each component",
-          response=s.HealthResponse, scope=None, tenant=False),
+          response=s.HealthResponse, scope=None, tenant=False, lenient=True),
     # Its labels name tenants and their traffic: a scraper's token (scope metrics, no tenant),
     # unless the operator opens it (edge.metrics_public) on a network only the scraper reaches.
     Route("GET", "/metrics", "metrics",
           "Prometheus metrics (text exposition format)",
           response=None, scope="metrics", public_when=_metrics_public, tenant=False, text=True,
           errors=(401, 403), description="The admin scope implies metrics. With "
-          "edge.metrics_public = true no token is needed."),
+          "edge.metrics_public = true no token is needed.", lenient=True),
     Route("GET", "/openapi.json", "openapi", "This OpenAPI document",
-          response=None, scope=None, tenant=False),
+          response=None, scope=None, tenant=False, lenient=True),
     Route("GET", "/admin/tree", "admin_tree", "The supervision tree, with counters",
           response=None, scope="admin", tenant=False, errors=_ADMIN_ERRORS),
     Route("POST", "/admin/actors/kill", "admin_kill",
