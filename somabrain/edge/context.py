@@ -32,7 +32,7 @@ from ..governance.http import UNSCOPED, BundleGovernance, evaluate_input
 from ..memory.types import RecallFilter
 from .audited import AuditHandlers
 from .errors import HTTPError, from_validation
-from .schemas import Timestamp
+from .schemas import Key, Namespace, Timestamp
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -51,7 +51,6 @@ __all__ = [
 
 Session = Annotated[str, Meta(min_length=1, max_length=256)]
 TenantId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")]
-Key = Annotated[str, Meta(min_length=1, max_length=512)]
 #: The schema's bound is the hard cap; ``context.limits.max_query_chars`` (at most the cap) is
 #: checked by the handlers, with the same 422 ``out_of_range`` naming ``query``.
 Query = Annotated[str, Meta(min_length=1, max_length=MAX_QUERY_CHARS)]
@@ -63,7 +62,7 @@ class EvaluateRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     query: Query
     session_id: Session | None = None
     top_k: Annotated[int, Meta(ge=1, le=1000)] | None = None
-    namespace: Annotated[str, Meta(min_length=1, max_length=128)] | None = None
+    namespace: Namespace | None = None
     at: Timestamp | None = None
     filters: dict[str, Any] | None = None
     tenant: TenantId | None = None
@@ -86,7 +85,7 @@ class FeedbackRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     tokens: TokensIn | None = None
     latency_ms: Annotated[float, Meta(ge=0)] | None = None
     metadata: dict[str, Any] | None = None
-    namespace: Annotated[str, Meta(min_length=1, max_length=128)] | None = None
+    namespace: Namespace | None = None
     tenant: TenantId | None = None
 
 

@@ -89,6 +89,8 @@ def encode_error(error: HTTPError, trace_id: str | None) -> bytes:
 
 # "... - at `$.items[0].content`": the message, then where.
 _AT = re.compile(r"^(?P<message>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
+#: How msgspec words ``schemas.NOT_BLANK`` (the pattern's repr).
+_BLANK = re.compile(r"matching regex '\\\\S'")
 _NAMED = re.compile(r"^Object (?:missing required|contains unknown) field `(?P<name>[^`]*)`")
 
 
@@ -105,6 +107,7 @@ def from_validation(error: msgspec.ValidationError, *, prefix: str = "") -> HTTP
     match = _AT.match(text)
     message = match.group("message") if match else text
     path = (match.group("path") if match else None) or ""
+    message = _BLANK.sub("that is not blank", message)
     named = _NAMED.match(message)
     field = _join(path, named.group("name") if named else "")
     if prefix:

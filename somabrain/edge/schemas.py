@@ -18,6 +18,7 @@ from msgspec import Meta
 
 __all__ = [
     "MAX_TOP_K",
+    "NOT_BLANK",
     "BatchItemResult",
     "ForgetResponse",
     "HealthResponse",
@@ -42,8 +43,13 @@ __all__ = [
 
 MAX_TOP_K = 100
 
-Key = Annotated[str, Meta(min_length=1, max_length=512, description="memory key")]
-Namespace = Annotated[str, Meta(min_length=1, max_length=128)]
+#: Keys and namespaces are not blank (``"  "`` is a mistake, as a blank content is): 422
+#: ``invalid_field`` "... that is not blank" (``errors.from_validation``).
+NOT_BLANK = r"\S"
+Key = Annotated[
+    str, Meta(min_length=1, max_length=512, pattern=NOT_BLANK, description="memory key")
+]
+Namespace = Annotated[str, Meta(min_length=1, max_length=128, pattern=NOT_BLANK)]
 Tag = Annotated[str, Meta(min_length=1, max_length=128)]
 TenantId = Annotated[
     str,
@@ -55,7 +61,10 @@ TenantId = Annotated[
 Weight = Annotated[float, Meta(ge=-1e9, le=1e9)]
 Rel = Annotated[str, Meta(min_length=1, max_length=128)]
 #: Epoch seconds or an RFC 3339 date-time (msgspec's schema leaves out the string's format).
-Timestamp = float | Annotated[dt.datetime, Meta(extra_json_schema={"format": "date-time"})]
+#: Epoch seconds are bounded to what an RFC 3339 date-time can say (years 1 to 9999): a time
+#: beyond them (``1e300``) is a mistake, and one no consumer of the memory could format.
+EpochSeconds = Annotated[float, Meta(ge=-62135596800.0, le=253402300799.0)]
+Timestamp = EpochSeconds | Annotated[dt.datetime, Meta(extra_json_schema={"format": "date-time"})]
 
 
 class _Request(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
