@@ -441,11 +441,11 @@ def _query_refused(route: Route, query: bytes) -> HTTPError:
     forget ``k`` whatever its namespace)."""
     first = query.split(b"&", 1)[0].split(b"=", 1)[0]
     name = unquote_plus(first.decode("latin-1"))[:64]
-    where = "in the JSON body" if route.request is not None else "nowhere: it takes no fields"
+    hint = ": its fields go in the JSON body" if route.request is not None else ""
     return HTTPError(
         422,
         "unknown_field",
-        f"{_route_name(route)} takes no query parameters ({name!r}): its fields go {where}",
+        f"{_route_name(route)} takes no query parameters ({name!r}){hint}",
         field=name or None,
     )
 
