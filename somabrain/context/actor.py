@@ -52,14 +52,14 @@ from ..governance.http import (
 )
 from ..governance.policy import PolicyInput
 from ..governance.reads import search_readable
-from ..memory.messages import ContextRecall
+from ..memory.messages import ContextRecall, GetMemories
 from ..memory.recall import ContextRecallResult
 from ..memory.replica import shared_offload
 from ..memory.types import RecallFilter
 from ..supervision import MaxChildrenError
 from ..tenancy import valid_tenant
 from .adaptation import AdaptationStore
-from .feedback import apply_feedback, unknown_keys
+from .feedback import apply_feedback
 from .messages import (
     ADAPTATION_SUBJECT,
     EVALUATE_SUBJECT,
@@ -359,12 +359,13 @@ class PlannerActor(Actor):
                 raise _refuse(422, "invalid_field", f"{name} must be a number", name)
         tenant = request.tenant
         settings = self.settings
+        usable, hidden = await self._usable_keys(request)
         update, reinforced = await apply_feedback(
             self.store,
             tenant,
             lambda message: self._memory(tenant, message),
             query=request.query,
-            used_keys=request.used_keys,
+            used_keys=usable,
             utility=request.utility,
             reward=request.reward,
             default_top_k=settings.limits.default_top_k,
@@ -373,9 +374,9 @@ class PlannerActor(Actor):
             at=request.at,
             session_id=request.session_id,
         )
-        unknown = await unknown_keys(
-            lambda message: self._memory(tenant, message), request.used_keys, reinforced
-        )
+        # Unknown: not held (or closed to the caller) when looked up, or forgotten since.
+        gone = {key for key in usable if reinforced and key not in reinforced}
+        unknown = [key for key in dict.fromkeys(request.used_keys) if key in hidden or key in gone]
         await self.store.save(tenant)
         await self._publish_event(request)
         return FeedbackResult(
@@ -387,6 +388,33 @@ class PlannerActor(Actor):
             learning_rate=update.learning_rate,
             unknown_keys=unknown,
         )
+
+    async def _usable_keys(self, request: Feedback) -> tuple[list[str], set[str]]:
+        """The used keys feedback may change, and the others: those the tenant does not hold,
+        and those in a namespace closed to the caller (reserved ones without the ``admin``
+        scope), reported alike as unknown, so that a feedback tells nothing of what such a
+        namespace holds."""
+        keys = list(dict.fromkeys(request.used_keys))
+        if not keys:
+            return keys, set()
+        found = await self._memory(request.tenant, GetMemories(tuple(keys)))
+        namespaces = {m.namespace for m in found if m is not None}
+        reader = unscoped_reader(
+            self.context.system.resources,
+            evaluate_input(
+                request.tenant,
+                namespace=request.namespace or UNSCOPED,
+                query=request.query,
+                scopes=request.scopes,
+            ),
+        )
+        refused = self._refused(reader, namespaces) if namespaces else frozenset()
+        hidden = {
+            key
+            for key, memory in zip(keys, found, strict=True)
+            if memory is None or memory.namespace in refused
+        }
+        return [key for key in keys if key not in hidden], hidden
 
     async def _publish_event(self, request: Feedback) -> None:
         """The feedback on ``soma.feedback`` (reward worker, Kafka bridge); best effort: the

@@ -8,8 +8,9 @@ shown memories do not enter the weight update (the views did not rank them, so t
 to learn from) but are reinforced all the same. The tenant's memory actor then reinforces the
 used memories, associates them with the query and links those used together
 (``somabrain.memory.associations.FeedbackLearner``). Used keys the tenant does not hold (never
-remembered, or forgotten or expired since the bundle) change nothing and are reported back
-(``unknown_keys``): the feedback still applies to the others.
+remembered, or forgotten or expired since the bundle), or that are in a namespace closed to the
+caller, change nothing and are reported back (``unknown_keys``, decided by the planner before
+this step): the feedback still applies to the others.
 
 ``apply_feedback`` is that step, with the tenant's memory reached through ``ask`` (a
 ``ContextRecall`` and a ``Reinforce`` message): the planner passes its memory-actor round trip,
@@ -22,7 +23,7 @@ import math
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from ..memory.messages import ContextRecall, GetMemories, Reinforce
+from ..memory.messages import ContextRecall, Reinforce
 from ..memory.types import RecallHit
 from .adaptation import AdaptationStore, Update
 
@@ -32,7 +33,6 @@ __all__ = [
     "salience_amount",
     "shown_top_k",
     "split_shown",
-    "unknown_keys",
 ]
 
 
@@ -106,16 +106,3 @@ async def apply_feedback(
             Reinforce(keys=tuple(used_keys), amount=amount, session_id=session_id, query=query)
         )
     return update, reinforced
-
-
-async def unknown_keys(
-    ask: Callable[[Any], Awaitable[Any]], used_keys: Sequence[str], reinforced: dict[str, float]
-) -> list[str]:
-    """The used keys the tenant does not hold, in the order given (once each). The
-    reinforcement's answer names every key it found; without one (a reward of 0, or no key
-    found) the memory actor is asked."""
-    keys = list(dict.fromkeys(used_keys))
-    if reinforced or not keys:
-        return [key for key in keys if key not in reinforced]
-    found = await ask(GetMemories(tuple(keys)))
-    return [key for key, memory in zip(keys, found, strict=True) if memory is None]

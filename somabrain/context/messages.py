@@ -82,6 +82,8 @@ class Feedback(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     namespace: str | None = None
     at: float | None = None
     trace_id: str | None = None
+    #: The caller's token scopes: used keys in namespaces closed to the caller change nothing.
+    scopes: tuple[str, ...] = ()
 
 
 class AdaptationQuery(msgspec.Struct, frozen=True, kw_only=True, tag=True):

@@ -222,6 +222,7 @@ class ContextHandlers(AuditHandlers):
 
     async def _h_context_feedback(self, request: Request) -> Response:
         body: FeedbackRequest = request.body
+        assert request.principal is not None
         self._check_query(body.query)
         tenant = self._tenant(request, body.tenant)
         tokens = None
@@ -246,6 +247,7 @@ class ContextHandlers(AuditHandlers):
                 metadata=body.metadata,
                 namespace=body.namespace,
                 trace_id=request.trace_id,
+                scopes=tuple(sorted(request.principal.scopes)),
             )
         )
         # Feedback changes state (salience of the used memories, the tenant's weights): it is

@@ -323,6 +323,18 @@ async def test_reserved_namespaces_are_read_and_changed_with_the_admin_scope_onl
         bundle = (await admin.post("/context/evaluate", json=query)).json()
         assert {m["key"] for m in bundle["memories"]} == {f"sys{i}" for i in range(4)}
 
+        # feedback changes nothing of a reserved memory, and tells nothing of it
+        used = {"session_id": "s", "query": "zebra", "used_keys": ["sys1", "note1", "nope"]}
+        fed = await user.post("/context/feedback", json=used)
+        assert fed.status_code == 200, fed.text
+        assert fed.json()["reinforced"] == 1
+        assert fed.json()["unknown_keys"] == ["sys1", "nope"]  # as if sys1 did not exist
+        views = (await admin.post("/memory/recall", json=query)).json()["results"]
+        salience = {m["key"]: m["views"]["salience"] for m in views}
+        assert salience["sys1"] == salience["sys2"]  # not reinforced
+        fed = await admin.post("/context/feedback", json=used)
+        assert fed.json()["unknown_keys"] == ["nope"] and fed.json()["reinforced"] == 2
+
         got = await user.get("/memory/sys0")
         assert got.status_code == 403 and error(got)["code"] == "policy_denied"
         link = await user.post("/memory/link", json={"from_key": "note0", "to_key": "sys0"})
