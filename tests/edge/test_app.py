@@ -65,8 +65,11 @@ async def harness(
     environ: dict[str, str] | None = None,
     **edge: Any,
 ) -> AsyncIterator[Harness]:
-    """``environ``: ``SOMA_*`` overrides, read as the node reads them."""
+    """``environ``: ``SOMA_*`` overrides, read as the node reads them. The port is 0, as if
+    given on the command line (``--port 0``): a reload that starts the tree's edge child (the
+    default tree has one) must not take the default port, which a dev node may hold."""
     cfg = soma_config.load(environ=environ or {})
+    edge.setdefault("port", 0)
     tree_node = msgspec.convert(tree or TREE, SupervisorNode)
     cfg = msgspec.structs.replace(
         cfg, tree=tree_node, edge=msgspec.structs.replace(cfg.edge, **edge)
@@ -74,6 +77,7 @@ async def harness(
     auth = Authenticator(cfg.auth, tmp_path)
     async with ActorSystem() as system:
         system.resources.update(config=cfg, data_dir=tmp_path, auth=auth, config_path=None)
+        system.resources["edge.cli_overrides"] = {"port": edge["port"]}
         tree = SupervisionTree(system, cfg.tree, cfg.node)
         system.resources["tree"] = tree
         await tree.start()
@@ -487,6 +491,7 @@ async def test_reload_says_which_edge_settings_wait_for_a_restart(tmp_path: Path
     config = tmp_path / "soma.toml"
     async with harness(tmp_path) as h, h.client(scopes=("admin",)) as admin:
         h.app.system.resources["config_path"] = config
+        h.app.system.resources["edge.cli_overrides"] = {}  # the port comes from the file
         port = h.app.config.edge.port
         config.write_text("[edge]\nport = 19899\nbacklog = 7\nmax_batch_items = 5\n")
         for _ in range(2):  # the second reload: still waiting for the restart
