@@ -25,7 +25,7 @@ from somabrain.context.messages import (
     Feedback,
     FeedbackResult,
 )
-from somabrain.memory import Link, Memory
+from somabrain.memory import Link, Memory, search_offload
 from somabrain.memory.messages import GetMemory, Remember, ask_memory
 from somabrain.memory.replica import OFFLOAD_RESOURCE
 from somabrain.supervision import SupervisionTree, SupervisorNode
@@ -127,6 +127,14 @@ async def test_evaluate_feedback_and_adaptation(tmp_path: Path) -> None:
         assert reset.weights == reset.defaults and reset.history_length == 0
 
 
+@pytest.fixture
+def patient_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What these tests check is where bundles are built, not the failover of a worker that
+    is slow: on a loaded machine the worker may take longer than ``STALL_AFTER`` (0.5 s) to
+    answer, and the bundle would be built on the loop instead."""
+    monkeypatch.setattr(search_offload, "STALL_AFTER", 10.0)
+
+
 async def running_worker(system: ActorSystem) -> Any:
     offload = system.resources[OFFLOAD_RESOURCE]
     with anyio.fail_after(20):
@@ -135,6 +143,7 @@ async def running_worker(system: ActorSystem) -> Any:
     return offload
 
 
+@pytest.mark.usefixtures("patient_worker")
 async def test_bundles_are_built_in_the_search_worker_once_it_runs(tmp_path: Path) -> None:
     query = Evaluate(tenant="acme", query="support group feelings", top_k=3)
     async with node(tmp_path, context={"build_in_worker": "always"}) as (system, t):
@@ -153,6 +162,7 @@ async def test_bundles_are_built_in_the_search_worker_once_it_runs(tmp_path: Pat
         assert OFFLOAD_RESOURCE not in system.resources  # no worker process at all
 
 
+@pytest.mark.usefixtures("patient_worker")
 async def test_by_default_only_concurrent_evaluates_go_to_the_worker(tmp_path: Path) -> None:
     """``build_in_worker = "busy"``: alone, an evaluate's bundle is built on the loop (sooner
     than a round trip); while others are in progress, in the worker."""
