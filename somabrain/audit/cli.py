@@ -36,7 +36,12 @@ def add_audit_commands(commands: Any) -> None:
         p = sub.add_parser(name, help=helptext)
         p.add_argument("--config", help="TOML config file merged over the defaults")
         p.add_argument("--data-dir", default=".somabrain", help="node data directory")
-        p.add_argument("--from", dest="source", choices=["kafka", "redis", "spool", "all"])
+        p.add_argument(
+            "--from",
+            dest="source",
+            choices=["kafka", "redis", "spool", "all"],
+            help="where to read (default: the top tier configured)",
+        )
         p.add_argument("--node", default="", help="only this node's chain")
         if name == "verify":
             p.add_argument("--key-file", default="", help="chain key (keyed chains)")
@@ -44,9 +49,21 @@ def add_audit_commands(commands: Any) -> None:
             p.add_argument("--json", action="store_true", help="print the reports as JSON")
             p.set_defaults(func=_verify_command)
         else:
-            p.add_argument("-n", type=int, default=10, help="events shown before following")
+            p.add_argument(
+                "-n", type=_count, default=10, help="events shown before following (>= 0)"
+            )
             p.add_argument("--no-follow", action="store_true", help="print and exit")
             p.set_defaults(func=_tail_command)
+
+
+def _count(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of events: {text!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {n}")
+    return n
 
 
 def _load(args: argparse.Namespace) -> Any | None:
@@ -72,6 +89,22 @@ def _spool_root_missing(cfg: Any, source: str, data_dir: str) -> bool:
     what = "audit.directory" if cfg.audit.directory else "data dir"
     print(f"error: {what} {root} does not exist", file=sys.stderr)
     return True
+
+
+def _tier_unconfigured(cfg: Any, source: str) -> bool:
+    """Whether ``--from`` names a tier the config does not set, after saying so: reading
+    nothing from it must not pass for an empty (or intact) trail."""
+    if source == "kafka" and not cfg.kafka.bootstrap:
+        print(
+            "error: --from kafka, but kafka.bootstrap is not set (give --config)", file=sys.stderr
+        )
+        return True
+    if source == "redis" and not cfg.audit.redis_url:
+        print(
+            "error: --from redis, but audit.redis_url is not set (give --config)", file=sys.stderr
+        )
+        return True
+    return False
 
 
 def _default_source(cfg: Any) -> str:
@@ -110,7 +143,7 @@ async def _records(
                 yield record
         else:
             records = list(read_spool_dir(_spool_dir(cfg, data_dir)))
-            for record in records[-last:] if last else records:
+            for record in records if last is None else records[max(0, len(records) - last) :]:
                 yield record
 
 
@@ -145,9 +178,15 @@ def _verify_command(args: argparse.Namespace) -> int:
     if cfg is None:
         return 2
     source = args.source or _default_source(cfg)
-    if _spool_root_missing(cfg, source, args.data_dir):
+    if _tier_unconfigured(cfg, source) or _spool_root_missing(cfg, source, args.data_dir):
         return 2
-    key = Path(args.key_file).read_bytes().strip() if args.key_file else None
+    key = None
+    if args.key_file:
+        try:
+            key = Path(args.key_file).read_bytes().strip()
+        except OSError as exc:
+            print(f"error: cannot read --key-file {args.key_file}: {exc.strerror}", file=sys.stderr)
+            return 2
     try:
         reports = anyio.run(lambda: run_verify(cfg, source, args.data_dir, node=args.node, key=key))
     except SpoolCorruptError as exc:
@@ -182,7 +221,7 @@ def _tail_command(args: argparse.Namespace) -> int:
     if cfg is None:
         return 2
     source = args.source or _default_source(cfg)
-    if _spool_root_missing(cfg, source, args.data_dir):
+    if _tier_unconfigured(cfg, source) or _spool_root_missing(cfg, source, args.data_dir):
         return 2
     with contextlib.suppress(KeyboardInterrupt):
         anyio.run(

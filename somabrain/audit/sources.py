@@ -84,8 +84,12 @@ async def read_redis(
             streams = sorted([key async for key in client.scan_iter(match=prefix + "*")])
         positions: dict[bytes, bytes] = {}
         for stream in streams:
+            newest = b"0-0"
             if last is not None:
-                entries = list(reversed(await client.xrevrange(stream, count=last)))
+                # At least one entry, for the position to follow from (with ``last`` 0 too).
+                entries = list(reversed(await client.xrevrange(stream, count=max(last, 1))))
+                newest = entries[-1][0] if entries else newest
+                entries = entries[max(0, len(entries) - last) :]
             else:
                 entries = []
                 cursor = b"-"
@@ -98,7 +102,7 @@ async def read_redis(
                     cursor = page[-1][0]
             for entry_id, fields in entries:
                 yield f"redis:{stream.decode()}@{entry_id.decode()}", fields[b"e"]
-            positions[stream] = entries[-1][0] if entries else b"0-0"
+            positions[stream] = entries[-1][0] if entries else newest
         while follow:
             found = await client.xread({s: positions.get(s, b"0-0") for s in streams}, block=1000)
             for stream, entries in found or []:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import anyio
@@ -75,3 +76,50 @@ def test_a_missing_config_file_is_a_usage_error(
     argv = ["audit", command, "--config", str(missing), "--data-dir", str(tmp_path)]
     assert main([*argv, "--no-follow"] if command == "tail" else argv) == 2
     assert capsys.readouterr().err == f"error: config file {missing} not found\n"
+
+
+@pytest.mark.parametrize(("n", "shown"), [("0", []), ("1", [3]), ("2", [2, 3]), ("10", [1, 2, 3])])
+def test_tail_shows_the_last_n_events(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], n: str, shown: list[int]
+) -> None:
+    write_spool(tmp_path, [1, 2, 3])
+    argv = ["audit", "tail", "--from", "spool", "--data-dir", str(tmp_path), "--no-follow"]
+    assert main([*argv, "-n", n]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [json.loads(line)["seq"] for line in lines] == shown
+
+
+def test_tail_refuses_a_negative_count(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_spool(tmp_path, [1, 2, 3])
+    argv = ["audit", "tail", "--data-dir", str(tmp_path), "--no-follow", "-n", "-1"]
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    assert "argument -n: must be 0 or more, got -1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("source", "key"), [("kafka", "kafka.bootstrap"), ("redis", "audit.redis_url")]
+)
+@pytest.mark.parametrize("command", ["verify", "tail"])
+def test_a_tier_that_is_not_configured_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str, source: str, key: str
+) -> None:
+    write_spool(tmp_path, [1])
+    argv = ["audit", command, "--from", source, "--data-dir", str(tmp_path)]
+    assert main([*argv, "--no-follow"] if command == "tail" else argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == f"error: --from {source}, but {key} is not set (give --config)\n"
+
+
+def test_a_missing_key_file_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_spool(tmp_path, [1])
+    missing = tmp_path / "chain.key"
+    argv = ["audit", "verify", "--data-dir", str(tmp_path), "--key-file", str(missing)]
+    assert main(argv) == 2
+    assert capsys.readouterr().err == (
+        f"error: cannot read --key-file {missing}: No such file or directory\n"
+    )
