@@ -85,6 +85,8 @@ def _init(args: argparse.Namespace) -> int:
     if args.from_:
         previous = verify(_read(args.from_))
     policies_dir = Path(args.policies) if args.policies else default_policies_dir()
+    if args.policies and not policies_dir.is_dir():
+        raise GovernanceError(f"--policies {policies_dir}: no such directory")
     if args.policies or previous is None:
         modules, data = read_policy_source(policies_dir)
     else:
@@ -94,7 +96,9 @@ def _init(args: argparse.Namespace) -> int:
         if previous is None:
             raise GovernanceError("give the signers: --signer keys/alice.pub (repeatable)")
         signers = [{"id": s.id, "public_key": s.public_key} for s in previous.doc.signers]
-    threshold = args.threshold or (previous.doc.threshold if previous is not None else 0)
+    threshold = args.threshold
+    if threshold is None:
+        threshold = previous.doc.threshold if previous is not None else 0
     if not threshold:
         raise GovernanceError("give the threshold: --threshold K")
     articles: Any = previous.doc.articles if previous is not None else None
@@ -168,6 +172,8 @@ def _show(args: argparse.Namespace) -> int:
         status, body = _http("GET", f"{args.url.rstrip('/')}/constitution/version", args.token)
         print(json.dumps(body, indent=2))
         return 0 if status == 200 else 1
+    if args.document is None:
+        raise GovernanceError("name a document to show, or a running node with --url")
     signed = _read(args.document)
     document = signed.document
     summary = {
@@ -240,6 +246,16 @@ def _run(handler: Any) -> Any:
     return run
 
 
+def _threshold(text: str) -> int:
+    try:
+        k = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of signatures: {text!r}") from None
+    if k < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {k}")
+    return k
+
+
 def register(commands: Any) -> None:
     """Add ``constitution`` and its subcommands to the ``somabrain`` parser."""
     parser = commands.add_parser(
@@ -259,8 +275,16 @@ def register(commands: Any) -> None:
     init.add_argument(
         "--signer", action="append", help="a signer: <id>.pub file or id=<hex> (repeatable)"
     )
-    init.add_argument("--threshold", type=int, help="k: signatures required")
-    init.add_argument("--policies", help="directory with *.rego and data.json (default: policies/)")
+    init.add_argument(
+        "--threshold",
+        type=_threshold,
+        help="k: signatures required (default with --from: the previous version's)",
+    )
+    init.add_argument(
+        "--policies",
+        help="directory with *.rego and data.json (default with --from: the previous version's;"
+        f" else {default_policies_dir()})",
+    )
     init.add_argument("--articles", help="JSON file with the free-form articles")
     init.add_argument(
         "--from", dest="from_", metavar="PREVIOUS", help="draft the successor of this version"

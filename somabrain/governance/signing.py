@@ -138,6 +138,10 @@ class SignerKey:
             text = source.read_text("utf-8")
         except OSError as exc:
             raise KeyFileError(f"cannot read signer key {source}: {exc.strerror}") from None
+        if _is_public_key_file(text):
+            raise KeyFileError(
+                f"{source} is a public key file: sign with the private key (<id>.key) of keygen"
+            )
         if mode & 0o077:
             raise KeyFileError(
                 f"signer key {source} is readable by other users (mode {mode & 0o777:o}); "
@@ -154,6 +158,14 @@ class SignerKey:
         if data.get("public_key") not in (None, key.public_key):
             raise KeyFileError(f"{source}: public_key does not match private_key")
         return key
+
+
+def _is_public_key_file(text: str) -> bool:
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return False
+    return isinstance(data, dict) and data.get("type") == PUBLIC_KEY_FILE_TYPE
 
 
 def _json_object(text: str, source: Path) -> dict[str, Any]:

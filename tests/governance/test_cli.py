@@ -100,3 +100,36 @@ def test_publish_to_a_running_node(tmp_path: Path, capsys: pytest.CaptureFixture
     finally:
         node.stop()
     assert "NOT GOVERNED" in "".join(node.output)
+
+
+def test_usage_errors_say_what_to_do(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    keys = tmp_path / "keys"
+    assert run(capsys, "keygen", "--id", "alice", "--out", str(keys))[0] == 0
+    draft = str(tmp_path / "v1.json")
+    signer = f"--signer={keys / 'alice.pub'}"
+    assert run(capsys, "init", signer, "--threshold", "1", "--out", draft)[0] == 0
+
+    # showing nothing: neither a document nor a node
+    assert run(capsys, "show") == (
+        2,
+        "error: name a document to show, or a running node with --url\n",
+    )
+    # signing with the public key: it says so (not "chmod 600" of a file meant to be shared)
+    code, out = run(capsys, "sign", draft, "--key", str(keys / "alice.pub"))
+    assert code == 2
+    assert out == (
+        f"error: {keys / 'alice.pub'} is a public key file:"
+        " sign with the private key (<id>.key) of keygen\n"
+    )
+    # a threshold of 0 is refused as such, with or without --from (it was taken for "unset")
+    for extra in ((), ("--from", draft)):
+        with pytest.raises(SystemExit) as exited:
+            main(["constitution", "init", *extra, signer, "--threshold", "0", "--out", draft])
+        assert exited.value.code == 2
+        assert "argument --threshold: must be 1 or more, got 0" in capsys.readouterr().err
+    # a --policies directory that is not there names the option, not a config key
+    missing = tmp_path / "nope"
+    code, out = run(
+        capsys, "init", signer, "--threshold", "1", "--policies", str(missing), "--out", draft
+    )
+    assert (code, out) == (2, f"error: --policies {missing}: no such directory\n")
