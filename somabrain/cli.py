@@ -25,6 +25,8 @@ def _dev(args: argparse.Namespace) -> int:
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # Hypercorn logs each request at INFO: with edge.access_log on, show them without -v.
+    logging.getLogger("somabrain.edge.access").setLevel(logging.INFO)
     from .node import run_dev_node
 
     return run_dev_node(
@@ -54,7 +56,12 @@ def _token(args: argparse.Namespace) -> int:
     try:
         if args.private_key:
             algorithm = "HS256" if cfg.auth.algorithm == "HS256" else cfg.auth.algorithm
-            key = Path(args.private_key).read_text("utf-8")
+            try:
+                key = Path(args.private_key).read_text("utf-8")
+            except OSError as exc:
+                raise OSError(
+                    f"cannot read --private-key {args.private_key}: {exc.strerror}"
+                ) from None
             issuer = TokenIssuer(key, algorithm, cfg.auth)
         else:
             auth = Authenticator(cfg.auth, Path(args.data_dir))
@@ -70,6 +77,18 @@ def _token(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _port(text: str) -> int:
+    """``dev --port``: checked here, as the config checks ``edge.port``, rather than by a bind
+    that fails once the whole tree has started."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"must be 0-65535 (0 = any free port), got {port}")
+    return port
 
 
 def _lifetime(text: str) -> float:
@@ -112,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     dev = commands.add_parser("dev", help="run a single-process dev node")
     dev.add_argument("--config", help="TOML config file merged over the defaults")
     dev.add_argument(
-        "--port", type=int, default=None, help="HTTP port (default edge.port, 9696; 0 = any)"
+        "--port", type=_port, default=None, help="HTTP port (default edge.port, 9696; 0 = any)"
     )
     dev.add_argument("--host", default=None, help="address to bind (default 127.0.0.1)")
     dev.add_argument("--data-dir", default=".somabrain", help="data directory (default .somabrain)")

@@ -53,6 +53,8 @@ class NodeInfo(msgspec.Struct, frozen=True, kw_only=True):
     token: str | None
     tenant: str
     startup_seconds: float
+    #: The config file the node runs with: ``somabrain token`` needs it too (``auth.secret``).
+    config_path: str | None = None
 
 
 async def serve_node(
@@ -103,6 +105,7 @@ async def serve_node(
                     token=token,
                     tenant=DEV_TENANT,
                     startup_seconds=time.perf_counter() - started,
+                    config_path=config_path,
                 )
                 if on_ready is not None:
                     on_ready(info)
@@ -181,10 +184,13 @@ def _banner(info: NodeInfo) -> None:
         f"  data dir: {info.data_dir}",
     ]
     if info.token is not None:
+        command = f"somabrain token --tenant T --data-dir {info.data_dir}"
+        if info.config_path is not None:
+            command += f" --config {info.config_path}"
         lines += [
             f"  token:    {info.token}",
             f"            (tenant {info.tenant!r}, scope 'admin'; a dev token: make your own with"
-            f" `somabrain token --tenant T --data-dir {info.data_dir}`)",
+            f" `{command}`)",
             "  try:",
             f"    export SOMA_TOKEN={info.token}",
             f'    curl -s {info.url}/memory/remember -H "Authorization: Bearer $SOMA_TOKEN"'
@@ -213,6 +219,13 @@ def run_dev_node(
         cfg = soma_config.load(config_path)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if cfg.cluster.enabled and backend != "asyncio":
+        print(
+            f"error: a cluster member (cluster.nats_url is set) runs on asyncio, not {backend}:"
+            " nats-py is asyncio-only",
+            file=sys.stderr,
+        )
         return 2
     overrides: dict[str, Any] = {"port": port, "host": host}
     overrides = {name: value for name, value in overrides.items() if value is not None}

@@ -73,3 +73,22 @@ def test_a_token_needs_an_existing_data_dir(
     assert code == 2 and out == ""  # no token that no node would accept
     assert f"error: data dir {missing} does not exist" in err
     assert not missing.exists()
+
+
+@pytest.mark.parametrize("port", ["-1", "65536", "99999", "http"])
+def test_a_dev_port_out_of_range_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], port: str
+) -> None:
+    # Refused before anything starts (it used to start the tree and fail in bind, exit 1).
+    with pytest.raises(SystemExit) as exit_:
+        main(["dev", "--port", port, "--data-dir", str(tmp_path / "data")])
+    assert exit_.value.code == 2
+    assert "argument --port: " in capsys.readouterr().err
+    assert not (tmp_path / "data").exists()
+
+
+def test_a_missing_private_key_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "issuer.pem"
+    code, out, err = run(capsys, "token", "--tenant", "t", "--private-key", str(missing))
+    assert code == 2 and out == ""
+    assert err == f"error: cannot read --private-key {missing}: No such file or directory\n"

@@ -152,6 +152,46 @@ def test_token_needs_the_data_dir_that_the_node_creates(tmp_path: Path) -> None:
             assert client.post("/memory/recall", json={"query": "x"}).status_code == 200
 
 
+def test_the_banner_names_the_config_that_token_needs(tmp_path: Path) -> None:
+    # With auth.secret in the config, a token made from the data dir alone is refused: the
+    # banner's command names the config too.
+    config = tmp_path / "soma.toml"
+    config.write_text('[auth]\nsecret = "this node\'s own secret, 32 bytes or more"\n')
+    with DevNode.running(tmp_path / "data", "--config", str(config)) as node:
+        match = re.search(r"make your own with `somabrain (token [^`]*)`", "".join(node.output))
+        assert match, node.output
+        argv = match.group(1).replace(" --tenant T ", " --tenant t ").split()
+        assert argv[-2:] == ["--config", str(config)]
+        token = cli(*argv).stdout.strip()
+        with node.client(token) as client:
+            assert client.post("/memory/recall", json={"query": "x"}).status_code == 200
+
+
+def test_the_access_log_shows_without_verbose(tmp_path: Path) -> None:
+    config = tmp_path / "soma.toml"
+    config.write_text("[edge]\naccess_log = true\n")
+    with DevNode.running(tmp_path / "data", "--config", str(config)) as node:
+        with node.client() as client:
+            assert client.post("/memory/recall", json={"query": "x"}).status_code == 200
+        assert node.stop(signal.SIGTERM) == 0
+    assert any('"POST /memory/recall' in line for line in node.output), node.output
+
+
+def test_a_cluster_member_on_trio_is_a_usage_error(tmp_path: Path) -> None:
+    config = tmp_path / "a.toml"
+    config.write_text(
+        '[node]\nname = "a"\n[cluster]\nnats_url = "nats://127.0.0.1:4222"\nmembers = ["a"]\n'
+    )
+    data = tmp_path / "data"
+    result = cli("dev", "--config", str(config), "--data-dir", str(data), "--backend", "trio")
+    assert result.returncode == 2
+    assert result.stderr == (
+        "error: a cluster member (cluster.nats_url is set) runs on asyncio, not trio:"
+        " nats-py is asyncio-only\n"
+    )
+    assert not data.exists()
+
+
 def test_in_flight_requests_finish_on_sigterm(tmp_path: Path) -> None:
     node = DevNode(tmp_path).start()
     statuses: list[int] = []
