@@ -186,7 +186,7 @@ def _banner(info: NodeInfo) -> None:
     if info.token is not None:
         command = f"somabrain token --tenant T --data-dir {info.data_dir}"
         if info.config_path is not None:
-            command += f" --config {info.config_path}"
+            command += f" --config {Path(info.config_path).resolve()}"
         lines += [
             f"  token:    {info.token}",
             f"            (tenant {info.tenant!r}, scope 'admin'; a dev token: make your own with"
