@@ -83,6 +83,10 @@ def _listen(host: str, port: int, backlog: int) -> socket.socket:
         sock.bind((host, port))
         sock.listen(backlog)
         sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        # "Address already in use" alone does not say which address, nor that it is the edge's.
+        raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from exc
     except BaseException:
         sock.close()
         raise

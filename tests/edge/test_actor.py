@@ -4,6 +4,7 @@ the same port, and a graceful stop lets the in-flight request finish."""
 from __future__ import annotations
 
 import asyncio
+import errno
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -17,7 +18,7 @@ import pytest
 
 from somabrain import config as soma_config
 from somabrain.actors import ActorSystem
-from somabrain.edge.actor import edge_state
+from somabrain.edge.actor import _listen, edge_state
 from somabrain.edge.auth import Authenticator
 from somabrain.supervision import SupervisionTree, SupervisorNode
 
@@ -168,3 +169,17 @@ async def test_a_kill_leaves_no_server_task_behind(tmp_path: Path) -> None:
                 assert (await get(client, "/healthz")).status_code == 200
         assert all(task.done() for task in killed)
         assert len(hypercorn_lifespans()) == 1  # the running incarnation's
+
+
+def test_a_port_in_use_names_the_address() -> None:
+    taken = _listen("127.0.0.1", 0, 8)
+    try:
+        port = taken.getsockname()[1]
+        with pytest.raises(OSError) as refused:
+            _listen("127.0.0.1", port, 8)
+        assert refused.value.errno == errno.EADDRINUSE
+        assert str(refused.value) == (
+            f"[Errno {errno.EADDRINUSE}] cannot listen on 127.0.0.1:{port}: Address already in use"
+        )
+    finally:
+        taken.close()
