@@ -237,6 +237,7 @@ def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
         assert "Traceback" not in result.stderr
         last = result.stderr.strip().splitlines()[-1]
         assert last.startswith("error: ") and "Address already in use" in last, result.stderr
+        assert f"cannot listen on 127.0.0.1:{port}" in last, result.stderr
 
 
 def test_bad_config_is_exit_code_2(tmp_path: Path) -> None:

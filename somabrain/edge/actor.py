@@ -86,7 +86,7 @@ def _listen(host: str, port: int, backlog: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         # "Address already in use" alone does not say which address, nor that it is the edge's.
-        raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+        raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from None
     except BaseException:
         sock.close()
         raise
