@@ -180,7 +180,24 @@ def build_parser() -> argparse.ArgumentParser:
     from .memory.cli import register as register_embedder
 
     register_embedder(commands)
+    _tidy(parser)
     return parser
+
+
+def _tidy(parser: argparse.ArgumentParser) -> None:
+    """Help for people, not for Sphinx: descriptions without reStructuredText's double
+    backticks (several come from module docstrings), and a subcommand without a description
+    of its own shows its one-line help at the top of its ``--help``."""
+    if parser.description:
+        parser.description = parser.description.replace("``", "")
+    for action in parser._actions:
+        if not isinstance(action, argparse._SubParsersAction):
+            continue
+        helps = {choice.dest: choice.help for choice in action._choices_actions}
+        for name, sub in action.choices.items():
+            if not sub.description and helps.get(name):
+                sub.description = str(helps[name]).capitalize() + "."
+            _tidy(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -92,3 +92,17 @@ def test_a_missing_private_key_is_named(tmp_path: Path, capsys: pytest.CaptureFi
     code, out, err = run(capsys, "token", "--tenant", "t", "--private-key", str(missing))
     assert code == 2 and out == ""
     assert err == f"error: cannot read --private-key {missing}: No such file or directory\n"
+
+
+def test_every_help_reads_as_plain_text(capsys: pytest.CaptureFixture[str]) -> None:
+    """No reStructuredText double backticks, and every subcommand says what it does at the
+    top of its --help."""
+    commands = [[], ["dev"], ["config"], ["openapi"], ["audit"], ["audit", "verify"],
+                ["constitution"], ["constitution", "show"], ["embedder"], ["token"]]  # fmt: skip
+    for command in commands:
+        with pytest.raises(SystemExit):
+            main([*command, "--help"])
+        text = capsys.readouterr().out
+        assert "``" not in text, command
+        description = text.split("\n\n")[1]
+        assert not description.startswith(("positional", "options")), (command, text)
