@@ -4,10 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.servers import KafkaServer, NatsServer, PostgresServer, RedisServer, ServerError
+from tests.servers import (
+    KafkaServer,
+    NatsServer,
+    PostgresServer,
+    RedisServer,
+    ServerError,
+    ServerProcess,
+)
 
 
 @pytest.fixture(params=["asyncio", "trio"])
@@ -26,51 +34,41 @@ def nats_server() -> Iterator[NatsServer]:
         pytest.fail(str(exc), pytrace=False)
 
 
-@pytest.fixture
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    """A real redis-server on a free loopback port, one per test (tests stop and restart it).
-    Fails, never skips, when redis-server is missing (scripts/test installs it)."""
+def _serving(kind: type[ServerProcess], directory: Path) -> Iterator[Any]:
+    """A real server of ``kind`` for a fixture's life. Fails, never skips, when its binary is
+    missing (scripts/test installs Debian's redis-server and postgresql; the rest are dev
+    dependencies)."""
     try:
-        with RedisServer.running_in(tmp_path_factory.mktemp("redis")) as server:
-            assert isinstance(server, RedisServer)
+        with kind.running_in(directory) as server:
+            assert isinstance(server, kind)
             yield server
     except ServerError as exc:
         pytest.fail(str(exc), pytrace=False)
+
+
+@pytest.fixture
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A real redis-server on a free loopback port, one per test (tests stop and restart it)."""
+    yield from _serving(RedisServer, tmp_path_factory.mktemp("redis"))
 
 
 @pytest.fixture
 def kafka_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaServer]:
     """A real Kafka-protocol broker (noida-db) on a free loopback port, one per test."""
-    try:
-        with KafkaServer.running_in(tmp_path_factory.mktemp("kafka")) as server:
-            assert isinstance(server, KafkaServer)
-            yield server
-    except ServerError as exc:
-        pytest.fail(str(exc), pytrace=False)
+    yield from _serving(KafkaServer, tmp_path_factory.mktemp("kafka"))
 
 
 @pytest.fixture(scope="session")
 def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
     """A real PostgreSQL server on a free loopback port, shared by the session (tests use
-    their own tenants). Fails, never skips, when the server binaries are missing (scripts/test
-    installs them)."""
-    try:
-        with PostgresServer.running_in(tmp_path_factory.mktemp("postgres")) as server:
-            assert isinstance(server, PostgresServer)
-            yield server
-    except ServerError as exc:
-        pytest.fail(str(exc), pytrace=False)
+    their own tenants)."""
+    yield from _serving(PostgresServer, tmp_path_factory.mktemp("postgres"))
 
 
 @pytest.fixture
 def own_postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
     """A PostgreSQL server for one test (that stops, kills or restarts it)."""
-    try:
-        with PostgresServer.running_in(tmp_path_factory.mktemp("postgres")) as server:
-            assert isinstance(server, PostgresServer)
-            yield server
-    except ServerError as exc:
-        pytest.fail(str(exc), pytrace=False)
+    yield from _serving(PostgresServer, tmp_path_factory.mktemp("postgres"))
 
 
 @pytest.fixture(scope="session")

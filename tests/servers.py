@@ -30,6 +30,7 @@ __all__ = [
     "PostgresServer",
     "RedisServer",
     "ServerError",
+    "ServerProcess",
     "find_nats_server",
     "find_noida_db",
     "find_postgres",
@@ -219,7 +220,7 @@ def find_noida_db() -> Path:
     raise ServerError("noida-db not found: install the dev dependencies (noida-db)")
 
 
-class _Process:
+class ServerProcess:
     """A server process on a fixed loopback port that can be stopped and started again with
     the same data (fault tests stop Kafka or Redis in the middle of a run)."""
 
@@ -259,7 +260,7 @@ class _Process:
 
     @classmethod
     @contextlib.contextmanager
-    def running_in(cls, directory: Path) -> Iterator[_Process]:
+    def running_in(cls, directory: Path) -> Iterator[ServerProcess]:
         server = cls(directory)
         try:
             server.start()
@@ -268,7 +269,7 @@ class _Process:
             server.stop()
 
 
-class RedisServer(_Process):
+class RedisServer(ServerProcess):
     """``redis-server`` with an fsync-always append-only file: what audit needs from Redis."""
 
     name = "redis"
@@ -286,7 +287,7 @@ class RedisServer(_Process):
         return f"redis://127.0.0.1:{self.port}/0"
 
 
-class KafkaServer(_Process):
+class KafkaServer(ServerProcess):
     """A Kafka-protocol broker: ``noida-db`` with only its Kafka service, data in ``directory``
     (kept across stop/start)."""
 
@@ -321,7 +322,7 @@ def find_postgres() -> Path:
     )
 
 
-class PostgresServer(_Process):
+class PostgresServer(ServerProcess):
     """A PostgreSQL cluster of its own (``initdb`` on first start, data kept across stop and
     start; a kill is a crash, recovered from the WAL on the next start). PostgreSQL refuses to
     run as root: as root, the server runs as Debian's ``postgres`` user, in a directory of
@@ -372,7 +373,7 @@ class PostgresServer(_Process):
 
     @classmethod
     @contextlib.contextmanager
-    def running_in(cls, directory: Path) -> Iterator[_Process]:
+    def running_in(cls, directory: Path) -> Iterator[ServerProcess]:
         """A server in a new directory (``directory`` is ignored: pytest's are root-only)."""
         del directory
         own = Path(tempfile.mkdtemp(prefix="soma-postgres-"))

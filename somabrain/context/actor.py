@@ -294,7 +294,7 @@ class PlannerActor(Actor):
         elapsed = (time.perf_counter() - started) * 1e3
         return msgspec.structs.replace(bundle, duration_ms=round(elapsed, 3))
 
-    def _reader(self, request: Evaluate) -> PolicyInput:
+    def _reader(self, request: Evaluate | Feedback) -> PolicyInput:
         """The request as the edge's gate decided it (an unscoped one as ``unscoped_reader``
         says), so that the policies' verdict on a memory's tags is taken as the gate's."""
         return unscoped_reader(
@@ -399,16 +399,7 @@ class PlannerActor(Actor):
             return keys, set()
         found = await self._memory(request.tenant, GetMemories(tuple(keys)))
         namespaces = {m.namespace for m in found if m is not None}
-        reader = unscoped_reader(
-            self.context.system.resources,
-            evaluate_input(
-                request.tenant,
-                namespace=request.namespace or UNSCOPED,
-                query=request.query,
-                scopes=request.scopes,
-            ),
-        )
-        refused = self._refused(reader, namespaces) if namespaces else frozenset()
+        refused = self._refused(self._reader(request), namespaces) if namespaces else frozenset()
         hidden = {
             key
             for key, memory in zip(keys, found, strict=True)
