@@ -1,4 +1,5 @@
-"""Group commit for the memory logs (the file log and the PostgreSQL log).
+"""What the memory logs (the file log and the PostgreSQL log) share: group commit, the fsync
+policy, and the state every log reports.
 
 Concurrent appends join one batch, flushed as one unit of I/O (one ``fdatasync``, or one
 transaction); each appender returns only after the flush covering its records completed. No
@@ -15,15 +16,20 @@ unacknowledged forever.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 import anyio
 import anyio.lowlevel
 
 from .errors import LogError
 
-__all__ = ["Batch", "GroupCommit"]
+if TYPE_CHECKING:
+    from .types import LogRecord
+
+__all__ = ["Batch", "FsyncPolicy", "GroupCommit"]
+
+FsyncPolicy = Literal["always", "group", "never"]
 
 
 class Batch:
@@ -41,16 +47,52 @@ class Batch:
 
 
 class GroupCommit:
-    """The batching half of a log; subclasses flush a batch in ``_flush_batch`` (which must
-    set ``batch.done``, and ``batch.error`` when the batch failed)."""
+    """The shared half of a log. Subclasses append in ``append_many`` (through
+    ``_append_group``), flush a batch in ``_flush_batch`` (which must set ``batch.done``, and
+    ``batch.error`` when the batch failed), close in ``aclose``, and keep ``_records`` and
+    ``_closed`` up to date."""
 
-    def __init__(self, window: float) -> None:
+    def __init__(self, window: float, policy: FsyncPolicy, records: int = 0) -> None:
         if window < 0:
             raise ValueError("group_window must be >= 0")
+        if policy not in ("always", "group", "never"):
+            raise ValueError(f"fsync policy must be always, group or never, got {policy!r}")
         self._window = window
+        self._policy: FsyncPolicy = policy
+        self._records = records  # in the log now (replayed ones included)
+        self._closed = False
         self._open_batch = Batch()
         self._leader = False
         self._leader_done = anyio.Event()
+
+    @property
+    def policy(self) -> FsyncPolicy:
+        return self._policy
+
+    @property
+    def record_count(self) -> int:
+        """Records in the log now (replayed ones included)."""
+        return self._records
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def append(self, record: LogRecord) -> None:
+        """Append one record; returns once it is durable per the fsync policy."""
+        await self.append_many((record,))
+
+    async def append_many(self, records: Sequence[LogRecord]) -> None:
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
 
     async def _flush_batch(self, batch: Batch) -> None:
         raise NotImplementedError

@@ -47,14 +47,14 @@ import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Protocol
 
 import anyio
 import anyio.lowlevel
 import msgspec
 
 from .._files import fsync_dir
-from ._group_commit import Batch, GroupCommit
+from ._group_commit import Batch, FsyncPolicy, GroupCommit
 from .errors import LogBrokenError, LogClosedError, LogCorruptError, LogLockedError
 from .types import LogRecord
 
@@ -72,7 +72,6 @@ __all__ = [
     "tenant_log_path",
 ]
 
-FsyncPolicy = Literal["always", "group", "never"]
 MAGIC = b"SBMLOG\x00\x01"
 _HEADER = struct.Struct("<II")
 MAX_RECORD_BYTES = 64 * 1024 * 1024
@@ -174,17 +173,14 @@ class MemoryLog(GroupCommit):
         valid_end: int,
         truncated: int,
     ) -> None:
-        super().__init__(group_window)
+        super().__init__(group_window, fsync, records)
         self._path = path
         self._fd = fd
-        self._policy: FsyncPolicy = fsync
-        self._records = records
         self._size = size
         self._replay_end = valid_end
         self._truncated = truncated
         self._io_lock = anyio.Lock()
         self._broken: OSError | None = None
-        self._closed = False
         self._appends = self._writes = self._fsyncs = self._compactions = 0
 
     # --- opening ---------------------------------------------------------------------------
@@ -284,19 +280,6 @@ class MemoryLog(GroupCommit):
     def path(self) -> Path:
         return self._path
 
-    @property
-    def policy(self) -> FsyncPolicy:
-        return self._policy
-
-    @property
-    def record_count(self) -> int:
-        """Records in the file now (replayed ones included)."""
-        return self._records
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
     def statistics(self) -> LogStatistics:
         return LogStatistics(
             path=str(self._path),
@@ -342,10 +325,6 @@ class MemoryLog(GroupCommit):
                 self._broken = exc
                 raise LogBrokenError(str(self._path), exc) from exc
         self._account(len(data), count, sync)
-
-    async def append(self, record: LogRecord) -> None:
-        """Append one record; returns once it is durable per the fsync policy."""
-        await self.append_many((record,))
 
     async def append_many(self, records: Sequence[LogRecord]) -> None:
         """Append records in order as one unit of I/O (one fsync under ``always``/``group``)."""
@@ -456,9 +435,3 @@ class MemoryLog(GroupCommit):
                     batch.done = True
                     self._closed = True
                     os.close(self._fd)
-
-    async def __aenter__(self) -> MemoryLog:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()

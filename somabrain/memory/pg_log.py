@@ -149,8 +149,6 @@ class PostgresLogs:
         self, tenant: str, *, fsync: FsyncPolicy = "group", group_window: float = 0.0
     ) -> PostgresMemoryLog:
         """The log of ``tenant``, its rows read for ``replay``."""
-        if fsync not in ("always", "group", "never"):
-            raise ValueError(f"fsync policy must be always, group or never, got {fsync!r}")
         where = f"{self.url}#{tenant}"
         try:
             async with self.pool.acquire() as conn:
@@ -196,19 +194,16 @@ class PostgresMemoryLog(GroupCommit):
         fsync: FsyncPolicy,
         group_window: float,
     ) -> None:
-        super().__init__(group_window)
+        super().__init__(group_window, fsync, len(rows))
         self._logs = logs
         self._tenant = tenant
         self._where = f"{logs.url}#{tenant}"
-        self._policy: FsyncPolicy = fsync
         self._rows: list[tuple[int, bytes]] | None = [(r[0], r[1]) for r in rows]
         self._last_seq = rows[-1][0] if rows else 0
-        self._records = len(rows)
         self._size = sum(len(r[1]) for r in rows)
         self._io_lock = anyio.Lock()
         self._broken: BaseException | None = None
         self._in_doubt = False  # a commit failed without an answer: did it land?
-        self._closed = False
         self._appends = self._commits = self._compactions = 0
 
     def replay(self) -> Iterator[LogRecord]:
@@ -225,18 +220,6 @@ class PostgresMemoryLog(GroupCommit):
     @property
     def path(self) -> str:
         return self._where
-
-    @property
-    def policy(self) -> FsyncPolicy:
-        return self._policy
-
-    @property
-    def record_count(self) -> int:
-        return self._records
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
 
     def statistics(self) -> LogStatistics:
         return LogStatistics(
@@ -258,9 +241,6 @@ class PostgresMemoryLog(GroupCommit):
             raise LogClosedError(self._where)
         if self._broken is not None:
             raise LogStaleError(self._where, self._broken)
-
-    async def append(self, record: LogRecord) -> None:
-        await self.append_many((record,))
 
     async def append_many(self, records: Sequence[LogRecord]) -> None:
         """Append records in order; returns once their transaction committed."""
@@ -397,12 +377,6 @@ class PostgresMemoryLog(GroupCommit):
                 finally:
                     batch.done = True
                     self._closed = True
-
-    async def __aenter__(self) -> PostgresMemoryLog:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
 
 
 async def shared_postgres_logs(
