@@ -27,6 +27,7 @@ Sections:
 from __future__ import annotations
 
 import tomllib
+import urllib.parse
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -170,8 +171,13 @@ class MemorySettings(_Section):
     offload_min_memories: Annotated[int, Meta(ge=0)] = 2000
 
     def __post_init__(self) -> None:
-        if self.postgres_url and not self.postgres_url.startswith(("postgresql://", "postgres://")):
-            raise ValueError("postgres_url must be a postgresql:// URL (or empty: files)")
+        if self.postgres_url:
+            if not self.postgres_url.startswith(("postgresql://", "postgres://")):
+                raise ValueError("postgres_url must be a postgresql:// URL (or empty: files)")
+            try:
+                urllib.parse.urlsplit(self.postgres_url).port  # noqa: B018 (it checks the port)
+            except ValueError:
+                raise ValueError("postgres_url: the port is not a number in 0-65535") from None
         enabled = {"semantic", "lexical", *self.extra_views}
         unknown = sorted(set(self.weights) - enabled)
         if unknown:

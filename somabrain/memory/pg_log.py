@@ -111,15 +111,26 @@ def _unavailable(exc: BaseException) -> bool:
         return True
     if isinstance(exc, asyncpg.PostgresError):  # the server answered; unless it is going down
         return str(getattr(exc, "sqlstate", "")).startswith("57P")
-    return True  # a lost or timed-out connection, or the client's state machine after one
+    # A lost or timed-out connection, or the client's state machine after one; not a URL that
+    # asyncpg cannot use (ValueError, TypeError): trying that again would not help.
+    return not isinstance(exc, ValueError | TypeError)
+
+
+def _store_error(where: str, doing: str, exc: Exception) -> LogError:
+    """What the memory actor makes of a failure (a ``LogError``: the tenant answers 503, and
+    tries again when the database could not be reached)."""
+    if _unavailable(exc):
+        return LogUnavailableError(where, exc)
+    return LogError(where, f"could not {doing} the database: {exc!r}")
 
 
 class PostgresLogs:
     """The node's connection pool to the memory database; opens the tenants' logs in it."""
 
-    def __init__(self, pool: asyncpg.Pool, url: str) -> None:
+    def __init__(self, pool: asyncpg.Pool, url: str, timeout: float = 10.0) -> None:
         self.pool = pool
         self.url = redacted_url(url)
+        self.timeout = timeout
 
     @classmethod
     async def connect(
@@ -128,22 +139,25 @@ class PostgresLogs:
         """A pool to ``url``, with the log table created if it is missing."""
         import asyncpg
 
+        where = redacted_url(url)
         try:
             pool = await asyncpg.create_pool(
                 url, min_size=1, max_size=max_connections, command_timeout=timeout, timeout=timeout
             )
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
-            raise LogUnavailableError(redacted_url(url), exc) from exc
+        except Exception as exc:
+            raise _store_error(where, "connect to", exc) from exc
         try:
             async with pool.acquire() as conn, conn.transaction():
                 # Two nodes starting at once would race on CREATE TABLE's catalog rows.
                 await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", TABLE)
                 await conn.execute(_SCHEMA)
-        except BaseException:
+        except BaseException as exc:
             with anyio.CancelScope(shield=True):
                 await pool.close()
+            if isinstance(exc, Exception):
+                raise _store_error(where, f"create the table {TABLE} in", exc) from exc
             raise
-        return cls(pool, url)
+        return cls(pool, url, timeout)
 
     async def open_tenant(
         self, tenant: str, *, fsync: FsyncPolicy = "group", group_window: float = 0.0
@@ -153,12 +167,12 @@ class PostgresLogs:
         try:
             async with self.pool.acquire() as conn:
                 rows = await conn.fetch(
-                    f"SELECT seq, record FROM {TABLE} WHERE tenant = $1 ORDER BY seq", tenant
+                    f"SELECT seq, record FROM {TABLE} WHERE tenant = $1 ORDER BY seq",
+                    tenant,
+                    timeout=6 * self.timeout,  # a large tenant's rows take a while to come
                 )
         except Exception as exc:
-            if _unavailable(exc):
-                raise LogUnavailableError(where, exc) from exc
-            raise
+            raise _store_error(where, "read the log from", exc) from exc
         return PostgresMemoryLog(self, tenant, rows, fsync=fsync, group_window=group_window)
 
     async def aclose(self) -> None:

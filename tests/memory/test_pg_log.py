@@ -13,6 +13,7 @@ from somabrain.memory import (
     Link,
     LinkRecord,
     LogClosedError,
+    LogError,
     LogStaleError,
     LogUnavailableError,
     Memory,
@@ -264,3 +265,40 @@ def test_redacted_url() -> None:
     assert redacted_url("postgresql://u:pw@h:5432/db") == "postgresql://u@h:5432/db"
     assert redacted_url("postgresql://u@h/db") == "postgresql://u@h/db"
     assert redacted_url("postgresql://:pw@h/db") == "postgresql://h/db"
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("mysql://soma@127.0.0.1/db", "postgresql:// URL"),
+        ("postgresql://soma@127.0.0.1:port/db", "port is not a number"),
+    ],
+)
+def test_the_url_is_checked_with_the_config(url: str, message: str) -> None:
+    from somabrain import config
+    from somabrain.supervision import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        config.load(environ={"SOMA_MEMORY__POSTGRES_URL": url})
+
+
+async def test_a_database_that_refuses_the_table_is_a_log_error_not_a_crash(
+    postgres_server: PostgresServer,
+) -> None:
+    """A role that may not read the table: the tenant's open fails with a ``LogError``
+    (503 at the edge), which is not taken for an outage to retry."""
+    import asyncpg
+
+    admin = await asyncpg.connect(postgres_server.url)
+    try:
+        role = f"reader_{uuid.uuid4().hex[:8]}"
+        await admin.execute(f"CREATE ROLE {role} LOGIN")
+        logs = await PostgresLogs.connect(postgres_server.url)  # makes the table
+        await logs.aclose()
+        url = postgres_server.url.replace("soma@", f"{role}@")
+        with pytest.raises(LogError) as caught:
+            await PostgresLogs.connect(url)
+        assert not isinstance(caught.value, LogUnavailableError)
+        assert "permission" in str(caught.value).lower() or "owner" in str(caught.value).lower()
+    finally:
+        await admin.close()
