@@ -52,6 +52,8 @@ from ..governance.http import (
 )
 from ..governance.policy import PolicyInput
 from ..governance.reads import search_readable
+from ..memory.actor import TenantUnavailableError
+from ..memory.errors import LogError
 from ..memory.messages import ContextRecall, GetMemories
 from ..memory.recall import ContextRecallResult
 from ..memory.replica import shared_offload
@@ -214,6 +216,10 @@ class PlannerActor(Actor):
             raise _refuse(503, "timeout", f"memory actor did not answer: {exc}") from None
         except MaxChildrenError as exc:
             raise _refuse(503, "overloaded", str(exc)) from None
+        except (LogError, TenantUnavailableError) as exc:
+            # The tenant's log cannot be read or written (a database down, a broken file): a
+            # refusal like the edge's for /memory/*, not a crash of the planner.
+            raise _refuse(503, "storage_unavailable", str(exc)) from None
         except msgspec.ValidationError as exc:
             raise _refuse(422, "invalid_field", str(exc), "filters") from None
         except ValueError as exc:

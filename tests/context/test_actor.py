@@ -25,7 +25,7 @@ from somabrain.context.messages import (
     Feedback,
     FeedbackResult,
 )
-from somabrain.memory import Link, Memory, search_offload
+from somabrain.memory import Link, Memory, search_offload, tenant_log_path
 from somabrain.memory.messages import GetMemory, Remember, ask_memory
 from somabrain.memory.replica import OFFLOAD_RESOURCE
 from somabrain.supervision import SupervisionTree, SupervisorNode
@@ -283,3 +283,24 @@ async def test_no_planner_is_a_503(tmp_path: Path) -> None:
         reply = await ask(system, Evaluate(tenant="acme", query="q"))
         assert isinstance(reply, ContextFailure) and reply.status == 503
         assert reply.code == "no_planner"
+
+
+async def test_a_tenant_whose_log_is_unreadable_is_refused_not_a_planner_crash(
+    tmp_path: Path,
+) -> None:
+    """A tenant whose memory cannot be opened (here a file that is not a memory log; with
+    PostgreSQL, a database that is down) answers every request with 503
+    ``storage_unavailable``: the planner handling it is not restarted for it."""
+    path = tenant_log_path(tmp_path / "memory", "acme")
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"not a memory log at all")
+    async with node(tmp_path) as (system, _):
+        for request in (
+            Evaluate(tenant="acme", query="anything"),
+            Feedback(tenant="acme", session_id="s", query="anything", used_keys=("k",)),
+        ):
+            reply = await ask(system, request)
+            assert isinstance(reply, ContextFailure), reply
+            assert (reply.status, reply.code) == (503, "storage_unavailable")
+        planners = system.resources["tree"].find("/root/planners").inspect()
+        assert all(child["restarts"] == 0 for child in planners["children"]), planners

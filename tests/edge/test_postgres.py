@@ -122,6 +122,14 @@ def test_a_database_that_goes_away_is_a_503_until_it_is_back(
             assert r.json()["error"]["code"] == "storage_unavailable"
             assert "Retry-After" in r.headers
             assert "password" not in r.text
+            # a bundle only reads: it is served; a feedback writes: a clean 503
+            query = {"session_id": "s", "query": "before the outage"}
+            bundle = client.post("/context/evaluate", json=query)
+            assert bundle.status_code == 200, bundle.text
+            used = [m["key"] for m in bundle.json()["memories"]]
+            fed = client.post("/context/feedback", json={**query, "used_keys": used})
+            assert fed.status_code == 503, fed.text
+            assert fed.json()["error"]["code"] == "storage_unavailable"
             with node.client(node.token_for("pg-new")) as fresh:  # a tenant opened meanwhile
                 r = _remember(fresh, "a new tenant during the outage")
                 assert r.status_code == 503, r.text
