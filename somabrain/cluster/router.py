@@ -48,6 +48,7 @@ import nats.errors
 from ..actors import BusError, CodecError, MessageTooLargeError, Msg, NoRespondersError
 from ..actors.nats_transport import NatsBus
 from ..context import client as planners
+from ..context.actor import ADAPTATION_RESOURCE
 from ..context.messages import AdaptationQuery, ContextFailure, Evaluate, Feedback
 from ..memory.messages import MemoryRequest
 from .errors import ClusterError, OwnerUnavailableError, PayloadTooLargeError
@@ -200,9 +201,12 @@ class ClusterRouter:
         runner = tree.find(MEMORY_SUPERVISOR) if tree is not None else None
         if runner is None or not hasattr(runner, "passivate"):
             return
+        adaptation = self.system.resources.get(ADAPTATION_RESOURCE)
         for tenant in runner.names():
             if not self.owns(tenant) and runner.passivate(tenant):
                 logger.info("tenant %r moved to member %r", tenant, self.owner_of(tenant))
+                if adaptation is not None:  # its weights too: the owner keeps them now
+                    adaptation.forget(tenant)
 
     async def _say_hello(self, bus: NatsBus) -> None:
         if bus.connected:

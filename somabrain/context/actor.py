@@ -60,7 +60,7 @@ from ..memory.replica import shared_offload
 from ..memory.types import RecallFilter
 from ..supervision import MaxChildrenError
 from ..tenancy import valid_tenant
-from .adaptation import AdaptationStore
+from .adaptation import AdaptationStore, StateBackend
 from .feedback import apply_feedback
 from .messages import (
     ADAPTATION_SUBJECT,
@@ -120,13 +120,33 @@ def adaptation_store(system: Any) -> AdaptationStore:
         data_dir = resources.get("data_dir")
         directory = Path(data_dir) / "context" if data_dir is not None else None
         settings = context_settings(system).adaptation
-        store = AdaptationStore(directory, tenant_default_weights(config), settings)
+        store = AdaptationStore(
+            directory, tenant_default_weights(config), settings, _state_backend(resources)
+        )
         resources[ADAPTATION_RESOURCE] = store
     elif resources[_STORE_CONFIG] is not config:
         store.settings = context_settings(system).adaptation
         store.defaults = tenant_default_weights(config)
     resources[_STORE_CONFIG] = config
     return store
+
+
+def _state_backend(resources: dict[str, Any]) -> StateBackend | None:
+    """With the memories in PostgreSQL, the learned weights go there too (a row a tenant),
+    so that a cluster member standing in for another finds them."""
+    memory = getattr(resources.get("config"), "memory", None)
+    url = getattr(memory, "postgres_url", "")
+    if memory is None or not url:
+        return None
+    from ..memory.pg_log import PostgresStates
+
+    return PostgresStates(
+        resources,
+        url,
+        "adaptation",
+        max_connections=memory.postgres_max_connections,
+        timeout=memory.postgres_timeout,
+    )
 
 
 class PlannerActor(Actor):
@@ -253,6 +273,7 @@ class PlannerActor(Actor):
                 filters = RecallFilter.from_mapping(request.filters)
             except msgspec.ValidationError as exc:
                 raise _refuse(422, "invalid_field", str(exc), "filters") from None
+        await self.store.ensure(request.tenant)
         weights = self.store.weights(request.tenant)
         reader = self._reader(request)
 
@@ -366,6 +387,7 @@ class PlannerActor(Actor):
         tenant = request.tenant
         settings = self.settings
         usable, hidden = await self._usable_keys(request)
+        await self.store.ensure(tenant)
         update, reinforced = await apply_feedback(
             self.store,
             tenant,
@@ -383,7 +405,7 @@ class PlannerActor(Actor):
         # Unknown: not held (or closed to the caller) when looked up, or forgotten since.
         gone = {key for key in usable if reinforced and key not in reinforced}
         unknown = [key for key in dict.fromkeys(request.used_keys) if key in hidden or key in gone]
-        await self.store.save(tenant)
+        await self._save(tenant)
         await self._publish_event(request)
         return FeedbackResult(
             accepted=True,
@@ -394,6 +416,12 @@ class PlannerActor(Actor):
             learning_rate=update.learning_rate,
             unknown_keys=unknown,
         )
+
+    async def _save(self, tenant: str) -> None:
+        try:
+            await self.store.save(tenant)
+        except LogError as exc:  # the database that keeps the state is down
+            raise _refuse(503, "storage_unavailable", str(exc)) from None
 
     async def _usable_keys(self, request: Feedback) -> tuple[list[str], set[str]]:
         """The used keys feedback may change, and the others: those the tenant does not hold,
@@ -442,9 +470,10 @@ class PlannerActor(Actor):
     async def adaptation(self, request: AdaptationQuery) -> AdaptationView:
         if not valid_tenant(request.tenant):
             raise _refuse(400, "invalid_tenant", f"invalid tenant id {request.tenant!r}")
+        await self.store.ensure(request.tenant)
         if request.reset:
             self.store.reset(request.tenant)
-            await self.store.save(request.tenant)
+            await self._save(request.tenant)
         state = self.store.get(request.tenant)
         return AdaptationView(
             tenant=state.tenant,

@@ -39,27 +39,33 @@ with, changes no weight (it is still counted in the history).
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Protocol
 
 import anyio
 import msgspec
 import numpy as np
 from msgspec import Meta
 
+from ..memory.errors import MemoryStoreError
+
 __all__ = [
     "AdaptationSettings",
     "AdaptationState",
     "AdaptationStore",
     "HistoryEntry",
+    "StateBackend",
     "Update",
     "adapt",
 ]
+
+logger = logging.getLogger("somabrain.context")
 
 
 #: ``prior_pull`` per embedder, where the config leaves it unset. MiniLM's default weights
@@ -223,15 +229,25 @@ def _file_name(tenant: str) -> str:
     return f"{slug}-{hashlib.blake2b(tenant.encode(), digest_size=8).hexdigest()}.json"
 
 
+class StateBackend(Protocol):
+    """Where tenants' states are kept instead of files (``pg_log.PostgresStates``: a row each
+    in the memory database, so that a cluster member standing in for another finds them)."""
+
+    async def load(self, tenant: str) -> bytes | None: ...
+
+    async def save(self, tenant: str, data: bytes) -> None: ...
+
+
 class AdaptationStore:
     """Every tenant's ``AdaptationState``: in memory, and one JSON file each in ``directory``
     (written whole to a temporary file, fsynced and renamed over the old one, so a crash
-    leaves the old state or the new one, never half of each). ``directory=None`` keeps the
-    state in memory only.
+    leaves the old state or the new one, never half of each), or in ``backend``.
+    ``directory=None`` and no backend keeps the state in memory only.
 
     Reads and updates are synchronous (no await between reading the weights and writing the
     new ones), so concurrent feedback on one event loop never loses an update; ``save`` runs
-    the file write in a worker thread and writes the latest state.
+    the file write in a worker thread and writes the latest state. With a backend, ``ensure``
+    loads a tenant's state before its first use.
     """
 
     def __init__(
@@ -239,8 +255,10 @@ class AdaptationStore:
         directory: str | os.PathLike[str] | None,
         defaults: Mapping[str, float],
         settings: AdaptationSettings | None = None,
+        backend: StateBackend | None = None,
     ) -> None:
-        self.directory = Path(directory) if directory is not None else None
+        self.directory = Path(directory) if directory is not None and backend is None else None
+        self.backend = backend
         self.defaults = dict(defaults)
         self.settings = settings or AdaptationSettings()
         self._states: dict[str, AdaptationState] = {}
@@ -248,15 +266,37 @@ class AdaptationStore:
         if self.directory is not None:
             self.directory.mkdir(parents=True, exist_ok=True)
 
+    async def ensure(self, tenant: str) -> None:
+        """Load the tenant's state from the backend, if it is not in memory yet. When the
+        backend cannot be reached the defaults serve this request (and are not kept: the
+        next one tries again)."""
+        if self.backend is None or tenant in self._states:
+            return
+        try:
+            data = await self.backend.load(tenant)
+        except MemoryStoreError as exc:
+            logger.warning("adaptation state of tenant %r not loaded: %s", tenant, exc)
+            return
+        if tenant not in self._states:  # no other request loaded it meanwhile
+            self._states[tenant] = self._decoded(tenant, data) if data else self._fresh(tenant)
+
+    def forget(self, tenant: str) -> None:
+        """Drop the tenant's state from memory (another member serves it now: it will
+        be loaded again, as that member left it, if the tenant comes back)."""
+        if self.backend is not None:
+            self._states.pop(tenant, None)
+
     def _path(self, tenant: str) -> Path | None:
         return None if self.directory is None else self.directory / _file_name(tenant)
 
     def get(self, tenant: str) -> AdaptationState:
-        """The tenant's state (loaded from its file on first use; defaults if none)."""
+        """The tenant's state (loaded from its file on first use, or by ``ensure`` from the
+        backend; defaults if none)."""
         state = self._states.get(tenant)
         if state is None:
             state = self._load(tenant)
-            self._states[tenant] = state
+            if self.backend is None:  # else: not loaded (``ensure`` could not), not kept
+                self._states[tenant] = state
         return state
 
     def _fresh(self, tenant: str) -> AdaptationState:
@@ -273,9 +313,18 @@ class AdaptationStore:
             # the bad file beside for inspection.
             path.replace(path.with_suffix(f".corrupt-{int(time.time())}"))
             return self._fresh(tenant)
-        # Views added to the defaults since the file was written start at their default.
-        weights = {n: state.weights.get(n, v) for n, v in self.defaults.items()}
-        state.weights = weights
+        return self._current(state)
+
+    def _decoded(self, tenant: str, data: bytes) -> AdaptationState:
+        try:
+            return self._current(_DECODER.decode(data))
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            logger.error("adaptation state of tenant %r is damaged, starting over: %s", tenant, exc)
+            return self._fresh(tenant)
+
+    def _current(self, state: AdaptationState) -> AdaptationState:
+        # Views added to the defaults since the state was written start at their default.
+        state.weights = {n: state.weights.get(n, v) for n, v in self.defaults.items()}
         return state
 
     def weights(self, tenant: str) -> dict[str, float]:
@@ -331,14 +380,20 @@ class AdaptationStore:
         return state
 
     async def save(self, tenant: str) -> None:
-        """Write the tenant's current state durably (no-op without a directory)."""
+        """Write the tenant's current state durably (no-op without a directory or backend)."""
         path = self._path(tenant)
-        if path is None:
+        if path is None and self.backend is None:
             return
         lock = self._locks.setdefault(tenant, anyio.Lock())
         async with lock:
-            data = _ENCODER.encode(self.get(tenant))  # the latest state, taken under the lock
-            await anyio.to_thread.run_sync(_write_atomic, path, data)
+            state = self._states.get(tenant)
+            if state is None:  # forgotten meanwhile (it moved): the new owner keeps it
+                return
+            data = _ENCODER.encode(state)  # the latest state, taken under the lock
+            if self.backend is not None:
+                await self.backend.save(tenant, data)
+            elif path is not None:
+                await anyio.to_thread.run_sync(_write_atomic, path, data)
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

@@ -63,9 +63,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "POSTGRES_RESOURCE",
+    "STATE_TABLE",
     "TABLE",
     "PostgresLogs",
     "PostgresMemoryLog",
+    "PostgresStates",
     "close_postgres_logs",
     "memory_store_health",
     "redacted_url",
@@ -80,6 +82,16 @@ CREATE TABLE IF NOT EXISTS {TABLE} (
     seq bigint NOT NULL,
     record bytea NOT NULL,
     PRIMARY KEY (tenant, seq)
+)"""
+#: Tenants' small learned states (``kind``: "adaptation", the planner's weights), one row each.
+STATE_TABLE = "soma_tenant_state"
+_STATE_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS {STATE_TABLE} (
+    tenant text NOT NULL,
+    kind text NOT NULL,
+    state bytea NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (tenant, kind)
 )"""
 _COLUMNS = ("tenant", "seq", "record")
 _INSERT = f"INSERT INTO {TABLE} (tenant, seq, record) VALUES ($1, $2, $3)"
@@ -151,6 +163,7 @@ class PostgresLogs:
                 # Two nodes starting at once would race on CREATE TABLE's catalog rows.
                 await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", TABLE)
                 await conn.execute(_SCHEMA)
+                await conn.execute(_STATE_SCHEMA)
         except BaseException as exc:
             with anyio.CancelScope(shield=True):
                 await pool.close()
@@ -415,6 +428,63 @@ async def shared_postgres_logs(
             resources.pop(POSTGRES_RESOURCE + ".error", None)
             resources[POSTGRES_RESOURCE] = found
         return found
+
+
+class PostgresStates:
+    """A tenant's small learned state of one ``kind`` (a row of ``soma_tenant_state``), for
+    ``context.adaptation.AdaptationStore``: kept in the memory database, a cluster member
+    standing in for another finds the tenant's weights as their owner left them."""
+
+    def __init__(
+        self,
+        resources: dict[str, Any],
+        url: str,
+        kind: str,
+        *,
+        max_connections: int = 10,
+        timeout: float = 10.0,
+    ) -> None:
+        self._resources = resources
+        self._url = url
+        self.kind = kind
+        self._max_connections = max_connections
+        self._timeout = timeout
+
+    async def _logs(self) -> PostgresLogs:
+        return await shared_postgres_logs(
+            self._resources,
+            self._url,
+            max_connections=self._max_connections,
+            timeout=self._timeout,
+        )
+
+    async def load(self, tenant: str) -> bytes | None:
+        logs = await self._logs()
+        try:
+            found: bytes | None = await logs.pool.fetchval(
+                f"SELECT state FROM {STATE_TABLE} WHERE tenant = $1 AND kind = $2",
+                tenant,
+                self.kind,
+            )
+        except Exception as exc:
+            where = f"{logs.url}#{tenant}"
+            raise _store_error(where, f"read the {self.kind} state from", exc) from exc
+        return found
+
+    async def save(self, tenant: str, data: bytes) -> None:
+        logs = await self._logs()
+        try:
+            await logs.pool.execute(
+                f"INSERT INTO {STATE_TABLE} (tenant, kind, state) VALUES ($1, $2, $3)"
+                " ON CONFLICT (tenant, kind) DO UPDATE SET state = excluded.state,"
+                " updated_at = now()",
+                tenant,
+                self.kind,
+                data,
+            )
+        except Exception as exc:
+            where = f"{logs.url}#{tenant}"
+            raise _store_error(where, f"write the {self.kind} state to", exc) from exc
 
 
 async def close_postgres_logs(resources: dict[str, Any]) -> None:

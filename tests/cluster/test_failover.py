@@ -57,6 +57,8 @@ def test_a_dead_members_tenants_move_and_come_back(pair: Cluster) -> None:
     a, b = pair.a, pair.b
     before = ok(_remember(a, "written through a, kept by b"))["key"]
     assert health(a)["components"]["cluster"]["owners"] == MEMBERS
+    _feedback(a, before)  # b learns its tenant's weights
+    assert _learned(a) == 1
 
     b.kill()  # SIGKILL: b's tenants answer 503 until a hears b is gone, then a serves them
     started = time.monotonic()
@@ -73,6 +75,8 @@ def test_a_dead_members_tenants_move_and_come_back(pair: Cluster) -> None:
     assert _get(a, before) == 200  # replayed from the database
     meanwhile = ok(_remember(a, "written through a, b away"))["key"]
     assert health(a)["components"]["cluster"]["owners"] == ["node-a"]
+    assert _learned(a) == 1  # a stands in with the weights b learned (in the database)
+    _feedback(a, meanwhile)
     assert TENANT_B in _memory_actors(a)
 
     b.start()  # on its data directory; its tenants come back to it
@@ -86,7 +90,20 @@ def test_a_dead_members_tenants_move_and_come_back(pair: Cluster) -> None:
     after = ok(_remember(a, "written through a, kept by b again"))["key"]
     for key in (before, meanwhile, after):
         assert _get(b, key) == 200, key
+    assert _learned(b) == 2  # and b finds what a learned meanwhile
     assert TENANT_B not in _memory_actors(a)  # a let go of it
+
+
+def _feedback(node: DevNode, key: str) -> None:
+    with client(node, TENANT_B) as c:
+        body = {"session_id": "s", "query": "written through a", "used_keys": [key]}
+        assert ok(c.post("/context/feedback", json=body))["unknown_keys"] == []
+
+
+def _learned(node: DevNode) -> int:
+    """How many feedbacks the tenant's weights learned from."""
+    with client(node, TENANT_B) as c:
+        return int(ok(c.get("/context/adaptation/state"))["history_length"])
 
 
 def _memory_actors(node: DevNode) -> set[str]:

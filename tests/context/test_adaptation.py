@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import uuid
 from pathlib import Path
 
 import anyio
@@ -13,6 +14,9 @@ from hypothesis import strategies as st
 
 from somabrain.context.adaptation import AdaptationSettings, AdaptationStore, adapt
 from somabrain.context.feedback import reward_of, salience_amount, split_shown
+from somabrain.memory import LogUnavailableError
+from somabrain.memory.pg_log import PostgresStates, close_postgres_logs
+from tests.servers import PostgresServer, free_port
 
 W = {"semantic": 0.3, "lexical": 0.3, "graph": 0.3, "recency": 0.05, "salience": 0.05}
 views = st.dictionaries(st.sampled_from(list(W)), st.floats(0, 1), min_size=5, max_size=5)
@@ -131,3 +135,54 @@ def test_split_shown() -> None:
             for i, k in enumerate("abc")]  # fmt: skip
     pos, neg = split_shown(hits, ["b", "zz"])
     assert pos == [{"x": 1.0}] and neg == [{"x": 0.0}, {"x": 2.0}]
+
+
+USED = [{"semantic": 0.2, "lexical": 0.9, "graph": 0.1, "recency": 0.0, "salience": 0.5}]
+UNUSED = [{"semantic": 0.8, "lexical": 0.1, "graph": 0.1, "recency": 0.0, "salience": 0.5}]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # asyncpg
+async def test_states_in_postgres_are_shared_by_stores_on_one_database(
+    postgres_server: PostgresServer, anyio_backend: str
+) -> None:
+    """Two nodes' stores on one database (a cluster member standing in for another): what one
+    learned and saved, the other loads; a store that forgot a tenant loads it again."""
+    tenant = f"t-{uuid.uuid4().hex[:8]}"
+    nodes = [{}, {}]  # each node's resources: its own pool to the database
+    a, b = (
+        AdaptationStore(None, W, backend=PostgresStates(r, postgres_server.url, "adaptation"))
+        for r in nodes
+    )
+    try:
+        await a.ensure(tenant)
+        a.record(tenant, USED, UNUSED)
+        await a.save(tenant)
+        await b.ensure(tenant)
+        assert b.weights(tenant) == a.weights(tenant) != W
+        assert b.get(tenant).feedback == 1
+        b.record(tenant, USED, UNUSED)
+        await b.save(tenant)
+        a.forget(tenant)  # it moved to b, and comes back with what b learned
+        await a.ensure(tenant)
+        assert a.get(tenant).feedback == 2 and a.weights(tenant) == b.weights(tenant)
+    finally:
+        for resources in nodes:
+            await close_postgres_logs(resources)
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_an_unreachable_state_database_serves_the_defaults_without_keeping_them(
+    anyio_backend: str,
+) -> None:
+    url = f"postgresql://soma@127.0.0.1:{free_port()}/postgres"
+    resources: dict[str, object] = {}
+    store = AdaptationStore(
+        None, W, backend=PostgresStates(resources, url, "adaptation", timeout=2.0)
+    )
+    await store.ensure("acme")
+    assert store.weights("acme") == W
+    assert "acme" not in store._states  # the next request tries the database again
+    store.reset("acme")
+    with pytest.raises(LogUnavailableError):
+        await store.save("acme")
