@@ -32,6 +32,10 @@ Compaction (``rewrite``) inserts the live records after the current last ``seq``
 the rows before them, in one transaction: a reader sees the old log or the new one, and the
 numbering keeps rising so the one-writer check holds across compactions.
 
+The same database keeps the tenants' small learned states (``PostgresStates``: a row per
+tenant and kind in ``soma_tenant_state``; the planner's adaptation weights), so that a cluster
+member standing in for another finds them too.
+
 asyncpg runs on asyncio only: a node on the trio backend refuses ``memory.postgres_url``.
 """
 
