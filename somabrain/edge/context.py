@@ -32,7 +32,7 @@ from ..governance.http import UNSCOPED, BundleGovernance, evaluate_input
 from ..memory.types import RecallFilter
 from .audited import AuditHandlers
 from .errors import HTTPError, from_validation
-from .schemas import Key, Namespace, Timestamp
+from .schemas import Key, Namespace, SessionId, Timestamp
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -49,7 +49,7 @@ __all__ = [
     "failure_error",
 ]
 
-Session = Annotated[str, Meta(min_length=1, max_length=256)]
+Session = SessionId
 TenantId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")]
 #: The schema's bound is the hard cap; ``context.limits.max_query_chars`` (at most the cap) is
 #: checked by the handlers, with the same 422 ``out_of_range`` naming ``query``.

@@ -38,19 +38,21 @@ __all__ = [
     "RememberBatchResponse",
     "RememberRequest",
     "RememberResponse",
+    "SessionId",
     "StatusResponse",
 ]
 
 MAX_TOP_K = 100
 
-#: Keys and namespaces are not blank (``"  "`` is a mistake, as a blank content is): 422
-#: ``invalid_field`` "... that is not blank" (``errors.from_validation``).
+#: Keys, namespaces, tags, link relations and session ids are not blank (``"  "`` is a
+#: mistake, as a blank content is): 422 ``invalid_field`` "... that is not blank"
+#: (``errors.from_validation``).
 NOT_BLANK = r"\S"
 Key = Annotated[
     str, Meta(min_length=1, max_length=512, pattern=NOT_BLANK, description="memory key")
 ]
 Namespace = Annotated[str, Meta(min_length=1, max_length=128, pattern=NOT_BLANK)]
-Tag = Annotated[str, Meta(min_length=1, max_length=128)]
+Tag = Annotated[str, Meta(min_length=1, max_length=128, pattern=NOT_BLANK)]
 TenantId = Annotated[
     str,
     Meta(
@@ -59,7 +61,8 @@ TenantId = Annotated[
     ),
 ]
 Weight = Annotated[float, Meta(ge=-1e9, le=1e9)]
-Rel = Annotated[str, Meta(min_length=1, max_length=128)]
+Rel = Annotated[str, Meta(min_length=1, max_length=128, pattern=NOT_BLANK)]
+SessionId = Annotated[str, Meta(min_length=1, max_length=256, pattern=NOT_BLANK)]
 #: Epoch seconds or an RFC 3339 date-time (msgspec's schema leaves out the string's format).
 #: Epoch seconds are bounded to what an RFC 3339 date-time can say (years 1 to 9999): a time
 #: beyond them (``1e300``) is a mistake, and one no consumer of the memory could format.
@@ -101,7 +104,7 @@ class RememberRequest(_Request, kw_only=True):
     occurred_at: (
         Annotated[Timestamp, Meta(description="epoch seconds or an RFC 3339 date-time")] | None
     ) = None
-    session_id: Annotated[str, Meta(min_length=1, max_length=256)] | None = None
+    session_id: SessionId | None = None
     vector: Annotated[list[float], Meta(max_length=8192)] | None = None
     tenant: TenantId | None = None
 
@@ -149,7 +152,7 @@ class RecallRequest(_Request, kw_only=True):
     top_k: Annotated[int, Meta(ge=1, le=MAX_TOP_K)] = 10
     namespace: Namespace | None = None
     layer: Literal["wm", "ltm", "both"] = "both"
-    session_id: Annotated[str, Meta(min_length=1, max_length=256)] | None = None
+    session_id: SessionId | None = None
     filters: dict[str, Any] | None = None
     at: (
         Annotated[
