@@ -554,15 +554,17 @@ def restarts_in_metrics(text: str) -> dict[str, int]:
 # ----------------------------------------------------------------------------- the test
 
 
-#: What the node logs when its search worker dies: an error, but the test's own doing.
-WORKER_KILLED = "search worker exited (code -9): restarting"
+#: What the node logs when its search worker dies: an error, but the test's own doing. The
+#: code is -9 (SIGKILL), or 255 when asyncio's child watcher found the process already reaped
+#: (Python 3.11's ThreadedChildWatcher then logs "Unknown child process pid" and reports 255).
+WORKER_KILLED = re.compile(r"search worker exited \(code (-9|255)\): restarting")
 
 
 def node_errors(output: list[str], worker_kills: int = 0) -> list[str]:
     """What the node logged as an error: every one is a bug or a leak (kills are warnings),
     but for the deaths of the search worker the test caused."""
     errors = [line for line in output if " ERROR " in line or line.startswith("Traceback")]
-    killed = [line for line in errors if WORKER_KILLED in line]
+    killed = [line for line in errors if WORKER_KILLED.search(line)]
     return [line for line in errors if line not in killed] + killed[worker_kills:]
 
 
