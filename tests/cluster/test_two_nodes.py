@@ -9,49 +9,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from somabrain.cluster.ownership import owner
-from somabrain.config import AuthSettings
-from somabrain.edge.auth import Authenticator
+from tests.cluster.chaos import MEMBERS, REQUEST_TIMEOUT, client, start_member, tenant_owned_by
 from tests.edge.devnode import DevNode
 from tests.servers import NatsServer
 
 pytestmark = pytest.mark.integration
 
-MEMBERS = ["node-a", "node-b"]
-SECRET = "a-secret-both-members-share-0123456789"
-REQUEST_TIMEOUT = 2.0
-
-
-def _tenant_owned_by(member: str, prefix: str) -> str:
-    return next(t for t in (f"{prefix}-{i}" for i in range(100)) if owner(t, MEMBERS) == member)
-
-
-TENANT_A = _tenant_owned_by("node-a", "alpha")
-TENANT_B = _tenant_owned_by("node-b", "beta")
-
-
-def _config(name: str, nats_url: str) -> str:
-    return f"""
-[node]
-name = "{name}"
-
-[auth]
-secret = "{SECRET}"
-
-[edge.rate_limit]
-enabled = false
-
-[cluster]
-nats_url = "{nats_url}"
-members = {MEMBERS!r}
-request_timeout = {REQUEST_TIMEOUT}
-""".replace("'", '"')
+TENANT_A = tenant_owned_by("node-a", "alpha")
+TENANT_B = tenant_owned_by("node-b", "beta")
 
 
 @pytest.fixture(scope="module")
@@ -62,22 +32,11 @@ def cluster(
     nodes: dict[str, DevNode] = {}
     try:
         for name in MEMBERS:
-            config = root / f"{name}.toml"
-            config.write_text(_config(name, nats_server.url))
-            nodes[name] = DevNode(root / name, "--config", str(config)).start()
+            nodes[name] = start_member(root, name, nats_server.url)
         yield nodes
     finally:
         for node in nodes.values():
             node.kill()
-
-
-def _client(node: DevNode, tenant: str) -> httpx.Client:
-    token = (
-        Authenticator(AuthSettings(secret=SECRET), Path(node.data_dir))
-        .issuer()
-        .issue([tenant], scopes=["admin"], now=time.time())
-    )
-    return node.client(token)
 
 
 def _ok(response: httpx.Response) -> dict[str, Any]:
@@ -107,7 +66,7 @@ FACTS = ["The Eiffel tower is in Paris", "Mount Fuji is in Japan", "The Nile flo
 def test_both_members_serve_every_tenant_identically(cluster: dict[str, DevNode]) -> None:
     a, b = cluster["node-a"], cluster["node-b"]
     for tenant in (TENANT_A, TENANT_B):
-        with _client(a, tenant) as via_a, _client(b, tenant) as via_b:
+        with client(a, tenant) as via_a, client(b, tenant) as via_b:
             a.wait_ready(via_a)
             b.wait_ready(via_b)
             # Remembered through node A: for TENANT_B that is a request to its owner, node B.
@@ -145,7 +104,7 @@ def test_both_members_serve_every_tenant_identically(cluster: dict[str, DevNode]
 def test_owner_errors_keep_their_status_and_field(cluster: dict[str, DevNode]) -> None:
     a, b = cluster["node-a"], cluster["node-b"]
     for tenant in (TENANT_A, TENANT_B):
-        with _client(a, tenant) as via_a, _client(b, tenant) as via_b:
+        with client(a, tenant) as via_a, client(b, tenant) as via_b:
             key = _ok(via_a.post("/memory/remember", json={"content": "linked from here"}))["key"]
             link = {"from_key": key, "to_key": "no-such-key"}
             bad_vector = {"content": "short vector", "vector": [0.5, 0.5]}
@@ -169,7 +128,7 @@ def test_a_stopped_owner_is_503_and_the_other_member_still_serves(
 ) -> None:
     a, b = cluster["node-a"], cluster["node-b"]
     assert b.stop() == 0
-    with _client(a, TENANT_B) as orphan, _client(a, TENANT_A) as own:
+    with client(a, TENANT_B) as orphan, client(a, TENANT_A) as own:
         for path, body in (
             ("/memory/recall", {"query": "Paris", "top_k": 3}),
             ("/memory/remember", {"content": "written while node-b is down"}),
