@@ -74,8 +74,7 @@ class OpsHandlers(Handlers):
         offload = self.system.resources.get(OFFLOAD_RESOURCE)
         if offload is not None:  # started with the first tenant large enough to need it
             components["search_worker"] = offload.health()
-        config = self.system.resources.get("config")
-        url = config.memory.postgres_url if config is not None else ""
+        url = self.config.memory.postgres_url
         components["memory_store"] = await memory_store_health(self.system.resources, url)
         healthy = (
             tree.ready

@@ -229,7 +229,7 @@ class PostgresMemoryLog(GroupCommit):
         self._logs = logs
         self._tenant = tenant
         self._where = f"{logs.url}#{tenant}"
-        self._rows: list[tuple[int, bytes]] | None = [(r[0], r[1]) for r in rows]
+        self._rows: Sequence[Any] | None = rows  # (seq, record) records, let go after replay
         self._last_seq = rows[-1][0] if rows else 0
         self._size = sum(len(r[1]) for r in rows)
         self._io_lock = anyio.Lock()
@@ -239,7 +239,7 @@ class PostgresMemoryLog(GroupCommit):
 
     def replay(self) -> Iterator[LogRecord]:
         """Yield the records read at open, in order (once: the rows are let go afterwards)."""
-        rows, self._rows = self._rows or [], None
+        rows, self._rows = self._rows or (), None
         for seq, payload in rows:
             try:
                 yield _DECODER.decode(payload)
@@ -287,7 +287,7 @@ class PostgresMemoryLog(GroupCommit):
                 if self._closed:
                     batch.error = partial(LogClosedError, self._where)
                     return
-                payloads = [p for item in batch.items for p in item]
+                payloads = _payloads(batch)
                 if payloads:
                     try:
                         await self._commit(payloads)
@@ -401,7 +401,7 @@ class PostgresMemoryLog(GroupCommit):
                     return
                 batch = self._take_open_batch()
                 try:
-                    payloads = [p for item in batch.items for p in item]
+                    payloads = _payloads(batch)
                     if payloads and self._broken is None:
                         with contextlib.suppress(LogError):
                             await self._commit(payloads)
@@ -513,6 +513,11 @@ async def memory_store_health(resources: dict[str, Any], url: str) -> dict[str, 
         return entry
     entry.update(await logs.health())
     return entry
+
+
+def _payloads(batch: Batch) -> list[bytes]:
+    """The records of a batch's appends, in order (each append's item is its list)."""
+    return [payload for item in batch.items for payload in item]
 
 
 def _fresh_copy(exc: LogError) -> LogError:

@@ -20,6 +20,7 @@ from somabrain import config as soma_config
 from somabrain.actors import ActorSystem
 from somabrain.edge.app import EdgeApp
 from somabrain.edge.auth import Authenticator
+from somabrain.edge.ops import CLI_OVERRIDES_RESOURCE
 from somabrain.supervision import SupervisionTree, SupervisorNode
 
 pytestmark = pytest.mark.anyio
@@ -77,7 +78,7 @@ async def harness(
     auth = Authenticator(cfg.auth, tmp_path)
     async with ActorSystem() as system:
         system.resources.update(config=cfg, data_dir=tmp_path, auth=auth, config_path=None)
-        system.resources["edge.cli_overrides"] = {"port": edge["port"]}
+        system.resources[CLI_OVERRIDES_RESOURCE] = {"port": edge["port"]}
         tree = SupervisionTree(system, cfg.tree, cfg.node)
         system.resources["tree"] = tree
         await tree.start()
@@ -504,7 +505,7 @@ async def test_reload_says_which_edge_settings_wait_for_a_restart(tmp_path: Path
     config = tmp_path / "soma.toml"
     async with harness(tmp_path) as h, h.client(scopes=("admin",)) as admin:
         h.app.system.resources["config_path"] = config
-        h.app.system.resources["edge.cli_overrides"] = {}  # the port comes from the file
+        h.app.system.resources[CLI_OVERRIDES_RESOURCE] = {}  # the port comes from the file
         port = h.app.config.edge.port
         config.write_text("[edge]\nport = 19899\nbacklog = 7\nmax_batch_items = 5\n")
         for _ in range(2):  # the second reload: still waiting for the restart
@@ -514,7 +515,7 @@ async def test_reload_says_which_edge_settings_wait_for_a_restart(tmp_path: Path
             assert h.app.system.resources["config"].edge.port == port
         assert h.app.config.edge.max_batch_items == 5
         config.write_text("[edge]\nport = 19899\nmax_batch_items = 5\n")
-        h.app.system.resources["edge.cli_overrides"] = {"port": port}  # as `--port` does
+        h.app.system.resources[CLI_OVERRIDES_RESOURCE] = {"port": port}  # as `--port` does
         changes = (await admin.post("/admin/reload", json={})).json()["changes"]
         assert not [c for c in changes if c.startswith("edge:")], changes
         config.write_text("[edge]\nhost = '0.0.0.0'\nmax_batch_items = 5\n")
