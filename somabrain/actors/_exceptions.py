@@ -12,6 +12,8 @@ The hierarchy::
     │   ├── InvalidSubjectError    a subject or pattern breaks the NATS rules (also a ValueError)
     │   ├── NoRespondersError      a request found nobody subscribed to its subject
     │   ├── RequestTimeoutError    a request got no reply in time (also a TimeoutError)
+    │   ├── MessageTooLargeError   a message is larger than the transport carries
+    │   ├── BusConnectError        the transport's server could not be reached (NATS)
     │   └── BusClosedError         the bus was closed
     └── CodecError                 a message could not be encoded or decoded at a boundary
 
@@ -27,6 +29,7 @@ __all__ = [
     "ActorStoppedError",
     "AskTimeoutError",
     "BusClosedError",
+    "BusConnectError",
     "BusError",
     "CodecError",
     "InvalidSubjectError",
@@ -117,6 +120,17 @@ class MessageTooLargeError(BusError):
         self.size = size
         self.limit = limit
         super().__init__(f"message of {size} bytes on {subject!r} exceeds the {limit}-byte limit")
+
+
+class BusConnectError(BusError):
+    """The bus could not connect to its server. ``url`` is the server's address without its
+    credentials; ``reason`` says what went wrong (connection refused, no answer in time, the
+    server refused the credentials...)."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        self.url = url
+        self.reason = reason
+        super().__init__(f"cannot connect to NATS at {url}: {reason}")
 
 
 class BusClosedError(BusError):

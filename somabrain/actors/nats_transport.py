@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import anyio.abc
@@ -41,7 +42,7 @@ from nats.aio.subscription import Subscription as NatsSubscription
 
 from ._exceptions import (
     BusClosedError,
-    BusError,
+    BusConnectError,
     CodecError,
     MessageTooLargeError,
     NoRespondersError,
@@ -52,11 +53,40 @@ from .bus import DEFAULT_REQUEST_TIMEOUT, BusBase, BusStatistics
 from .codec import Codec
 from .subjects import validate_subject
 
-__all__ = ["DEFAULT_NATS_URL", "NatsBus"]
+__all__ = ["DEFAULT_NATS_URL", "NatsBus", "without_credentials"]
 
 logger = logging.getLogger("somabrain.actors.nats")
 
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+
+
+def without_credentials(url: str) -> str:
+    """``url`` with its user information (user and password, or a token) replaced by ``***``:
+    a NATS URL may carry a token where a user name would be, so none of it is shown."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
+
+
+def _reason(exc: BaseException) -> str:
+    """Why a connection attempt failed, in a few words."""
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, ConnectionResetError):
+        # A server that refuses the credentials answers an error and closes the connection:
+        # nats-py sees either, depending on which reaches it first.
+        return "connection reset by the server (did it refuse the credentials?)"
+    if isinstance(exc, TimeoutError):
+        return "no answer in time"
+    return str(exc) or type(exc).__name__
+
+
+async def _close_unconnected(client: Client) -> None:
+    """Close a client whose ``connect`` failed. nats-py's ``close`` asserts when ``connect``
+    never got past parsing its options (a malformed URL): there is nothing to close then."""
+    if getattr(client, "_flush_queue", None) is not None:
+        await client.close()
 
 
 class NatsBus(BusBase):
@@ -92,6 +122,8 @@ class NatsBus(BusBase):
         self._request_timeouts = 0
         #: Failed reconnect attempts since the connection was lost (0: connected).
         self._reconnect_failures = 0
+        #: While ``start`` connects: the failures nats-py reported, and the attempt's scope.
+        self._connecting: tuple[list[BaseException], anyio.CancelScope, Client] | None = None
 
     async def __aenter__(self) -> NatsBus:
         await super().__aenter__()
@@ -100,6 +132,10 @@ class NatsBus(BusBase):
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self, task_group: anyio.abc.TaskGroup) -> None:
+        """Connect: one attempt at each server, within ``connect_timeout``. A server that
+        cannot be reached fails the start at once with ``BusConnectError`` (nats-py itself
+        would keep trying until its reconnect limit): whoever starts the bus decides whether
+        and when to try again."""
         library = sniffio.current_async_library()
         if library != "asyncio":
             raise RuntimeError(
@@ -108,8 +144,11 @@ class NatsBus(BusBase):
             )
         await super().start(task_group)
         client = Client()
+        failures: list[BaseException] = []
+        attempt = anyio.CancelScope()
+        self._connecting = (failures, attempt, client)
         try:
-            with anyio.fail_after(self._connect_timeout):
+            with anyio.fail_after(self._connect_timeout), attempt:
                 await client.connect(
                     self._servers,
                     name=self._name,
@@ -119,14 +158,37 @@ class NatsBus(BusBase):
                     connect_timeout=max(1, round(self._connect_timeout)),
                     **self._options,
                 )
-        except (TimeoutError, OSError, nats.errors.Error) as exc:
+            if attempt.cancelled_caught:  # every server failed once (``_on_error``)
+                raise BusConnectError(self.url, self._scrubbed(_reason(failures[-1])))
+        except BaseException as exc:
             self._task_group = self._backend = None
             with anyio.CancelScope(shield=True):
-                await client.close()
-            raise BusError(
-                f"cannot connect to NATS at {', '.join(self._servers)}: {exc!r}"
-            ) from exc
+                await _close_unconnected(client)
+            if isinstance(exc, TimeoutError):
+                reason = f"no answer within {self._connect_timeout:g} s"
+                if failures:
+                    reason += f" (last: {_reason(failures[-1])})"
+                raise BusConnectError(self.url, self._scrubbed(reason)) from None
+            if isinstance(exc, OSError | nats.errors.Error):  # nats-py refused the options
+                raise BusConnectError(self.url, self._scrubbed(_reason(exc))) from None
+            raise
+        finally:
+            self._connecting = None
         self._nc = client
+
+    @property
+    def url(self) -> str:
+        """The server's address (each one, comma-separated) without credentials: what logs,
+        errors and health reports show."""
+        return ", ".join(without_credentials(server) for server in self._servers)
+
+    def _scrubbed(self, text: str) -> str:
+        """``text`` without the credentials of the servers' URLs, should an error echo one."""
+        for server in self._servers:
+            userinfo = urlsplit(server).netloc.rpartition("@")[0]
+            if userinfo:
+                text = text.replace(userinfo, "***")
+        return text
 
     async def close(self) -> None:
         if self._closed:
@@ -159,6 +221,18 @@ class NatsBus(BusBase):
         return self._nc
 
     async def _on_error(self, exc: Exception) -> None:
+        if self._connecting is not None:
+            # Still connecting: nats-py reports each failed attempt here and tries again,
+            # forever with ``max_reconnect_attempts=-1``; one failure per server ends it.
+            failures, attempt, client = self._connecting
+            failures.append(exc)
+            if len(failures) >= len(self._servers) and not attempt.cancel_called:
+                # Closed here, before the cancellation: nats-py marks itself closed first
+                # and then closes the socket, so a cancellation landing in between (its own
+                # cleanup of the failed attempt comes next) would leave the socket open.
+                await client.close()
+                attempt.cancel()
+            return
         if isinstance(exc, nats.errors.SlowConsumerError):
             subscription = self._by_upstream.get(exc.sub)
             if subscription is not None:
@@ -180,7 +254,8 @@ class NatsBus(BusBase):
         logger.warning("NATS error: %r", exc)
 
     async def _on_disconnected(self) -> None:
-        if not self._closed:
+        # Not while ``start`` connects: nats-py reports each failed attempt as a disconnect.
+        if not self._closed and self._nc is not None:
             logger.warning("disconnected from NATS; nats-py reconnects")
 
     async def _on_reconnected(self) -> None:

@@ -24,6 +24,7 @@ from somabrain.actors import (
     Actor,
     ActorSystem,
     BusClosedError,
+    BusConnectError,
     BusError,
     InvalidSubjectError,
     NoRespondersError,
@@ -575,3 +576,43 @@ async def test_nats_bus_reports_connection_failure() -> None:
     with anyio.fail_after(5), pytest.raises(BusError, match="cannot connect to NATS"):
         async with bus:
             pass
+
+
+@pytest.mark.parametrize("transport", ["nats-asyncio"], indirect=True)
+async def test_nats_bus_fails_its_start_at_the_first_refusal() -> None:
+    """One attempt per start (nats-py would keep trying until connect_timeout): whoever
+    starts the bus decides when to try again. No credentials in what it says."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    bus = NatsBus(f"nats://user:pw-secret@127.0.0.1:{port}", connect_timeout=30)
+    with anyio.fail_after(5), pytest.raises(BusConnectError) as caught:
+        async with bus:
+            pass
+    assert caught.value.url == f"nats://***@127.0.0.1:{port}"
+    assert caught.value.reason == "connection refused"
+    assert "pw-secret" not in str(caught.value)
+
+
+@pytest.mark.parametrize("transport", ["nats-asyncio"], indirect=True)
+async def test_nats_bus_reports_refused_credentials_without_showing_them() -> None:
+    with NatsServer.running("--user", "soma", "--pass", "right-secret") as server:
+        for userinfo in ("soma:wrong-secret", "a-token-secret"):
+            bus = NatsBus(f"nats://{userinfo}@127.0.0.1:{server.port}", connect_timeout=30)
+            with anyio.fail_after(5), pytest.raises(BusConnectError) as caught:
+                async with bus:
+                    pass
+            # nats-py sees the server's error or the connection it then closes, whichever
+            # reaches it first.
+            reason = caught.value.reason
+            assert "Authorization Violation" in reason or "refuse the credentials" in reason
+            assert "secret" not in str(caught.value)
+
+
+@pytest.mark.parametrize("transport", ["nats-asyncio"], indirect=True)
+async def test_nats_bus_reports_a_malformed_url_as_a_connect_error() -> None:
+    bus = NatsBus("nats://user:pw-secret@127.0.0.1:not-a-port")
+    with anyio.fail_after(5), pytest.raises(BusConnectError) as caught:
+        async with bus:
+            pass
+    assert "pw-secret" not in str(caught.value)
