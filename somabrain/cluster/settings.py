@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import urllib.parse
 from typing import Annotated
 
 import msgspec
@@ -17,6 +18,8 @@ __all__ = ["ClusterSettings", "valid_member_name"]
 # A member's name is one token of the subjects it serves (``soma.node.<name>.memory``), so it
 # may not hold the separator or the wildcards.
 _MEMBER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+#: The schemes nats-py connects with.
+_NATS_SCHEMES = ("nats", "tls", "ws", "wss")
 
 
 def valid_member_name(name: str) -> bool:
@@ -36,6 +39,10 @@ class ClusterSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     members: list[str] = msgspec.field(default_factory=list)
     #: Seconds a node waits for another member's answer before it answers 503 ``unavailable``.
     request_timeout: Annotated[float, Meta(gt=0)] = 10.0
+    #: Seconds a starting member waits for NATS to answer before it exits with an error; 0
+    #: (the default): it waits for as long as it takes, as a service started before its
+    #: NATS server should. Its edge answers 503 meanwhile (docs/cluster.md).
+    connect_timeout: Annotated[float, Meta(ge=0)] = 0.0
     #: A member not heard from for ``membership.SILENT_AFTER`` seconds loses its tenants to
     #: the members that are up (each to its next owner by rendezvous), and gets them back
     #: when it is heard again. Needs the tenants' memories in a database every member reaches
@@ -43,6 +50,8 @@ class ClusterSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     failover: bool = False
 
     def __post_init__(self) -> None:
+        if self.nats_url:
+            _check_nats_url(self.nats_url)
         for name in self.members:
             if not valid_member_name(name):
                 raise ValueError(
@@ -57,3 +66,17 @@ class ClusterSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     @property
     def enabled(self) -> bool:
         return bool(self.nats_url)
+
+
+def _check_nats_url(url: str) -> None:
+    """A URL nats-py can connect to; the errors never repeat it (it may hold credentials)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in _NATS_SCHEMES or not parts.hostname:
+        raise ValueError(
+            "nats_url must be a nats:// URL with a host (or tls://, ws://, wss://), like"
+            " nats://127.0.0.1:4222"
+        )
+    try:
+        parts.port  # noqa: B018 (it checks the port)
+    except ValueError:
+        raise ValueError("nats_url: the port is not a number in 0-65535") from None

@@ -31,6 +31,19 @@ def test_a_cluster_config(tmp_path: Path) -> None:
     assert cfg.cluster.enabled
     assert cfg.cluster.members == ["a", "b"]
     assert cfg.cluster.request_timeout == 2.5
+    assert cfg.cluster.connect_timeout == 0  # wait for NATS for as long as it takes
+
+
+def test_a_bad_nats_url_is_refused_without_showing_its_credentials(tmp_path: Path) -> None:
+    text = '[node]\nname = "a"\n[cluster]\nnats_url = "nats://u:pw-secret@h:42x"\nmembers = ["a"]\n'
+    with pytest.raises(ConfigError, match="the port is not a number") as caught:
+        _load(tmp_path, text)
+    assert "pw-secret" not in str(caught.value)
+
+
+def test_connect_timeout_from_the_environment() -> None:
+    cfg = soma_config.load(environ={"SOMA_CLUSTER__CONNECT_TIMEOUT": "30"})
+    assert cfg.cluster.connect_timeout == 30.0
 
 
 @pytest.mark.parametrize(
@@ -48,6 +61,16 @@ def test_a_cluster_config(tmp_path: Path) -> None:
             "cannot name a cluster member",
         ),
         ("[cluster]\nrequest_timeout = 0\n", "Expected `float` >"),
+        ("[cluster]\nconnect_timeout = -1\n", "Expected `float` >= 0"),
+        ("[cluster]\nconnect_timeout = nan\n", "Expected `float` >= 0"),
+        (
+            '[node]\nname = "a"\n[cluster]\nnats_url = "http://127.0.0.1:4222"\nmembers = ["a"]\n',
+            "nats_url must be a nats:// URL with a host",
+        ),
+        (
+            '[node]\nname = "a"\n[cluster]\nnats_url = "127.0.0.1:4222"\nmembers = ["a"]\n',
+            "nats_url must be a nats:// URL with a host",
+        ),
     ],
 )
 def test_bad_cluster_configs_are_config_errors(tmp_path: Path, text: str, error: str) -> None:
