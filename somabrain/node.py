@@ -12,7 +12,10 @@ Resources the node puts in ``system.resources`` for the actors: ``config`` (``So
 The edge adds ``edge.url`` once it listens.
 
 With ``[cluster] nats_url`` set the node is a member of a tenant-partitioned cluster
-(``somabrain.cluster``, docs/cluster.md); it needs the asyncio backend (nats-py).
+(``somabrain.cluster``, docs/cluster.md); it needs the asyncio backend (nats-py). A member
+whose NATS does not answer yet waits for it (``cluster.connect_timeout``; forever when 0):
+its tree runs and its edge listens, answering tenants 503 until it joined; the banner comes
+once it did. A signal stops it meanwhile (exit 0); the timeout stops it with an error (1).
 """
 
 from __future__ import annotations
@@ -83,44 +86,99 @@ async def serve_node(
         system.resources[CLI_OVERRIDES_RESOURCE] = dict(edge_overrides or {})
         tree = SupervisionTree(system, cfg.tree, cfg.node)
         system.resources["tree"] = tree
-        # With [cluster], the node joins it before the tree starts (the edge may ask other
-        # members from its first request) and leaves after the tree stopped.
-        membership: contextlib.AbstractAsyncContextManager[object] = contextlib.nullcontext()
-        if cfg.cluster.enabled:
-            from .cluster.router import joined  # nats-py: imported by cluster members only
+        # Listen for signals before anything starts, so that an early SIGTERM still stops the
+        # node gracefully instead of killing it half-started (or waiting for NATS).
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            # With [cluster], the member joins in the background while the tree starts (its
+            # edge answers tenants 503 until then) and leaves after the tree stopped.
+            member: contextlib.AbstractAsyncContextManager[Any] = contextlib.nullcontext()
+            if cfg.cluster.enabled:
+                from .cluster.router import cluster_member  # nats-py: cluster members only
 
-            membership = joined(system, cfg)
-        async with membership:
-            # Listen for signals before anything starts, so that an early SIGTERM still stops
-            # the node gracefully instead of killing it half-started.
-            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                member = cluster_member(system, cfg)
+            async with member as router:
                 await tree.start()
                 _tune_gc(cfg.node)
-                token = None
-                if auth.can_sign:
-                    token = auth.issuer().issue([DEV_TENANT], scopes=["admin"], subject="dev-node")
-                info = NodeInfo(
-                    url=system.resources.get("edge.url", ""),
-                    data_dir=str(data_dir),
-                    token=token,
-                    tenant=DEV_TENANT,
-                    startup_seconds=time.perf_counter() - started,
-                    config_path=config_path,
-                )
-                if on_ready is not None:
-                    on_ready(info)
-                async for signum in signals:
+                failure: SomaError | None = None
+                signum: int | None = None
+                if router is not None and not router.joined:
+                    if router.waiting:  # an attempt failed already: NATS is not there yet
+                        print(
+                            f"SomaBrain dev node listening at {system.resources['edge.url']},"
+                            f" waiting for NATS at {router.nats_url} to join the cluster"
+                            " (tenant requests answer 503 until then; Ctrl-C stops)",
+                            flush=True,
+                        )
+                    signum, failure = await _joined_or_signal(router, signals)
+                if signum is None and failure is None:
+                    _announce(system, auth, data_dir, config_path, started, on_ready)
+                    async for received in signals:
+                        signum = received
+                        break
+                if signum is not None:
                     print(f"received {signal.Signals(signum).name}, stopping", flush=True)
-                    break
-                # Still listening while the tree stops: a second signal (Ctrl-C twice) exits at
-                # once, instead of raising KeyboardInterrupt in whatever the stop was doing
+                # Still listening while the tree stops: a second signal (Ctrl-C twice) exits
+                # at once, instead of raising KeyboardInterrupt in whatever the stop was doing
                 # (tracebacks, and a stop left half done anyway).
                 async with anyio.create_task_group() as stopping:
                     stopping.start_soon(_exit_on_another_signal, signals)
                     with anyio.CancelScope(shield=True):
                         await tree.stop()
                     stopping.cancel_scope.cancel()
+                if failure is not None:
+                    raise failure
     print("stopped", flush=True)
+
+
+def _announce(
+    system: ActorSystem,
+    auth: Any,
+    data_dir: Path,
+    config_path: str | None,
+    started: float,
+    on_ready: Callable[[NodeInfo], Any] | None,
+) -> None:
+    """Tell ``on_ready`` the node serves: its URL and a ready-made token."""
+    token = None
+    if auth.can_sign:
+        token = auth.issuer().issue([DEV_TENANT], scopes=["admin"], subject="dev-node")
+    info = NodeInfo(
+        url=system.resources.get("edge.url", ""),
+        data_dir=str(data_dir),
+        token=token,
+        tenant=DEV_TENANT,
+        startup_seconds=time.perf_counter() - started,
+        config_path=config_path,
+    )
+    if on_ready is not None:
+        on_ready(info)
+
+
+async def _joined_or_signal(
+    router: Any, signals: AsyncIterator[int]
+) -> tuple[int | None, SomaError | None]:
+    """Wait until the member joined the cluster: ``(None, None)``; or a signal came first:
+    ``(signum, None)``; or NATS did not answer within ``cluster.connect_timeout``:
+    ``(None, the error)``."""
+    from .cluster import JoinTimeoutError
+
+    outcome: tuple[int | None, SomaError | None] = (None, None)
+    async with anyio.create_task_group() as group:
+
+        async def on_signal() -> None:
+            nonlocal outcome
+            async for signum in signals:
+                outcome = (signum, None)
+                break
+            group.cancel_scope.cancel()
+
+        group.start_soon(on_signal)
+        try:
+            await router.wait_joined()
+        except JoinTimeoutError as exc:
+            outcome = (None, exc)
+        group.cancel_scope.cancel()
+    return outcome
 
 
 async def _exit_on_another_signal(signals: AsyncIterator[int]) -> None:

@@ -84,10 +84,11 @@ class NatsServer:
 
     @classmethod
     @contextlib.contextmanager
-    def running(cls, *extra_args: str) -> Iterator[NatsServer]:
+    def running(cls, *extra_args: str, port: int = -1) -> Iterator[NatsServer]:
+        """``port``: where to listen (-1, the default: a port the server picks)."""
         server = cls(extra_args)
         try:
-            server._start(-1)
+            server._start(port)
             yield server
         finally:
             server.stop()

@@ -10,22 +10,29 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .errors import ClusterError, OwnerUnavailableError, PayloadTooLargeError, RemoteError
+from .errors import (
+    ClusterError,
+    JoinTimeoutError,
+    OwnerUnavailableError,
+    PayloadTooLargeError,
+    RemoteError,
+)
 from .ownership import owner
 from .settings import CLUSTER_RESOURCE, ClusterSettings
 
 if TYPE_CHECKING:
-    from .router import ClusterRouter, joined
+    from .router import ClusterRouter, cluster_member
 
 __all__ = [
     "CLUSTER_RESOURCE",
     "ClusterError",
     "ClusterRouter",
     "ClusterSettings",
+    "JoinTimeoutError",
     "OwnerUnavailableError",
     "PayloadTooLargeError",
     "RemoteError",
-    "joined",
+    "cluster_member",
     "owner",
 ]
 
@@ -33,7 +40,7 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     # The router is imported on first use: it imports nats-py (~0.25 s), which only a node
     # in a cluster needs; the edge and the planners need just the names above.
-    if name in ("ClusterRouter", "joined"):
+    if name in ("ClusterRouter", "cluster_member"):
         from . import router
 
         return getattr(router, name)

@@ -8,6 +8,8 @@ The hierarchy::
         │                          responders (the node is down), or no reply in time
         ├── PayloadTooLargeError   the request or the owner's reply does not fit in one NATS
         │                          message (the server's ``max_payload``, 1 MiB by default)
+        ├── JoinTimeoutError       a starting member found no NATS within
+        │                          ``cluster.connect_timeout`` (the node exits)
         └── RemoteError            the owner failed with an error that has no meaning here
                                    (a bug there: the edge answers 500, as the owner would)
 
@@ -18,7 +20,13 @@ from __future__ import annotations
 
 from ..actors import SomaError
 
-__all__ = ["ClusterError", "OwnerUnavailableError", "PayloadTooLargeError", "RemoteError"]
+__all__ = [
+    "ClusterError",
+    "JoinTimeoutError",
+    "OwnerUnavailableError",
+    "PayloadTooLargeError",
+    "RemoteError",
+]
 
 
 class ClusterError(SomaError):
@@ -47,6 +55,21 @@ class PayloadTooLargeError(ClusterError):
             f"the {what} is {size} bytes on the cluster wire, more than the NATS server's"
             f" max_payload of {limit} bytes: send less (a smaller batch, a lower top_k) or"
             " raise max_payload on the nats-server"
+        )
+
+
+class JoinTimeoutError(ClusterError):
+    """A starting member could not connect to NATS within ``cluster.connect_timeout``.
+    ``url`` has no credentials; ``reason`` is why the last attempt failed."""
+
+    def __init__(self, url: str, timeout: float, attempts: int, reason: str) -> None:
+        self.url = url
+        self.timeout = timeout
+        self.attempts = attempts
+        self.reason = reason
+        super().__init__(
+            f"cannot connect to NATS at {url} within {timeout:g} s (cluster.connect_timeout;"
+            f" {attempts} attempts, the last: {reason or 'none finished in time'})"
         )
 
 

@@ -52,13 +52,19 @@ class Membership:
     """What this member heard of the others (module doc). Not thread-safe: one event loop."""
 
     def __init__(
-        self, name: str, members: list[str], *, failover: bool = False, now: float = 0.0
+        self,
+        name: str,
+        members: list[str],
+        *,
+        failover: bool = False,
+        now: float | None = 0.0,
     ) -> None:
         self.name = name
         self.members = sorted(members)
         self.failover = failover
-        #: When this member started listening: a member not heard from yet counts as up
-        #: until ``SILENT_AFTER`` from then (it may simply not have said hello yet).
+        #: When this member started listening (None: not yet, see ``listening``): a member
+        #: not heard from yet counts as up until ``SILENT_AFTER`` from then (it may simply
+        #: not have said hello yet).
         self.started = now
         self.digest = membership_digest(members)
         self.instance = secrets.token_hex(8)
@@ -67,6 +73,12 @@ class Membership:
         self._silent = {m for m in self.members if m != name}
         #: Another process heard using this member's name: (its instance, when).
         self._twin: tuple[str, float] | None = None
+
+    def listening(self, now: float) -> None:
+        """This member hears the others from ``now`` on (it joined the cluster). Until then
+        every member counts as up: one that waited long for NATS heard nobody yet, which
+        says nothing about who is up."""
+        self.started = now
 
     def hello(self) -> Hello:
         return Hello(
@@ -142,7 +154,7 @@ class Membership:
     def up(self, now: float) -> list[str]:
         """The members that own tenants when failing over: this one, those heard within
         ``SILENT_AFTER``, and those not heard yet while this one is younger than that."""
-        young = now - self.started <= SILENT_AFTER
+        young = self.started is None or now - self.started <= SILENT_AFTER
         found = []
         for member in self.members:
             peer = self._peers.get(member)

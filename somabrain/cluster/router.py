@@ -20,10 +20,17 @@ within ``cluster.request_timeout``) is an ``OwnerUnavailableError``: a 503 with 
 the edge. The owner gets a share of the wait for its own ask (``_OWNER_SHARE``) so that its
 own timeout answer (503 ``timeout``) reaches the asker before the asker gives up.
 
-The connection to NATS reconnects for as long as the node runs (nats-py's default gives up
-after 60 attempts) and re-subscribes by itself. While it is down nothing is buffered: a
-request for another member's tenant fails at once (503), rather than waiting in nats-py's
-buffer and reaching the owner after the reconnect, long after the agent was told it failed.
+A member joins the cluster in the background: until NATS answers it keeps trying (every
+0.1 s at first, doubling up to every 2 s; for ``cluster.connect_timeout`` seconds, forever
+when 0), logging why, while the node's edge already listens and answers every tenant's
+request 503 ``not_ready`` (``joined`` is false). Only once connected and subscribed does it
+serve or ask anything: a member that never heard the others must not guess who is up.
+
+Once joined, the connection to NATS reconnects for as long as the node runs (nats-py's
+default gives up after 60 attempts) and re-subscribes by itself. While it is down nothing is
+buffered: a request for another member's tenant fails at once (503), rather than waiting in
+nats-py's buffer and reaching the owner after the reconnect, long after the agent was told it
+failed.
 A request or a reply larger than the server's ``max_payload`` is a ``PayloadTooLargeError``
 (413), on the asker or answered by the owner, instead of a message that never arrives.
 
@@ -39,19 +46,25 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import anyio.abc
 import nats.errors
 
-from ..actors import BusError, CodecError, MessageTooLargeError, Msg, NoRespondersError
-from ..actors.nats_transport import NatsBus
+from ..actors import (
+    BusConnectError,
+    BusError,
+    CodecError,
+    MessageTooLargeError,
+    Msg,
+    NoRespondersError,
+)
+from ..actors.nats_transport import NatsBus, without_credentials
 from ..context import client as planners
 from ..context.actor import ADAPTATION_RESOURCE
 from ..context.messages import AdaptationQuery, ContextFailure, Evaluate, Feedback
 from ..memory.messages import MemoryRequest
-from .errors import ClusterError, OwnerUnavailableError, PayloadTooLargeError
+from .errors import ClusterError, JoinTimeoutError, OwnerUnavailableError, PayloadTooLargeError
 from .membership import HELLO_INTERVAL, HELLO_SUBJECT, Membership
 from .ownership import owner
 from .routing import MEMORY_SUPERVISOR, ask_local
@@ -72,8 +85,8 @@ from .wire import (
 __all__ = [
     "CLUSTER_RESOURCE",
     "ClusterRouter",
+    "cluster_member",
     "context_subject",
-    "joined",
     "memory_subject",
 ]
 
@@ -85,6 +98,14 @@ _OWNER_SHARE = 0.9
 #: nats-py connection options: reconnect forever, every second, and buffer nothing while
 #: disconnected (module doc).
 _NATS_OPTIONS = {"max_reconnect_attempts": -1, "reconnect_time_wait": 1, "pending_size": 0}
+#: Joining: seconds between the first two attempts to connect, doubled after each one up to
+#: ``_JOIN_RETRY_MAX``; one attempt waits at most ``_JOIN_ATTEMPT_TIMEOUT`` for the server.
+_JOIN_RETRY_FIRST = 0.1
+_JOIN_RETRY_MAX = 2.0
+_JOIN_ATTEMPT_TIMEOUT = 5.0
+#: While joining, a failed attempt is logged as a warning at the first, when its reason
+#: changes, and otherwise once in this many seconds (the others at debug level).
+_JOIN_LOG_EVERY = 30.0
 
 ContextRequest = Evaluate | Feedback | AdaptationQuery
 
@@ -97,23 +118,17 @@ def context_subject(member: str) -> str:
     return f"soma.node.{member}.context"
 
 
-def _without_credentials(url: str) -> str:
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
-
-
 @asynccontextmanager
-async def joined(system: Any, config: Any) -> AsyncIterator[ClusterRouter | None]:
+async def cluster_member(system: Any, config: Any) -> AsyncIterator[ClusterRouter | None]:
     """This node's router for the body of the ``with`` (None without ``[cluster]``), in
-    ``system.resources[CLUSTER_RESOURCE]`` for the edge and the planners."""
+    ``system.resources[CLUSTER_RESOURCE]`` for the edge and the planners. It joins the
+    cluster in the background: ``await router.wait_joined()``."""
     if not config.cluster.enabled:
         yield None
         return
     router = ClusterRouter(system, config.cluster, config.node.name)
     async with anyio.create_task_group() as group:
-        await group.start(router.run)
+        group.start_soon(router.run)
         system.resources[CLUSTER_RESOURCE] = router
         try:
             yield router
@@ -122,9 +137,20 @@ async def joined(system: Any, config: Any) -> AsyncIterator[ClusterRouter | None
             group.cancel_scope.cancel()
 
 
+class _Joining:
+    """How joining goes so far: attempts, since when, and why the last one failed."""
+
+    def __init__(self, now: float) -> None:
+        self.since = now
+        self.attempts = 0
+        self.reason = ""
+        self.logged_reason = ""
+        self.logged_at = -_JOIN_LOG_EVERY
+
+
 class ClusterRouter:
     """Routes a tenant's requests to its owner (module doc). Run with ``run`` in a task
-    group: it is ready (connected and subscribed) when ``task_group.start`` returns."""
+    group: it joins the cluster (``joined``, ``wait_joined``), then serves until cancelled."""
 
     def __init__(self, system: Any, settings: ClusterSettings, name: str) -> None:
         self.system = system
@@ -132,12 +158,16 @@ class ClusterRouter:
         self.name = name
         self._bus: NatsBus | None = None
         self._serving = anyio.Semaphore(_MAX_SERVING)
-        self.membership = Membership(
-            name, settings.members, failover=settings.failover, now=time.monotonic()
-        )
+        # Listening from when it joins (``Membership.listening``), not from now.
+        self.membership = Membership(name, settings.members, failover=settings.failover, now=None)
         #: The server's URL without its credentials: shown in /health (no token needed),
         #: in the logs and in the errors agents get.
-        self._shown_url = _without_credentials(settings.nats_url)
+        self._shown_url = without_credentials(settings.nats_url)
+        self._joining = _Joining(time.monotonic())
+        #: Set once joined, or once joining gave up (``_join_error``).
+        self._settled = anyio.Event()
+        self._joined = False
+        self._join_error: JoinTimeoutError | None = None
 
     # ------------------------------------------------------------------ ownership
 
@@ -151,17 +181,56 @@ class ClusterRouter:
 
     # ------------------------------------------------------------------ lifecycle
 
+    @property
+    def joined(self) -> bool:
+        """Connected to NATS once and subscribed: the member serves and asks from now on
+        (through any later NATS outage too)."""
+        return self._joined
+
+    @property
+    def waiting(self) -> bool:
+        """Not joined, and at least one attempt to connect to NATS failed."""
+        return not self._joined and self._joining.attempts > 0 and bool(self._joining.reason)
+
+    @property
+    def nats_url(self) -> str:
+        """The NATS server's URL without its credentials."""
+        return self._shown_url
+
+    async def wait_joined(self) -> None:
+        """Return once the member joined; raise ``JoinTimeoutError`` when NATS did not answer
+        within ``cluster.connect_timeout``."""
+        await self._settled.wait()
+        if self._join_error is not None:
+            raise self._join_error
+
+    def not_joined(self) -> str:
+        """Why this member serves nothing yet (``""`` once joined): for 503s and /readyz."""
+        if self._joined:
+            return ""
+        return f"node {self.name!r} has not joined the cluster yet: {self._waiting()}"
+
+    def _waiting(self) -> str:
+        joining = self._joining
+        waited = time.monotonic() - joining.since
+        text = f"waiting for NATS at {self._shown_url} ({waited:.0f} s"
+        if joining.attempts:
+            text += f", {joining.attempts} attempts; last: {joining.reason}"
+        return text + ")"
+
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
+        """Join the cluster (``wait_joined``), then serve until cancelled. ``task_status``
+        is told at once: joining is what ``wait_joined`` waits for."""
+        task_status.started()
         async with anyio.create_task_group() as group:
-            bus = NatsBus(
-                self.settings.nats_url,
-                codec=wire_codec(),
-                name=f"somabrain-{self.name}",
-                options=_NATS_OPTIONS,
-            )
-            await bus.start(group)
+            try:
+                bus = await self._connect(group)
+            except JoinTimeoutError as exc:
+                self._join_error = exc
+                self._settled.set()
+                return
             try:
 
                 async def serve(msg: Msg) -> None:
@@ -171,15 +240,17 @@ class ClusterRouter:
 
                 await bus.subscribe(memory_subject(self.name), cb=serve)
                 await bus.subscribe(context_subject(self.name), cb=serve)
+                self.membership.listening(time.monotonic())
                 await bus.subscribe(HELLO_SUBJECT, cb=self._heard)
                 self._bus = bus
+                self._joined = True
+                self._settled.set()
                 logger.info(
                     "member %r joined the cluster at %s (members %s)",
                     self.name,
                     self._shown_url,
                     self.membership.members,
                 )
-                task_status.started()
                 while True:
                     await self._say_hello(bus)
                     self.membership.tick(time.monotonic())
@@ -191,6 +262,57 @@ class ClusterRouter:
                 with anyio.CancelScope(shield=True):
                     await bus.close()
                 group.cancel_scope.cancel()
+
+    async def _connect(self, group: anyio.abc.TaskGroup) -> NatsBus:
+        """A bus connected to NATS: attempts with a growing pause between them, until one
+        succeeds or ``cluster.connect_timeout`` has passed (``JoinTimeoutError``)."""
+        joining = self._joining
+        limit = self.settings.connect_timeout
+        deadline = joining.since + limit if limit else None
+        pause = _JOIN_RETRY_FIRST
+        while True:
+            timeout = _JOIN_ATTEMPT_TIMEOUT
+            if deadline is not None:
+                timeout = min(timeout, deadline - time.monotonic())
+                if timeout <= 0:
+                    raise JoinTimeoutError(self._shown_url, limit, joining.attempts, joining.reason)
+            bus = NatsBus(
+                self.settings.nats_url,
+                codec=wire_codec(),
+                name=f"somabrain-{self.name}",
+                connect_timeout=timeout,
+                options=_NATS_OPTIONS,
+            )
+            joining.attempts += 1
+            try:
+                await bus.start(group)
+            except BusConnectError as exc:
+                joining.reason = exc.reason
+            else:
+                if joining.attempts > 1:
+                    logger.warning(
+                        "connected to NATS at %s after %d attempts (%.1f s)",
+                        self._shown_url,
+                        joining.attempts,
+                        time.monotonic() - joining.since,
+                    )
+                return bus
+            self._log_attempt()
+            if deadline is not None:
+                pause = min(pause, max(0.0, deadline - time.monotonic()))
+            await anyio.sleep(pause)
+            pause = min(pause * 2, _JOIN_RETRY_MAX)
+
+    def _log_attempt(self) -> None:
+        joining = self._joining
+        now = time.monotonic()
+        message = "waiting for NATS at %s (attempt %d, %.1f s so far): %s"
+        args = (self._shown_url, joining.attempts, now - joining.since, joining.reason)
+        if joining.reason != joining.logged_reason or now - joining.logged_at >= _JOIN_LOG_EVERY:
+            joining.logged_reason, joining.logged_at = joining.reason, now
+            logger.warning(message, *args)
+        else:
+            logger.debug(message, *args)
 
     # ------------------------------------------------------------------ membership
 
@@ -231,11 +353,15 @@ class ClusterRouter:
         now = time.monotonic()
         bus = self._bus
         connected = bus is not None and bus.connected
-        problems = self.membership.problems(now)
-        if not connected:
-            problems.insert(0, f"not connected to NATS at {self._shown_url}")
+        if not self._joined:  # nothing heard yet: whom it heard from says nothing
+            problems = [self.not_joined()]
+        else:
+            problems = self.membership.problems(now)
+            if not connected:
+                problems.insert(0, f"not connected to NATS at {self._shown_url}")
         return {
             "member": self.name,
+            "joined": self._joined,
             "members": self.membership.members,
             "members_digest": self.membership.digest,
             "nats": {
@@ -295,7 +421,9 @@ class ClusterRouter:
     ) -> Returned | Raised:
         bus = self._bus
         if bus is None:
-            raise OwnerUnavailableError(member, f"node {self.name!r} is not in the cluster")
+            raise OwnerUnavailableError(
+                member, self.not_joined() or f"node {self.name!r} left the cluster"
+            )
         if not bus.connected:
             raise OwnerUnavailableError(
                 member,

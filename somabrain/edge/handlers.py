@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from ..actors import ActorStoppedError, ActorSystem, MailboxFullError
-from ..cluster import OwnerUnavailableError, PayloadTooLargeError
+from ..cluster import CLUSTER_RESOURCE, OwnerUnavailableError, PayloadTooLargeError
 from ..cluster.routing import ask_tenant
 from ..governance.http import remember_input
 from ..governance.policy import Decision, PolicyInput
@@ -140,6 +140,13 @@ class Handlers(AuditHandlers):
             raise HTTPError.retry_later(503, "not_ready", "the supervision tree is not up", 1)
         return tree
 
+    def _not_joined(self) -> HTTPError | None:
+        """A cluster member that has not joined yet (NATS not reached since it started)
+        serves no tenant: it does not know yet who is up, nor can it reach the owners."""
+        cluster = self.system.resources.get(CLUSTER_RESOURCE)
+        waiting = cluster.not_joined() if cluster is not None else ""
+        return HTTPError.retry_later(503, "not_ready", waiting, 1) if waiting else None
+
     def _tenant(self, request: Request, body_tenant: str | None) -> str:
         header = request.tenant_header
         if header is not None and body_tenant is not None and header != body_tenant:
@@ -148,6 +155,9 @@ class Handlers(AuditHandlers):
             )
         assert request.principal is not None
         tenant = request.principal.resolve_tenant(header if header is not None else body_tenant)
+        refusal = self._not_joined()
+        if refusal is not None:
+            raise refusal
         wait = self.limiter.acquire(tenant)
         if wait:
             self.metrics.count_rate_limited(tenant)

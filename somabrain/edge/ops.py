@@ -52,6 +52,9 @@ class OpsHandlers(Handlers):
         tree = self.system.resources.get("tree")
         if tree is None or not tree.ready or self.closing:
             raise HTTPError.retry_later(503, "not_ready", "the supervision tree is not up", 1)
+        refusal = self._not_joined()
+        if refusal is not None:
+            raise refusal
         ungoverned = readiness(self.system.resources)
         if ungoverned:
             raise HTTPError.retry_later(503, "not_governed", ungoverned, 5)

@@ -83,11 +83,11 @@ def test_a_stranger_and_a_twin_are_reported(caplog: pytest.LogCaptureFixture) ->
 
 
 def test_health_and_errors_show_the_nats_url_without_credentials() -> None:
-    from somabrain.cluster.router import _without_credentials
+    from somabrain.actors.nats_transport import without_credentials
 
-    assert _without_credentials("nats://user:pw@10.0.0.1:4222") == "nats://***@10.0.0.1:4222"
-    assert _without_credentials("tls://token@nats.internal") == "tls://***@nats.internal"
-    assert _without_credentials("nats://127.0.0.1:4222") == "nats://127.0.0.1:4222"
+    assert without_credentials("nats://user:pw@10.0.0.1:4222") == "nats://***@10.0.0.1:4222"
+    assert without_credentials("tls://token@nats.internal") == "tls://***@nats.internal"
+    assert without_credentials("nats://127.0.0.1:4222") == "nats://127.0.0.1:4222"
 
 
 def test_the_members_up_are_those_heard_and_the_unheard_while_young() -> None:
@@ -98,6 +98,16 @@ def test_the_members_up_are_those_heard_and_the_unheard_while_young() -> None:
     assert here.up(101.5 + SILENT_AFTER) == ["a"]  # b silent for longer than SILENT_AFTER
     here.heard(_hello("b", ["a", "b", "c"]), 120.0)
     assert here.up(120.0) == ["a", "b"]  # b is back
+
+
+def test_a_member_not_listening_yet_counts_every_member_up() -> None:
+    """A member waiting for NATS at start heard nobody, which says nothing about who is up:
+    it is young from when it joins, however long it waited."""
+    here = Membership("a", ["a", "b", "c"], failover=True, now=None)
+    assert here.up(1000.0) == ["a", "b", "c"]
+    here.listening(1000.0)
+    assert here.up(1000.0 + SILENT_AFTER) == ["a", "b", "c"]
+    assert here.up(1001.0 + SILENT_AFTER) == ["a"]
 
 
 def test_a_silent_member_is_logged_as_moved_with_failover(

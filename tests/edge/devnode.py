@@ -28,6 +28,8 @@ __all__ = ["DevNode", "NodeError"]
 
 _START_TIMEOUT = 30.0
 _URL = re.compile(r"^\s*url:\s+(\S+)")
+#: A cluster member waiting for NATS at start already listens, and says where.
+_LISTENING = re.compile(r"^SomaBrain dev node listening at (\S+),")
 _TOKEN = re.compile(r"^\s*token:\s+(\S+)")
 
 
@@ -52,10 +54,13 @@ class DevNode:
         self.url = ""
         self.token = ""
         self._reader: threading.Thread | None = None
+        self._ready = threading.Event()
 
     # ------------------------------------------------------------------ lifecycle
 
-    def start(self, port: int = 0) -> DevNode:
+    def start(self, port: int = 0, *, wait: bool = True) -> DevNode:
+        """Start the node and wait for its banner; with ``wait=False``, return once the
+        process runs (``wait_started``, ``wait_for_output`` wait for what it prints)."""
         env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
         command: Sequence[str] = [
             sys.executable,
@@ -82,23 +87,52 @@ class DevNode:
             # signals the node and its children at once, as Ctrl-C or systemd would.
             start_new_session=True,
         )
-        ready = threading.Event()
-        self._reader = threading.Thread(target=self._read, args=(ready,), daemon=True)
+        self._ready = threading.Event()
+        self._reader = threading.Thread(target=self._read, args=(self._ready,), daemon=True)
         self._reader.start()
-        if not ready.wait(_START_TIMEOUT) or not (self.url and self.token):
+        if wait:
+            self.wait_started()
+        return self
+
+    def wait_started(self, timeout: float = _START_TIMEOUT) -> None:
+        """Wait (bounded) for the banner: the node serves."""
+        if not self._ready.wait(timeout) or not (self.url and self.token):
             self.kill()
             raise NodeError("the dev node did not start:\n" + "".join(self.output))
-        return self
+
+    def wait_for_output(self, text: str, timeout: float = _START_TIMEOUT) -> str:
+        """Wait (bounded) until the node printed a line holding ``text``; that line."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = next((line for line in list(self.output) if text in line), None)
+            if found is not None:
+                return found
+            if self.process is not None and self.process.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise NodeError(f"the dev node did not print {text!r}:\n" + "".join(self.output))
+
+    def wait_exit(self, timeout: float = _START_TIMEOUT) -> int:
+        """Wait (bounded) until the node exits by itself; its exit code."""
+        assert self.process is not None
+        try:
+            code = self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise NodeError("the dev node did not exit:\n" + "".join(self.output)) from None
+        self._join()
+        return code
 
     def _read(self, ready: threading.Event) -> None:
         assert self.process is not None and self.process.stdout is not None
         try:
             for line in self.process.stdout:
-                self.output.append(line)
-                if match := _URL.match(line):
+                if match := _URL.match(line) or _LISTENING.match(line):
                     self.url = match.group(1)
                 elif (match := _TOKEN.match(line)) and not self.token:
                     self.token = match.group(1)
+                # After reading it: whoever waits for a line finds what it said (the URL).
+                self.output.append(line)
                 if self.url and self.token:
                     ready.set()
         finally:
