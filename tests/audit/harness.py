@@ -85,8 +85,12 @@ class AuditNode:
         status: WriterStatus = await ref.ask(Sync(), timeout=60)
         return status
 
-    def kill_writer(self) -> None:
-        assert self.tree.kill(WRITER)
+    async def kill_writer(self) -> None:
+        """Kill the writer; when a kill finds it restarting from the last one (a busy machine
+        makes restarts slow), wait for it to be back and kill that incarnation."""
+        with anyio.fail_after(10):
+            while not self.tree.kill(WRITER):  # noqa: ASYNC110 (polls the tree)
+                await anyio.sleep(0.01)
 
     async def record(self, i: int) -> None:
         try:

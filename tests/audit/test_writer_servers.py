@@ -130,7 +130,7 @@ async def test_killing_the_writer_mid_drain(
         async def killer() -> None:
             for _ in range(6):
                 await anyio.sleep(0.15)
-                node.kill_writer()
+                await node.kill_writer()
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(killer)

@@ -47,7 +47,7 @@ async def test_killing_the_writer_loses_nothing_acknowledged(tmp_path: Path) -> 
         async def killer() -> None:
             for _ in range(5):
                 await anyio.sleep(0.02)
-                node.kill_writer()
+                await node.kill_writer()
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(node.load, 2000, 16)
