@@ -2,9 +2,21 @@
 
 Working memory (``working_journal.py``) and the feedback associations (``associations.py``)
 both keep learned state that changes often, has its own bounds and can be rebuilt from a
-snapshot of itself; this is the file they share the mechanics of.
+snapshot of itself; this module holds what they share: the interface of a journal
+(``Journal``), what each owner tells it (``JournalKind``), and the file journal
+(``RecordJournal``). With ``memory.postgres_url`` set, the memory actor gives the owners rows in
+the memory database instead (``pg_journal.py``), behind the same interface.
 
-Format (little endian)::
+The interface. ``read`` gives the records (in order), the owner replays them, then ``start``
+rewrites the journal as the owner's snapshot and journaling begins. ``append`` takes one record
+without an ``await``, at the moment the owner applies the change in memory, so the journal's
+order is the in-memory order even when the owner's callers run concurrently. ``flush`` makes
+what was appended survive a kill of the process (a no-op for a file: ``append`` wrote it
+already), ``sync`` survive a crash of the machine too. A journal whose store fails does not
+raise from ``append``, ``flush`` or ``sync``: it logs once, and the owner's in-memory state goes
+on (``durable`` says whether journaling is in effect).
+
+The file's format (little endian)::
 
     header  8 bytes of magic (the owner's, which ends with its format version)
     frame*  u32 length | u32 crc32(payload) | payload (msgspec msgpack of one record)
@@ -28,26 +40,109 @@ import os
 import struct
 import zlib
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import anyio
+import anyio.lowlevel
 import msgspec
 
 from .._files import fsync_dir
 
-__all__ = ["RecordJournal"]
+__all__ = ["Journal", "JournalKind", "Journals", "RecordJournal", "open_journal"]
 
 logger = logging.getLogger("somabrain.memory")
 
 R = TypeVar("R")
+Snapshot = Callable[[], Iterable[R]]
 
 _HEADER = struct.Struct("<II")
 _MAX_RECORD_BYTES = 16 * 1024 * 1024
-_COMPACT_MIN_BYTES = 1024 * 1024
-_COMPACT_FACTOR = 4
+COMPACT_MIN_BYTES = 1024 * 1024
+COMPACT_FACTOR = 4
 _FILE_MODE = 0o600
 _ENCODER = msgspec.msgpack.Encoder()
+
+
+@dataclass(frozen=True)
+class JournalKind(Generic[R]):
+    """What an owner tells its journal: ``name`` (the ``kind`` of its rows in the memory
+    database), ``magic`` (its file header), the record type (a msgspec union), ``what`` (for
+    logs) and ``synchronous``: whether ``sync`` is what the owner promises (the file's
+    snapshots are fsynced too, the database's commits wait for its WAL flush) or only
+    ``flush`` (snapshots in the page cache, commits with ``synchronous_commit = off``)."""
+
+    name: str
+    magic: bytes
+    record_type: Any
+    what: str
+    synchronous: bool = False
+
+
+class Journal(Protocol[R]):
+    """The journal an owner writes its changes to (module docstring)."""
+
+    @property
+    def where(self) -> str:
+        """Where it is, for logs (a path, or the database's URL and the tenant)."""
+        ...
+
+    @property
+    def durable(self) -> bool:
+        """Whether journaling is in effect (False before ``start``, once closed, after a
+        failure of its store until it caught up, if ever)."""
+        ...
+
+    async def read(self) -> list[R]:
+        """The records, in order. Raises ``OSError`` (a file) or ``LogError`` (a database)."""
+        ...
+
+    async def start(self) -> None:
+        """Rewrite the journal as the owner's snapshot and journal from then on."""
+        ...
+
+    def append(self, record: R) -> None:
+        """One record, in the caller's order (no await)."""
+        ...
+
+    async def flush(self) -> None:
+        """What was appended so far survives a kill of this process."""
+        ...
+
+    async def sync(self) -> None:
+        """What was appended so far survives a crash of the machine too."""
+        ...
+
+    async def aclose(self) -> None:
+        """Flush what was appended and stop journaling."""
+        ...
+
+
+class Journals(Protocol):
+    """Where a tenant's journals are kept, other than files (``pg_journal.PostgresJournals``)."""
+
+    def journal(self, kind: JournalKind[R], snapshot: Snapshot[R]) -> Journal[R]:
+        """The tenant's journal of ``kind``; ``snapshot`` gives the records that rebuild the
+        owner's current state (for ``start`` and compaction)."""
+        ...
+
+
+def open_journal(
+    where: str | os.PathLike[str] | Journals, kind: JournalKind[R], snapshot: Snapshot[R]
+) -> Journal[R]:
+    """The owner's journal: a file at ``where``, or ``where``'s journal of ``kind``."""
+    if isinstance(where, str | os.PathLike):
+        return RecordJournal(
+            Path(where),
+            kind.magic,
+            kind.record_type,
+            what=kind.what,
+            snapshot=snapshot,
+            sync_compaction=kind.synchronous,
+        )
+    return where.journal(kind, snapshot)
 
 
 def frame(record: Any) -> bytes:
@@ -79,15 +174,23 @@ class RecordJournal(Generic[R]):
         self._sync_compaction = sync_compaction
         self._file: io.FileIO | None = None
         self._size = 0
-        self._compact_at = _COMPACT_MIN_BYTES
+        self._compact_at = COMPACT_MIN_BYTES
+
+    @property
+    def where(self) -> str:
+        return str(self.path)
 
     @property
     def durable(self) -> bool:
         """False before ``start``, and once journaling stopped (closed or after an error)."""
         return self._file is not None
 
-    def read(self) -> list[R]:
-        """The intact records (none if the file is missing); creates the directory. Blocking."""
+    async def read(self) -> list[R]:
+        """The intact records (none if the file is missing), read in a worker thread."""
+        return await anyio.to_thread.run_sync(self.read_blocking)
+
+    def read_blocking(self) -> list[R]:
+        """The intact records (none if the file is missing); creates the directory."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             data = self.path.read_bytes()
@@ -116,10 +219,11 @@ class RecordJournal(Generic[R]):
             logger.warning("%s %s: ignoring %d bytes of torn tail", self.what, self.path, end - pos)
         return records
 
-    def start(self) -> None:
-        """Write the owner's snapshot as the whole file (fsynced) and journal from then on.
-        Blocking: run it in a worker thread. Raises OSError."""
-        self._compact(sync=True)
+    async def start(self) -> None:
+        """Write the owner's snapshot as the whole file (fsynced, in a worker thread) and
+        journal from then on. Raises OSError."""
+        with anyio.CancelScope(shield=True):  # the open handle must not be lost
+            await anyio.to_thread.run_sync(partial(self._compact, sync=True))
 
     def append(self, record: R) -> None:
         """One frame to the page cache, in the caller's order (no await); may compact."""
@@ -156,13 +260,17 @@ class RecordJournal(Generic[R]):
         self._close_file()
         self._file = fresh
         self._size = len(data)
-        self._compact_at = max(_COMPACT_MIN_BYTES, _COMPACT_FACTOR * self._size)
+        self._compact_at = max(COMPACT_MIN_BYTES, COMPACT_FACTOR * self._size)
 
     def _close_file(self) -> None:
         file, self._file = self._file, None
         if file is not None:
             with contextlib.suppress(OSError):
                 file.close()
+
+    async def flush(self) -> None:
+        """Nothing to do: ``append`` wrote to the page cache, which outlives the process."""
+        await anyio.lowlevel.checkpoint()
 
     async def sync(self) -> None:
         """fsync what was appended so far (in a worker thread)."""

@@ -42,15 +42,18 @@ other slot by 0, so it costs one product of the stored query embeddings with the
 never a pass over the tenant's memories.
 
 Durability: a journal beside the tenant's memory log (``<log>.assoc``, the CRC-framed record
-journal of ``_journal.py``, as working memory's). Only the query text and the keys
-are written; the query embeddings are recomputed when the journal is opened, so the state
-follows a change of embedder. Each association is written and fsynced before the feedback that
-made it is acknowledged. The journal is rewritten compactly on open and when it grows past four
-times its last snapshot. Why not records in the memory log: the same reasons as working memory's
-journal (``working_journal.py``): it is learned state with its own bound (``capacity``, oldest
-dropped first), and compaction of the memory log need not carry it. A forgotten memory is
-dropped from every association (``discard``, journaled), so a key written again later does not
-inherit what the old memory learned.
+journal of ``_journal.py``, as working memory's), or, with ``memory.postgres_url``, rows of kind
+``associations`` in the memory database (``pg_journal.py``), so that a node taking the tenant
+over finds them. Only the query text and the keys are written; the query embeddings are
+recomputed when the journal is opened, so the state follows a change of embedder. Each
+association is made durable before the feedback that made it is acknowledged (``sync``: an
+fsync of the file, or a commit that waits for the database's WAL flush). The journal is
+rewritten compactly on open and when it grows past four times its last snapshot. Why not
+records in the memory log: the same reasons as working memory's journal
+(``working_journal.py``): it is learned state with its own bound (``capacity``, oldest dropped
+first), and compaction of the memory log need not carry it. A forgotten memory is dropped from
+every association (``discard``, journaled and flushed before the forget is acknowledged), so a
+key written again later does not inherit what the old memory learned.
 """
 
 from __future__ import annotations
@@ -71,8 +74,8 @@ import numpy as np
 import numpy.typing as npt
 from msgspec import Meta
 
-from ._journal import RecordJournal
-from .errors import UnknownMemoryError
+from ._journal import Journal, JournalKind, Journals, open_journal
+from .errors import LogError, UnknownMemoryError
 from .log import tenant_log_path
 from .ranking import F32, I64, Mask, RecallQuery
 
@@ -181,6 +184,9 @@ class Dissociated(msgspec.Struct, frozen=True, tag=True, array_like=True):
 
 
 Record = Associated | Dissociated
+KIND: JournalKind[Record] = JournalKind(
+    "associations", MAGIC, Record, what="association journal", synchronous=True
+)
 
 # ------------------------------------------------------------------------------ store
 
@@ -188,22 +194,23 @@ Record = Associated | Dissociated
 class AssociationStore:
     """A tenant's associations: a ring of ``capacity`` (query, unit embedding, used keys).
 
-    ``in_memory`` keeps nothing on disk; ``open`` replays (and then appends to) a journal.
+    ``in_memory`` keeps nothing durable; ``open`` replays (and then appends to) a journal.
     Changes are synchronous (``add``, ``discard``); ``sync`` makes them durable."""
 
-    def __init__(self, dim: int, *, capacity: int = 4096, path: Path | None = None) -> None:
+    def __init__(self, dim: int, *, capacity: int = 4096) -> None:
         if dim < 1 or capacity < 1:
             raise ValueError("dim and capacity must be >= 1")
         self.dim = dim
         self.capacity = capacity
-        self.path = path
+        #: Where the journal is (a path, or the database and tenant); None: in memory only.
+        self.where: str | None = None
         self._vectors = np.zeros((capacity, dim), dtype=np.float32)
         self._queries: list[str] = []
         self._keys: list[tuple[str, ...]] = []
         self._at: list[float] = []
         self._next = 0  # the ring position the next association goes to (once full)
         self._emptied = 0  # entries whose keys were all forgotten
-        self._journal: RecordJournal[Record] | None = None
+        self._journal: Journal[Record] | None = None
         #: Serialises read-modify-write of co-use link weights (``FeedbackLearner``).
         self.lock = anyio.Lock()
         #: Told every change, in order, when a replica is kept (``search_offload``).
@@ -215,33 +222,31 @@ class AssociationStore:
 
     @classmethod
     async def open(
-        cls, path: str | os.PathLike[str], dim: int, embed: Embed, *, capacity: int = 4096
+        cls,
+        where: str | os.PathLike[str] | Journals,
+        dim: int,
+        embed: Embed,
+        *,
+        capacity: int = 4096,
     ) -> AssociationStore:
-        """A store replayed from the journal at ``path`` (``load``)."""
+        """A store replayed from its journal (``load``)."""
         store = cls(dim, capacity=capacity)
-        await store.load(path, embed)
+        await store.load(where, embed)
         return store
 
-    async def load(self, path: str | os.PathLike[str], embed: Embed) -> None:
-        """Replay the journal at ``path`` (created if missing) into this empty store, embed its
-        queries with ``embed``, rewrite it as a snapshot and journal from then on. An
-        unreadable or unwritable journal is logged and the store stays in memory only
-        (feedback must not fail because of it)."""
-        if self._queries or self.path is not None:
+    async def load(self, where: str | os.PathLike[str] | Journals, embed: Embed) -> None:
+        """Replay the journal (a file at ``where``, created if missing, or ``where``'s) into
+        this empty store, embed its queries with ``embed``, rewrite it as a snapshot and
+        journal from then on. An unreadable or unwritable journal is logged and the store
+        stays in memory only (feedback must not fail because of it)."""
+        if self._queries or self.where is not None:
             raise RuntimeError("load() needs an empty store without a journal")
-        where = self.path = Path(path)
-        journal: RecordJournal[Record] = RecordJournal(
-            where,
-            MAGIC,
-            Record,
-            what="association journal",
-            snapshot=self._snapshot,
-            sync_compaction=True,
-        )
+        journal = open_journal(where, KIND, self._snapshot)
+        self.where = journal.where
         try:
-            records = await anyio.to_thread.run_sync(journal.read)
-        except OSError as exc:
-            logger.error("association journal %s unreadable, not durable: %r", where, exc)
+            records = await journal.read()
+        except (OSError, LogError) as exc:
+            logger.error("association journal %s unreadable, not durable: %r", self.where, exc)
             return
         entries: list[tuple[str, list[str], float]] = []
         for record in records:
@@ -260,10 +265,9 @@ class AssociationStore:
             for (query, keys, at), vector in zip(entries, vectors, strict=True):
                 self._put(query, np.asarray(vector, dtype=np.float32), tuple(keys), at)
         try:
-            with anyio.CancelScope(shield=True):  # the open handle must not be lost
-                await anyio.to_thread.run_sync(journal.start)
-        except OSError as exc:
-            logger.error("association journal %s unwritable, not durable: %r", where, exc)
+            await journal.start()
+        except (OSError, LogError) as exc:
+            logger.error("association journal %s unwritable, not durable: %r", self.where, exc)
             return
         self._journal = journal
 
@@ -407,15 +411,22 @@ class AssociationStore:
         if self._journal is not None:
             self._journal.append(record)
 
+    async def flush(self) -> None:
+        """What was appended so far survives a kill of the process (``Journal.flush``)."""
+        if self._journal is None:
+            await anyio.lowlevel.checkpoint()
+            return
+        await self._journal.flush()
+
     async def sync(self) -> None:
-        """fsync what was appended so far (in a worker thread)."""
+        """What was appended so far survives a crash of the machine too (``Journal.sync``)."""
         if self._journal is None:
             await anyio.lowlevel.checkpoint()
             return
         await self._journal.sync()
 
     async def aclose(self) -> None:
-        """Flush the journal to disk and stop journaling (later changes stay in memory)."""
+        """Flush the journal and stop journaling (later changes stay in memory)."""
         if self._journal is not None:
             await self._journal.aclose()
 

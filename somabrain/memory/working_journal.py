@@ -1,35 +1,43 @@
-"""Durable working memory: ``WorkingMemory`` whose changes are journaled to a per-tenant file.
+"""Durable working memory: ``WorkingMemory`` whose changes are journaled, per tenant.
 
 What is kept: keys only. A session's buffer is a list of memory keys in order; the items
 (content, embedding, tokens) are rebuilt from the tenant's memories when the journal is opened,
 by the function the memory actor fills working memory with. So a forgotten or expired memory
 cannot come back: its key finds nothing and is dropped, and the journal is rewritten without it.
 
-Why a file of its own and not records in the tenant's memory log (``log.py``): the memory log
-holds what the tenant's state *is* and is rewritten from that state on compaction; working
+Where: a file beside the tenant's memory log (the CRC-framed record journal of ``_journal.py``,
+magic ``SBWMJ``, version 1), or, with ``memory.postgres_url``, rows of kind ``working`` in the
+memory database (``pg_journal.py``), so that whichever node opens the tenant next (a cluster
+member standing in for a dead one, a node on an empty data directory) finds its sessions.
+
+Why a journal of its own and not records in the tenant's memory log (``log.py``): the memory
+log holds what the tenant's state *is* and is rewritten from that state on compaction; working
 memory is a view of recent activity that changes on every session write and has its own
 bounds (capacity, sessions). Putting it in the memory log would tie every working-memory
 change to the log's fsync and make compaction carry a second kind of state. A separate
-journal costs one small ``write`` per change and can be thrown away without touching a memory.
-
-Format: the CRC-framed record journal of ``_journal.py`` (magic ``SBWMJ``, version 1).
+journal costs one small write per change and can be thrown away without touching a memory.
 
 Records: ``Added(session, keys)`` (the ``WorkingMemory.add`` of those keys), ``Discarded(key)``,
 ``Cleared(session)``. Replaying them through a ``WorkingMemory`` with the same bounds gives the
 same sessions (least recently touched first) and the same item order, eviction included.
 
-Durability: each change is appended with one ``write`` to the page cache, at the moment it is
-applied in memory and without an ``await`` in between, so the journal's order is the
-in-memory order even though the actor's writes run concurrently; a remember is acknowledged
-after its working-memory change is written. That survives a kill of the actor and a kill -9 of
-the process; a power loss may lose the last changes (no fsync per change: working memory is
-short-lived context, and the memories themselves are in the fsynced log). A write is a few
-microseconds, cheaper than a hop to a worker thread, so it is done on the event loop.
+Durability: each change is appended at the moment it is applied in memory and without an
+``await`` in between, so the journal's order is the in-memory order even though the actor's
+writes run concurrently; the memory actor ``flush``es before it acknowledges a remember or a
+feedback that changed a session. A file: the change is written with one ``write`` to the page
+cache at once (a few microseconds, cheaper than a hop to a worker thread, so it is done on the
+event loop), which survives a kill of the actor and a kill -9 of the process; a power loss may
+lose the last changes (no fsync per change: working memory is short-lived context, and the
+memories themselves are in the fsynced log). The database: the flush commits the changes
+appended so far (concurrent ones share a transaction) with ``synchronous_commit = off``, which
+survives a kill of the node; a crash of the database server may lose its last commits, as a
+power loss the page cache.
 
-Compaction, torn tails and I/O errors: see ``_journal.py``. Snapshots written at run time are
-not fsynced, to keep the event loop free (a few ms at the default bounds). An I/O error stops
-journaling for this incarnation; the in-memory working memory goes on (a remember must not fail
-because its context cache could not be written).
+Compaction, torn tails and errors: see ``_journal.py`` and ``pg_journal.py``. Snapshots written
+at run time are not fsynced, to keep the event loop free (a few ms at the default bounds). A
+failure of the journal's store never fails a remember (it must not fail because its context
+cache could not be written): the in-memory working memory goes on, and journaling stops for
+this incarnation (a file) or catches up at the next flush that reaches the database.
 """
 
 from __future__ import annotations
@@ -39,11 +47,11 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-import anyio
 import msgspec
 import numpy as np
 
-from ._journal import RecordJournal
+from ._journal import Journal, JournalKind, Journals, open_journal
+from .errors import LogError
 from .log import tenant_log_path
 from .working import WMItem, WorkingMemory
 
@@ -68,6 +76,7 @@ class Cleared(msgspec.Struct, frozen=True, tag=True, array_like=True):
 
 
 Record = Added | Discarded | Cleared
+KIND: JournalKind[Record] = JournalKind("working", MAGIC, Record, what="working-memory journal")
 
 #: Builds the items of ``keys`` (known memories only, in order): the memory actor's own path.
 ItemsOf = Callable[[Sequence[str]], list[WMItem]]
@@ -84,45 +93,42 @@ class DurableWorkingMemory(WorkingMemory):
 
     def __init__(
         self,
-        path: Path,
+        where: str | os.PathLike[str] | Journals,
         capacity: int = 32,
         *,
         max_sessions: int = 1024,
         recency_weight: float = 0.2,
     ) -> None:
         super().__init__(capacity, max_sessions=max_sessions, recency_weight=recency_weight)
-        self.path = path
-        self._journal: RecordJournal[Record] = RecordJournal(
-            path, MAGIC, Record, what="working-memory journal", snapshot=self._snapshot
-        )
+        self._journal: Journal[Record] = open_journal(where, KIND, self._snapshot)
 
     @classmethod
     async def open(
         cls,
-        path: str | os.PathLike[str],
+        where: str | os.PathLike[str] | Journals,
         items_of: ItemsOf,
         capacity: int = 32,
         *,
         max_sessions: int = 1024,
         recency_weight: float = 0.2,
     ) -> DurableWorkingMemory:
-        """Replay the journal at ``path`` (created if missing), rebuild the items with
-        ``items_of`` and rewrite the journal as a snapshot of the result."""
-        wm = cls(Path(path), capacity, max_sessions=max_sessions, recency_weight=recency_weight)
+        """Replay the journal (a file at ``where``, created if missing, or ``where``'s),
+        rebuild the items with ``items_of`` and rewrite the journal as a snapshot of the
+        result."""
+        wm = cls(where, capacity, max_sessions=max_sessions, recency_weight=recency_weight)
         try:
-            records = await anyio.to_thread.run_sync(wm._journal.read)
-        except OSError as exc:
-            logger.error("working memory journal %s unreadable, not durable: %r", wm.path, exc)
+            records = await wm._journal.read()
+        except (OSError, LogError) as exc:
+            logger.error("working memory journal %s unreadable, not durable: %r", wm.where, exc)
             return wm
         for session, keys in wm._replay(records):
             items = items_of(keys)
             if items:
                 WorkingMemory.add(wm, session, items)
         try:
-            with anyio.CancelScope(shield=True):  # the open handle must not be lost
-                await anyio.to_thread.run_sync(wm._journal.start)
-        except OSError as exc:
-            logger.error("working memory journal %s unwritable, not durable: %r", wm.path, exc)
+            await wm._journal.start()
+        except (OSError, LogError) as exc:
+            logger.error("working memory journal %s unwritable, not durable: %r", wm.where, exc)
         return wm
 
     def _replay(self, records: Iterable[Record]) -> list[tuple[str, list[str]]]:
@@ -157,16 +163,25 @@ class DurableWorkingMemory(WorkingMemory):
             self._journal.append(Cleared(session))
         return cleared
 
-    # --- the file --------------------------------------------------------------------------
+    # --- the journal -----------------------------------------------------------------------
+
+    @property
+    def where(self) -> str:
+        """Where the journal is (a path, or the database and tenant), for logs."""
+        return self._journal.where
 
     @property
     def durable(self) -> bool:
-        """False once journaling stopped (closed, or after an I/O error)."""
+        """False once journaling stopped (closed, or after a failure of its store)."""
         return self._journal.durable
 
     def _snapshot(self) -> list[Record]:
         return [Added(s, [it.key for it in self.items(s)]) for s in self.sessions()]
 
+    async def flush(self) -> None:
+        """The changes made so far survive a kill of the process (module docstring)."""
+        await self._journal.flush()
+
     async def aclose(self) -> None:
-        """Flush the journal to disk and stop journaling (later changes stay in memory)."""
+        """Flush the journal and stop journaling (later changes stay in memory)."""
         await self._journal.aclose()
