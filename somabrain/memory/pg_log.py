@@ -33,8 +33,9 @@ the rows before them, in one transaction: a reader sees the old log or the new o
 numbering keeps rising so the one-writer check holds across compactions.
 
 The same database keeps the tenants' small learned states (``PostgresStates``: a row per
-tenant and kind in ``soma_tenant_state``; the planner's adaptation weights), so that a cluster
-member standing in for another finds them too.
+tenant and kind in ``soma_tenant_state``; the planner's adaptation weights) and their journals
+(``pg_journal.py``: working memory and associations, rows of ``soma_tenant_journal``), so that
+a cluster member standing in for another finds them too.
 
 asyncpg runs on asyncio only: a node on the trio backend refuses ``memory.postgres_url``.
 """
@@ -66,6 +67,7 @@ if TYPE_CHECKING:
     import asyncpg
 
 __all__ = [
+    "JOURNAL_TABLE",
     "POSTGRES_RESOURCE",
     "STATE_TABLE",
     "TABLE",
@@ -96,6 +98,16 @@ CREATE TABLE IF NOT EXISTS {STATE_TABLE} (
     state bytea NOT NULL,
     updated_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (tenant, kind)
+)"""
+#: Tenants' journals (``pg_journal.py``; ``kind``: "working", "associations"), a row a record.
+JOURNAL_TABLE = "soma_tenant_journal"
+_JOURNAL_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS {JOURNAL_TABLE} (
+    tenant text NOT NULL,
+    kind text NOT NULL,
+    seq bigint NOT NULL,
+    record bytea NOT NULL,
+    PRIMARY KEY (tenant, kind, seq)
 )"""
 _COLUMNS = ("tenant", "seq", "record")
 _INSERT = f"INSERT INTO {TABLE} (tenant, seq, record) VALUES ($1, $2, $3)"
@@ -152,7 +164,7 @@ class PostgresLogs:
     async def connect(
         cls, url: str, *, max_connections: int = 10, timeout: float = 10.0
     ) -> PostgresLogs:
-        """A pool to ``url``, with the log table created if it is missing."""
+        """A pool to ``url``, with the tables created if they are missing."""
         import asyncpg
 
         where = redacted_url(url)
@@ -168,6 +180,7 @@ class PostgresLogs:
                 await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", TABLE)
                 await conn.execute(_SCHEMA)
                 await conn.execute(_STATE_SCHEMA)
+                await conn.execute(_JOURNAL_SCHEMA)
         except BaseException as exc:
             with anyio.CancelScope(shield=True):
                 await pool.close()
