@@ -13,9 +13,12 @@ views' parameters, working memory) and the node's shared embedder (``embedding``
 
 Working memory (per session) is filled with the memories remembered with a ``session_id`` and
 those reinforced by feedback in a session. It is durable (``working_journal``): its keys are
-journaled beside the tenant's log, and a new incarnation rebuilds each session's items, in
-order, from the memories it replayed (forgotten ones stay out). The journal is handed over
-with the log, so a killed incarnation's last changes are in it before the next one reads it.
+journaled beside the tenant's log (a file, or rows in the memory database with
+``memory.postgres_url``: ``pg_journal``), and a new incarnation rebuilds each session's items,
+in order, from the memories it replayed (forgotten ones stay out). A remember or feedback that
+changed a session is acknowledged after its change is flushed, and a forget after the key's
+removal from working memory and associations is; the journals are handed over with the log, so
+a killed incarnation's last changes are in them before the next one reads them.
 
 Writes run in tasks of the actor system and answer with a ``WriteTicket`` (see ``messages``).
 If an incarnation is killed while writes are in flight they still complete (and are
@@ -61,6 +64,7 @@ from .messages import (
     Unlink,
     WriteTicket,
 )
+from .pg_journal import PostgresJournals
 from .pg_log import close_postgres_logs, shared_postgres_logs
 from .recall import ContextRecallResult, context_recall, query_embedding, with_working_memory
 from .replica import TenantReplica
@@ -217,7 +221,7 @@ class MemoryActor(Actor):
             associations = AssociationStore(embedder.dim, capacity=params.association.capacity)
         views = build_views(params, associations)
         try:
-            memory = await _open_memory(
+            memory, journals = await _open_memory(
                 system,
                 settings,
                 tenant,
@@ -257,8 +261,9 @@ class MemoryActor(Actor):
                 settings.offload_min_memories,
             )
         wm = ctx.working_memory
+        data_dir = tenant_data_dir(system)
         self.working = self.store.working = await DurableWorkingMemory.open(
-            working_journal_path(tenant_data_dir(system), tenant),
+            journals or working_journal_path(data_dir, tenant),
             self._items,
             wm.capacity,
             max_sessions=wm.max_sessions,
@@ -266,7 +271,7 @@ class MemoryActor(Actor):
         )
         if associations is not None:  # registered first: a kill meanwhile still closes it
             await associations.load(
-                association_journal_path(tenant_data_dir(system), tenant), self._embed
+                journals or association_journal_path(data_dir, tenant), self._embed
             )
 
     async def _close_stale(self) -> None:
@@ -416,6 +421,8 @@ class MemoryActor(Actor):
                 sessions.setdefault(m.session_id, []).append(key)
         for session, keys in sessions.items():
             self._track(session, keys)
+        if sessions:
+            await self.working.flush()
         self.events.memories(key for key, deduplicated in result if not deduplicated)
         return result
 
@@ -435,6 +442,9 @@ class MemoryActor(Actor):
     async def _forget(self, key: str) -> bool:
         held = self.memory.get(key)
         found = await self.memory.forget(key)
+        await self.working.flush()  # the key's removal (``receive``) outlives a kill
+        if self.associations is not None:
+            await self.associations.flush()
         if found:
             self.events.forgotten(key, held.namespace if held is not None else "")
         return found
@@ -454,6 +464,7 @@ class MemoryActor(Actor):
         result = await self.learner.learn(keys, amount, query=query, vector=vector)
         if session is not None and amount > 0:
             self._track(session, [k for k in keys if k in result])
+            await self.working.flush()
         return result
 
 
@@ -471,16 +482,19 @@ async def _close_orphans(
 
 async def _open_memory(
     system: ActorSystem, settings: Any, tenant: str, **kwargs: Any
-) -> TenantMemory:
-    """The tenant's memory, rebuilt from its log: a file, or rows in PostgreSQL."""
+) -> tuple[TenantMemory, PostgresJournals | None]:
+    """The tenant's memory, rebuilt from its log: a file, or rows in PostgreSQL; and where its
+    journals are when they are not files beside the log (rows in the same database, so that
+    whichever node opens the tenant next finds them)."""
     if not settings.postgres_url:
-        return await TenantMemory.open(
+        memory = await TenantMemory.open(
             tenant_data_dir(system),
             tenant,
             fsync=settings.fsync,
             group_window=settings.group_window,
             **kwargs,
         )
+        return memory, None
     logs = await shared_postgres_logs(
         system.resources,
         settings.postgres_url,
@@ -488,7 +502,7 @@ async def _open_memory(
         timeout=settings.postgres_timeout,
     )
     log = await logs.open_tenant(tenant, fsync=settings.fsync, group_window=settings.group_window)
-    return await TenantMemory.from_log(log, tenant, **kwargs)
+    return await TenantMemory.from_log(log, tenant, **kwargs), PostgresJournals(logs, tenant)
 
 
 def _context_settings(system: ActorSystem) -> Any:
