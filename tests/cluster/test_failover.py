@@ -1,7 +1,8 @@
 """Failover (``cluster.failover``, memories in a PostgreSQL every member reaches): a member
 killed with SIGKILL loses its tenants to the member that is up, which serves them with every
-acknowledged memory; when the member is back it gets them again, with what was written
-meanwhile, and the stand-in lets go of them."""
+acknowledged memory, the sessions' working memory and what feedback taught; when the member is
+back it gets them again, with what was written and learned meanwhile, and the stand-in lets go
+of them."""
 
 from __future__ import annotations
 
@@ -57,8 +58,10 @@ def test_a_dead_members_tenants_move_and_come_back(pair: Cluster) -> None:
     a, b = pair.a, pair.b
     before = ok(_remember(a, "written through a, kept by b"))["key"]
     assert health(a)["components"]["cluster"]["owners"] == MEMBERS
-    _feedback(a, before)  # b learns its tenant's weights
+    _feedback(a, before)  # b learns its tenant's weights, and "s" holds the memory used
     assert _learned(a) == 1
+    assert _session(a) == [before]
+    assert _association(a, before) > 0.0
 
     b.kill()  # SIGKILL: b's tenants answer 503 until a hears b is gone, then a serves them
     started = time.monotonic()
@@ -76,6 +79,8 @@ def test_a_dead_members_tenants_move_and_come_back(pair: Cluster) -> None:
     meanwhile = ok(_remember(a, "written through a, b away"))["key"]
     assert health(a)["components"]["cluster"]["owners"] == ["node-a"]
     assert _learned(a) == 1  # a stands in with the weights b learned (in the database)
+    assert _session(a) == [before]  # and b's working memory and associations (journaled there)
+    assert _association(a, before) > 0.0
     _feedback(a, meanwhile)
     assert TENANT_B in _memory_actors(a)
 
@@ -91,6 +96,7 @@ def test_a_dead_members_tenants_move_and_come_back(pair: Cluster) -> None:
     for key in (before, meanwhile, after):
         assert _get(b, key) == 200, key
     assert _learned(b) == 2  # and b finds what a learned meanwhile
+    assert sorted(_session(b)) == sorted([before, meanwhile])
     assert TENANT_B not in _memory_actors(a)  # a let go of it
 
 
@@ -98,6 +104,21 @@ def _feedback(node: DevNode, key: str) -> None:
     with client(node, TENANT_B) as c:
         body = {"session_id": "s", "query": "written through a", "used_keys": [key]}
         assert ok(c.post("/context/feedback", json=body))["unknown_keys"] == []
+
+
+def _session(node: DevNode) -> list[str]:
+    """The keys in the working memory of the session feedback is given in."""
+    with client(node, TENANT_B) as c:
+        body = {"query": "written through a", "layer": "wm", "session_id": "s", "top_k": 10}
+        return [hit["key"] for hit in ok(c.post("/memory/recall", json=body))["results"]]
+
+
+def _association(node: DevNode, key: str) -> float:
+    """The ``association`` view's score of ``key`` for a query like the feedback's."""
+    with client(node, TENANT_B) as c:
+        body = {"query": "written through node a", "top_k": 20}
+        hits = ok(c.post("/memory/recall", json=body))["results"]
+    return next((hit["views"]["association"] for hit in hits if hit["key"] == key), 0.0)
 
 
 def _learned(node: DevNode) -> int:

@@ -1,6 +1,7 @@
 """A dev node whose memories live in PostgreSQL (``memory.postgres_url``), over HTTP: kill -9
-of the node and a restart on an empty data directory finds every acknowledged memory; a
-database that goes away answers 503 (never a 500) and the node writes again once it is back."""
+of the node and a restart on an empty data directory finds every acknowledged memory, and the
+working memory and associations as they were; a database that goes away answers 503 (never a
+500) and the node writes again once it is back."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -84,6 +86,68 @@ def test_acknowledged_memories_survive_kill_9_in_postgres(
             r = client.get(f"/memory/{key}")
             assert r.status_code == 200, (key, r.text)
             assert r.json()["content"] == content
+
+
+def _ok(r: httpx.Response) -> Any:
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def _working_memory(client: httpx.Client, session: str) -> list[tuple[str, float]]:
+    """The session's working memory, ranked for one query: (key, score)."""
+    body = {"query": "what did Melanie do", "layer": "wm", "session_id": session, "top_k": 10}
+    return [(hit["key"], hit["score"]) for hit in _ok(client.post("/memory/recall", json=body))
+            ["results"]]  # fmt: skip
+
+
+def _association(client: httpx.Client, query: str, key: str) -> float:
+    """The ``association`` view's score of ``key`` for ``query`` (0 if not found)."""
+    results = _ok(client.post("/memory/recall", json={"query": query, "top_k": 10}))["results"]
+    return next((hit["views"]["association"] for hit in results if hit["key"] == key), 0.0)
+
+
+def test_working_memory_and_associations_survive_kill_9_in_postgres(
+    tmp_path: Path, postgres_server: PostgresServer
+) -> None:
+    """Working memory and associations are journaled in the database too: a node on an empty
+    data directory finds a killed node's sessions and what its feedback taught."""
+    cfg = config(tmp_path, postgres_server.url)
+    node = DevNode(tmp_path / "first", "--config", str(cfg)).start()
+    try:
+        with node.client(node.token_for("pg-journals")) as client:
+            session = [
+                _ok(client.post("/memory/remember", json={"content": text, "session_id": "s"}))
+                ["key"]
+                for text in ("Melanie painted a sunset by the lake", "Melanie ran a charity race",
+                             "Caroline went to a support group")
+            ]  # fmt: skip
+            pottery = _ok(client.post("/memory/remember", json={
+                "content": "Melanie signed up for a pottery class"}))["key"]  # fmt: skip
+            _ok(client.post("/memory/remember", json={"content": "Melanie likes camping"}))
+            feedback = {"session_id": "f", "query": "what hobby did Melanie take up",
+                        "used_keys": [pottery], "utility": 0.9}  # fmt: skip
+            _ok(client.post("/context/feedback", json=feedback))
+            forgotten = session.pop()  # out of the session's working memory with the memory
+            _ok(client.delete(f"/memory/{forgotten}"))
+            wm = _working_memory(client, "s")
+            assert sorted(key for key, _ in wm) == sorted(session)
+            assert [key for key, _ in _working_memory(client, "f")] == [pottery]
+            lift = _association(client, "which hobby did Melanie start", pottery)
+            assert lift > 0.0
+    finally:
+        node.kill()  # SIGKILL: nothing is closed; what was acknowledged is in the database
+    first = tmp_path / "first" / "memory"
+    assert not list(first.glob("*.wmj")) and not list(first.glob("*.assoc"))
+
+    with (
+        DevNode.running(tmp_path / "second", "--config", str(cfg)) as restarted,
+        restarted.client(restarted.token_for("pg-journals")) as client,
+    ):
+        again = _working_memory(client, "s")
+        assert [key for key, _ in again] == [key for key, _ in wm]  # in the same order
+        assert [score for _, score in again] == pytest.approx([score for _, score in wm])
+        assert [key for key, _ in _working_memory(client, "f")] == [pottery]
+        assert _association(client, "which hobby did Melanie start", pottery) == pytest.approx(lift)
 
 
 def _remember(client: httpx.Client, content: str) -> httpx.Response:
