@@ -14,10 +14,10 @@ Table (created with the memory log's, ``pg_log.PostgresLogs.connect``)::
 records in ``seq`` order.
 
 Writing. ``append`` encodes the record into a buffer, without an ``await``, so the buffer's
-order is the owner's in-memory order. ``flush`` commits what was appended so far in one
-transaction, together with whatever else was appended until that transaction began: while a
-flush is in progress the next callers wait, then go as one (group commit, as the memory log's
-appenders do). There is no background task: each owner flushes where it promises durability.
+order is the owner's in-memory order. ``flush`` commits what was appended so far, together with
+whatever else was appended until it began, in one statement (one round trip): while a flush is
+in progress the next callers wait, then go as one (group commit, as the memory log's appenders
+do). There is no background task: each owner flushes where it promises durability.
 ``sync`` is ``flush``; the kind says how durable a commit is: the associations' commits wait
 for the database's WAL flush (``JournalKind.synchronous``), working memory's run with
 ``synchronous_commit = off`` (they survive a kill of the node; a crash of the database server
@@ -78,11 +78,25 @@ _ENCODER = msgspec.msgpack.Encoder()
 _WHERE = "tenant = $1 AND kind = $2"
 _READ = f"SELECT seq, record FROM {JOURNAL_TABLE} WHERE {_WHERE} ORDER BY seq"
 _LAST_SEQ = f"SELECT coalesce(max(seq), 0) FROM {JOURNAL_TABLE} WHERE {_WHERE}"
-# One statement, one round trip, however many records.
+_RECORDS = "unnest($4::bytea[]) WITH ORDINALITY AS r(record, n)"
+# A snapshot's rows, numbered from $3 (in the snapshot's transaction).
 _INSERT = (
     f"INSERT INTO {JOURNAL_TABLE} (tenant, kind, seq, record)"
-    " SELECT $1, $2, $3 + r.n - 1, r.record"
-    " FROM unnest($4::bytea[]) WITH ORDINALITY AS r(record, n)"
+    f" SELECT $1, $2, $3 + r.n - 1, r.record FROM {_RECORDS}"
+)
+# A flush's records after the writer's last seq ($3), only if that is still the highest: one
+# statement (its own transaction), so one round trip. Working memory's runs with
+# ``synchronous_commit = off``: ``set_config(..., true)`` lasts until the end of the statement's
+# implicit transaction, whose commit is what it changes.
+_APPEND = (
+    f"{{prefix}}INSERT INTO {JOURNAL_TABLE} (tenant, kind, seq, record)"
+    f" SELECT $1, $2, $3 + r.n, r.record FROM {{source}}{_RECORDS}"
+    f" WHERE ({_LAST_SEQ}) = $3"
+)
+_APPEND_SYNC = _APPEND.format(prefix="", source="")
+_APPEND_ASYNC = _APPEND.format(
+    prefix="WITH c AS MATERIALIZED (SELECT set_config('synchronous_commit', 'off', true)) ",
+    source="c, ",
 )
 _DELETE_BEFORE = f"DELETE FROM {JOURNAL_TABLE} WHERE {_WHERE} AND seq < $3"
 # A takeover that lost a race for its seq reads the new highest one and tries again.
@@ -276,22 +290,22 @@ class PostgresJournal(Generic[R]):
             return
 
     async def _transaction(self, payloads: list[bytes], snapshot: bool) -> int:
-        """Insert ``payloads`` after the highest seq (and, for a ``snapshot``, delete the rows
-        before them) in one transaction; the highest seq it wrote."""
-        tenant, kind = self._tenant, self._kind.name
+        """Write ``payloads`` after the highest seq (for a ``snapshot``, and delete the rows
+        before them, in one transaction); the highest seq it wrote."""
         sent: int | None = None
         async with self._logs.pool.acquire(timeout=self._logs.timeout) as conn:
             try:
-                async with conn.transaction():
-                    if not self._kind.synchronous:
-                        await conn.execute("SET LOCAL synchronous_commit TO OFF")
-                    last: int = await conn.fetchval(_LAST_SEQ, tenant, kind)
-                    if not self._takeover and last not in (self._last, self._doubt):
-                        raise _Fenced(f"rows up to seq {last}, this writer's last is {self._last}")
-                    sent = last + len(payloads)
-                    await conn.execute(_INSERT, tenant, kind, last + 1, payloads)
-                    if snapshot:
-                        await conn.execute(_DELETE_BEFORE, tenant, kind, last + 1)
+                if snapshot:
+                    sent = await self._replace(conn, payloads)
+                else:
+                    assert self._last is not None and self._doubt is None
+                    sent = self._last + len(payloads)
+                    append = _APPEND_SYNC if self._kind.synchronous else _APPEND_ASYNC
+                    status: str = await conn.execute(
+                        append, self._tenant, self._kind.name, self._last, payloads
+                    )
+                    if status != f"INSERT 0 {len(payloads)}":  # the highest seq is not ours
+                        raise _Fenced(f"rows past seq {self._last}, this writer's last")
             except _Fenced:
                 raise
             except BaseException as exc:
@@ -300,5 +314,19 @@ class PostgresJournal(Generic[R]):
                         self._doubt = sent
                     conn.terminate()  # in doubt too: the pool replaces it
                 raise
-        assert sent is not None
         return sent
+
+    async def _replace(self, conn: Any, payloads: list[bytes]) -> int:
+        """A snapshot's transaction (``start``'s, compaction's, a catch-up's): ``payloads``
+        after the highest seq, the rows before them deleted; a takeover writes after any rows,
+        the others only after their own (or a write in doubt's)."""
+        tenant, kind = self._tenant, self._kind.name
+        async with conn.transaction():
+            if not self._kind.synchronous:
+                await conn.execute("SET LOCAL synchronous_commit TO OFF")
+            last: int = await conn.fetchval(_LAST_SEQ, tenant, kind)
+            if not self._takeover and last not in (self._last, self._doubt):
+                raise _Fenced(f"rows up to seq {last}, this writer's last is {self._last}")
+            await conn.execute(_INSERT, tenant, kind, last + 1, payloads)
+            await conn.execute(_DELETE_BEFORE, tenant, kind, last + 1)
+        return last + len(payloads)

@@ -118,6 +118,25 @@ async def test_records_come_back_in_order_and_concurrent_flushes_share_writes(
     assert notes.items[0] == "first" and len(notes.items) == 53
 
 
+async def test_working_memorys_asynchronous_commits_leave_the_connection_as_it_was(
+    postgres_server: PostgresServer,
+) -> None:
+    """Working memory's flushes commit with ``synchronous_commit = off``, for their own
+    transaction only: the pooled connection's next user (a memory log's commit) waits for the
+    WAL flush as before."""
+    logs = await PostgresLogs.connect(postgres_server.url, max_connections=1)  # one connection
+    try:
+        store = Store()
+        wm = await DurableWorkingMemory.open(PostgresJournals(logs, new_tenant()), store.items)
+        wm.add("s", store.remember("k1"))
+        await wm.flush()
+        assert wm.durable
+        assert await logs.pool.fetchval("SHOW synchronous_commit") == "on"
+        await wm.aclose()
+    finally:
+        await logs.aclose()
+
+
 async def test_tenants_and_kinds_are_apart(logs: PostgresLogs) -> None:
     a, b = new_tenant(), new_tenant()
     notes_a, notes_b = await Notes.open(logs, a), await Notes.open(logs, b)
