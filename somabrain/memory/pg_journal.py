@@ -4,22 +4,25 @@ memory database instead of files beside the log, so that whichever node opens th
 (a cluster member taking over a dead member's tenants, a node on an empty data directory)
 finds them as their last writer left them.
 
-Table (created with the memory log's, ``pg_log.PostgresLogs.connect``)::
+Tables (created with the memory log's, ``pg_log.PostgresLogs.connect``)::
 
     soma_tenant_journal(tenant text, kind text, seq bigint, record bytea,
                         PRIMARY KEY (tenant, kind, seq))
+    soma_tenant_journal_head(tenant text, kind text, writer text, last bigint,
+                             PRIMARY KEY (tenant, kind))
 
 ``kind`` is the owner's (``working``, ``associations``), ``record`` the msgpack of one record
-(as in a file frame), or empty: the marker each snapshot starts with. ``read`` gives the
-records in ``seq`` order.
+(as in a file frame); ``read`` gives the records in ``seq`` order. The head row says which
+writer (one incarnation of the journal: a random id) owns the journal and the last ``seq``
+given out; every write advances it, and its row lock orders the writes of one journal.
 
 Writing. ``append`` encodes the record into a buffer, without an ``await``, so the buffer's
 order is the owner's in-memory order. ``flush`` commits what was appended so far, together with
 whatever else was appended until it began, in one statement (one round trip): while a flush is
 in progress the next callers wait, then go as one (group commit, as the memory log's appenders
-do). There is no background task: each owner flushes where it promises durability.
-``sync`` is ``flush``; the kind says how durable a commit is: the associations' commits wait
-for the database's WAL flush (``JournalKind.synchronous``), working memory's run with
+do). There is no background task: each owner flushes where it promises durability. ``sync`` is
+``flush``; the kind says how durable a commit is: the associations' commits wait for the
+database's WAL flush (``JournalKind.synchronous``), working memory's run with
 ``synchronous_commit = off`` (they survive a kill of the node; a crash of the database server
 may lose the last ones, as a power loss may lose a file journal's page cache).
 
@@ -30,34 +33,35 @@ from working memory and associations is committed before the forget is acknowled
 journals give the same promise at their own cost (a ``write`` to the page cache; an fsync for
 associations).
 
-Snapshots. ``start`` writes the owner's snapshot after the highest ``seq`` of the tenant's rows
-of that kind and deletes the rows before it, in one transaction; a flush does the same
-(compaction) when the rows written since the last snapshot grow past four times its size (and
-1 MiB).
+Snapshots. ``start`` writes the owner's snapshot after the last ``seq`` and deletes the rows
+before it, in one transaction; a flush does the same (compaction) when the rows written since
+the last snapshot grow past four times its size (and 1 MiB).
 
-One writer at a time. Each incarnation's ``start`` takes the journal over: its snapshot goes
-after whatever rows are there, whoever wrote them, and starts with a marker row, so it always
-takes the next ``seq``. Every later write of an incarnation reads the highest ``seq`` in its
-transaction first and writes only if that is the incarnation's own last one. So a writer whose
-journal another took over (a cluster member that has not heard yet that it lost the tenant)
-writes nothing more: its journaling stops (``durable`` turns False, logged) instead of
-interleaving with the new owner's rows, and the memory actor's reopen of the tenant (its memory
-log is stale too) starts a fresh journal. Two writes racing for one ``seq`` collide on the
-primary key: the loser's transaction does nothing; a takeover tries again, a stale writer stops.
+One writer at a time. Each incarnation's ``start`` takes the journal over: it makes itself the
+head's writer, whoever was, and replaces the rows by its snapshot. Every later write of an
+incarnation advances the head only while the head still names it (a compare-and-swap: the row
+lock makes a concurrent write wait, and the condition is checked again on the row as that
+write left it), and numbers its rows from there. So a writer whose journal another took over
+(a cluster member that has not heard yet that it lost the tenant) writes nothing more: its
+journaling stops (``durable`` turns False, logged) instead of interleaving with the new
+owner's rows, and the memory actor's reopen of the tenant (its memory log is stale too) starts
+a fresh journal. Changes the old writer made after the new one read the rows are superseded by
+the new one's snapshot, as a takeover implies.
 
 Failures. When the database cannot be reached or refuses a write, the owner's in-memory state
 goes on (``append``, ``flush`` and ``start`` never raise), the failure is logged once, and the
 next write is a snapshot of the whole state in place of the records whose write failed: the
 journal catches up at the first flush that reaches the database (``durable`` is False
-meanwhile). A write whose answer was lost may have committed; the catch-up accepts either
-outcome (its snapshot supersedes both), and any other rows found there mean another writer.
-``read`` failing is the one error an owner sees (``LogError``): it then keeps its state in
-memory only, for that incarnation, rather than overwrite rows it could not read.
+meanwhile). A write whose answer was lost may have committed; the catch-up's snapshot
+supersedes it either way. ``read`` failing is the one error an owner sees (``LogError``): it
+then keeps its state in memory only, for that incarnation, rather than overwrite rows it could
+not read.
 """
 
 from __future__ import annotations
 
 import logging
+import uuid
 from typing import Any, Generic, TypeVar
 
 import anyio
@@ -65,7 +69,7 @@ import anyio.lowlevel
 import msgspec
 
 from ._journal import COMPACT_FACTOR, COMPACT_MIN_BYTES, JournalKind, Snapshot
-from .pg_log import JOURNAL_TABLE, PostgresLogs, _store_error, _unavailable
+from .pg_log import JOURNAL_HEAD_TABLE, JOURNAL_TABLE, PostgresLogs, _store_error, _unavailable
 
 __all__ = ["PostgresJournal", "PostgresJournals"]
 
@@ -73,38 +77,47 @@ logger = logging.getLogger("somabrain.memory")
 
 R = TypeVar("R")
 
-_MARKER = b""  # the first row of every snapshot
 _ENCODER = msgspec.msgpack.Encoder()
 _WHERE = "tenant = $1 AND kind = $2"
 _READ = f"SELECT seq, record FROM {JOURNAL_TABLE} WHERE {_WHERE} ORDER BY seq"
-_LAST_SEQ = f"SELECT coalesce(max(seq), 0) FROM {JOURNAL_TABLE} WHERE {_WHERE}"
+# The head, for $4 more rows: made this writer's ($3) whoever's it was (a takeover), or
+# advanced only while it is this writer's (none returned: another writer took it over).
+_TAKE_OVER = (
+    f"INSERT INTO {JOURNAL_HEAD_TABLE} AS h (tenant, kind, writer, last) VALUES ($1, $2, $3, $4)"
+    " ON CONFLICT (tenant, kind) DO UPDATE SET writer = $3, last = h.last + $4 RETURNING last"
+)
+_ADVANCE = (
+    f"UPDATE {JOURNAL_HEAD_TABLE} SET last = last + $4 WHERE {_WHERE} AND writer = $3"
+    " RETURNING last"
+)
 _RECORDS = "unnest($4::bytea[]) WITH ORDINALITY AS r(record, n)"
-# A snapshot's rows, numbered from $3 (in the snapshot's transaction).
+# A snapshot's rows, numbered from $3, and the rows before them (in the snapshot's transaction).
 _INSERT = (
     f"INSERT INTO {JOURNAL_TABLE} (tenant, kind, seq, record)"
     f" SELECT $1, $2, $3 + r.n - 1, r.record FROM {_RECORDS}"
 )
-# A flush's records after the writer's last seq ($3), only if that is still the highest: one
-# statement (its own transaction), so one round trip. Working memory's runs with
-# ``synchronous_commit = off``: ``set_config(..., true)`` lasts until the end of the statement's
-# implicit transaction, whose commit is what it changes.
+_DELETE_BEFORE = f"DELETE FROM {JOURNAL_TABLE} WHERE {_WHERE} AND seq < $3"
+# A flush: the head advanced by the records' count while it is this writer's ($3), and the
+# records numbered up to its new last; nothing when another writer has the head. One statement
+# (its own transaction), so one round trip. Working memory's runs with ``synchronous_commit =
+# off``: ``set_config(..., true)`` lasts until the end of the statement's implicit
+# transaction, whose commit is what it changes.
 _APPEND = (
-    f"{{prefix}}INSERT INTO {JOURNAL_TABLE} (tenant, kind, seq, record)"
-    f" SELECT $1, $2, $3 + r.n, r.record FROM {{source}}{_RECORDS}"
-    f" WHERE ({_LAST_SEQ}) = $3"
+    f"WITH h AS (UPDATE {JOURNAL_HEAD_TABLE} SET last = last + cardinality($4::bytea[])"
+    f" WHERE {_WHERE} AND writer = $3 RETURNING last){{settings}}"
+    f" INSERT INTO {JOURNAL_TABLE} (tenant, kind, seq, record)"
+    f" SELECT $1, $2, h.last - cardinality($4::bytea[]) + r.n, r.record"
+    f" FROM h, {{source}}{_RECORDS}"
 )
-_APPEND_SYNC = _APPEND.format(prefix="", source="")
+_APPEND_SYNC = _APPEND.format(settings="", source="")
 _APPEND_ASYNC = _APPEND.format(
-    prefix="WITH c AS MATERIALIZED (SELECT set_config('synchronous_commit', 'off', true)) ",
+    settings=", c AS MATERIALIZED (SELECT set_config('synchronous_commit', 'off', true))",
     source="c, ",
 )
-_DELETE_BEFORE = f"DELETE FROM {JOURNAL_TABLE} WHERE {_WHERE} AND seq < $3"
-# A takeover that lost a race for its seq reads the new highest one and tries again.
-_TAKEOVER_TRIES = 5
 
 
 class _Fenced(Exception):
-    """Another writer's rows are ahead of this journal's own last one."""
+    """Another writer took the journal over."""
 
 
 class PostgresJournals:
@@ -129,14 +142,13 @@ class PostgresJournal(Generic[R]):
         self._kind = kind
         self.what = kind.what
         self._where = f"{logs.url}#{tenant}/{kind.name}"
+        self._writer = uuid.uuid4().hex  # this incarnation, in the head row
         self._decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(kind.record_type)
         self._snapshot = snapshot
         self._lock = anyio.Lock()  # one write at a time, in append order
         self._pending: list[bytes] = []
         self._appended = 0  # records appended since start
         self._attempted = 0  # of those, the ones a write (done or failed) took
-        self._last: int | None = None  # the highest seq this incarnation read or wrote
-        self._doubt: int | None = None  # the highest seq a write whose answer was lost left
         self._started = False
         self._takeover = True  # the next write takes the journal over (``start``'s)
         self._catch_up = True  # the next write is a snapshot (``start``'s, or after a failure)
@@ -162,11 +174,8 @@ class PostgresJournal(Generic[R]):
             )
         except Exception as exc:
             raise _store_error(self._where, f"read the {self.what} from", exc) from exc
-        self._last = rows[-1][0] if rows else 0
         records: list[R] = []
         for seq, payload in rows:
-            if payload == _MARKER:
-                continue
             try:
                 records.append(self._decoder.decode(payload))
             except msgspec.DecodeError as exc:  # a version skew: as a file's corrupt tail
@@ -233,18 +242,17 @@ class PostgresJournal(Generic[R]):
         pending, self._pending = self._pending, []
         added = sum(map(len, pending))
         snapshot = self._catch_up or self._size + added > self._compact_at
-        payloads = [_MARKER, *map(_ENCODER.encode, self._snapshot())] if snapshot else pending
-        if not payloads:
+        payloads = list(map(_ENCODER.encode, self._snapshot())) if snapshot else pending
+        if not snapshot and not payloads:
             return
         try:
             await self._commit(payloads, snapshot)
-        except _Fenced as exc:
+        except _Fenced:
             logger.warning(
-                "%s %s: another writer took the journal over (%s); journaling stops until "
-                "the tenant's memory actor reopens the tenant",
+                "%s %s: another writer took the journal over; journaling stops until the "
+                "tenant's memory actor reopens the tenant",
                 self.what,
                 self._where,
-                exc,
             )
             self._stopped = True
             self._pending = []
@@ -274,59 +282,32 @@ class PostgresJournal(Generic[R]):
             self._size += added
 
     async def _commit(self, payloads: list[bytes], snapshot: bool) -> None:
-        import asyncpg
-
-        tries = _TAKEOVER_TRIES if self._takeover else 1
-        for attempt in range(tries):
-            try:
-                self._last = await self._transaction(payloads, snapshot)
-            except asyncpg.UniqueViolationError as exc:
-                if not self._takeover:  # a takeover's rows came first
-                    raise _Fenced(f"seq taken: {exc}") from exc
-                if attempt == tries - 1:
-                    raise
-                continue
-            self._doubt = None
-            return
-
-    async def _transaction(self, payloads: list[bytes], snapshot: bool) -> int:
-        """Write ``payloads`` after the highest seq (for a ``snapshot``, and delete the rows
-        before them, in one transaction); the highest seq it wrote."""
-        sent: int | None = None
+        """Write ``payloads`` after the head's last seq (a ``snapshot`` also deletes the rows
+        before them, in the same transaction). Raises ``_Fenced`` when another writer has the
+        head."""
+        tenant, kind, count = self._tenant, self._kind.name, len(payloads)
         async with self._logs.pool.acquire(timeout=self._logs.timeout) as conn:
             try:
-                if snapshot:
-                    sent = await self._replace(conn, payloads)
-                else:
-                    assert self._last is not None and self._doubt is None
-                    sent = self._last + len(payloads)
+                if not snapshot:
                     append = _APPEND_SYNC if self._kind.synchronous else _APPEND_ASYNC
-                    status: str = await conn.execute(
-                        append, self._tenant, self._kind.name, self._last, payloads
-                    )
-                    if status != f"INSERT 0 {len(payloads)}":  # the highest seq is not ours
-                        raise _Fenced(f"rows past seq {self._last}, this writer's last")
+                    status: str = await conn.execute(append, tenant, kind, self._writer, payloads)
+                    if status != f"INSERT 0 {count}":
+                        raise _Fenced
+                    return
+                async with conn.transaction():
+                    if not self._kind.synchronous:
+                        await conn.execute("SET LOCAL synchronous_commit TO OFF")
+                    head = _TAKE_OVER if self._takeover else _ADVANCE
+                    last: int | None = await conn.fetchval(head, tenant, kind, self._writer, count)
+                    if last is None:
+                        raise _Fenced
+                    first = last - count + 1
+                    if payloads:
+                        await conn.execute(_INSERT, tenant, kind, first, payloads)
+                    await conn.execute(_DELETE_BEFORE, tenant, kind, first)
             except _Fenced:
                 raise
             except BaseException as exc:
                 if not isinstance(exc, Exception) or _unavailable(exc):
-                    if sent is not None:  # the commit may have landed: the catch-up accepts it
-                        self._doubt = sent
-                    conn.terminate()  # in doubt too: the pool replaces it
+                    conn.terminate()  # in doubt: the pool replaces it (the catch-up settles it)
                 raise
-        return sent
-
-    async def _replace(self, conn: Any, payloads: list[bytes]) -> int:
-        """A snapshot's transaction (``start``'s, compaction's, a catch-up's): ``payloads``
-        after the highest seq, the rows before them deleted; a takeover writes after any rows,
-        the others only after their own (or a write in doubt's)."""
-        tenant, kind = self._tenant, self._kind.name
-        async with conn.transaction():
-            if not self._kind.synchronous:
-                await conn.execute("SET LOCAL synchronous_commit TO OFF")
-            last: int = await conn.fetchval(_LAST_SEQ, tenant, kind)
-            if not self._takeover and last not in (self._last, self._doubt):
-                raise _Fenced(f"rows up to seq {last}, this writer's last is {self._last}")
-            await conn.execute(_INSERT, tenant, kind, last + 1, payloads)
-            await conn.execute(_DELETE_BEFORE, tenant, kind, last + 1)
-        return last + len(payloads)

@@ -34,8 +34,9 @@ numbering keeps rising so the one-writer check holds across compactions.
 
 The same database keeps the tenants' small learned states (``PostgresStates``: a row per
 tenant and kind in ``soma_tenant_state``; the planner's adaptation weights) and their journals
-(``pg_journal.py``: working memory and associations, rows of ``soma_tenant_journal``), so that
-a cluster member standing in for another finds them too.
+(``pg_journal.py``: working memory and associations, rows of ``soma_tenant_journal`` and a head
+row each in ``soma_tenant_journal_head``), so that a cluster member standing in for another
+finds them too.
 
 asyncpg runs on asyncio only: a node on the trio backend refuses ``memory.postgres_url``.
 """
@@ -67,6 +68,7 @@ if TYPE_CHECKING:
     import asyncpg
 
 __all__ = [
+    "JOURNAL_HEAD_TABLE",
     "JOURNAL_TABLE",
     "POSTGRES_RESOURCE",
     "STATE_TABLE",
@@ -99,8 +101,10 @@ CREATE TABLE IF NOT EXISTS {STATE_TABLE} (
     updated_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (tenant, kind)
 )"""
-#: Tenants' journals (``pg_journal.py``; ``kind``: "working", "associations"), a row a record.
+#: Tenants' journals (``pg_journal.py``; ``kind``: "working", "associations"), a row a record,
+#: and each journal's head: which writer owns it, and its last ``seq``.
 JOURNAL_TABLE = "soma_tenant_journal"
+JOURNAL_HEAD_TABLE = "soma_tenant_journal_head"
 _JOURNAL_SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS {JOURNAL_TABLE} (
     tenant text NOT NULL,
@@ -108,6 +112,14 @@ CREATE TABLE IF NOT EXISTS {JOURNAL_TABLE} (
     seq bigint NOT NULL,
     record bytea NOT NULL,
     PRIMARY KEY (tenant, kind, seq)
+)"""
+_JOURNAL_HEAD_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS {JOURNAL_HEAD_TABLE} (
+    tenant text NOT NULL,
+    kind text NOT NULL,
+    writer text NOT NULL,
+    last bigint NOT NULL,
+    PRIMARY KEY (tenant, kind)
 )"""
 _COLUMNS = ("tenant", "seq", "record")
 _INSERT = f"INSERT INTO {TABLE} (tenant, seq, record) VALUES ($1, $2, $3)"
@@ -181,6 +193,7 @@ class PostgresLogs:
                 await conn.execute(_SCHEMA)
                 await conn.execute(_STATE_SCHEMA)
                 await conn.execute(_JOURNAL_SCHEMA)
+                await conn.execute(_JOURNAL_HEAD_SCHEMA)
         except BaseException as exc:
             with anyio.CancelScope(shield=True):
                 await pool.close()

@@ -16,7 +16,7 @@ import pytest
 from somabrain.memory import HashingEmbedder
 from somabrain.memory._journal import COMPACT_MIN_BYTES, JournalKind
 from somabrain.memory.associations import AssociationStore
-from somabrain.memory.pg_journal import PostgresJournal, PostgresJournals
+from somabrain.memory.pg_journal import _APPEND_SYNC, PostgresJournal, PostgresJournals
 from somabrain.memory.pg_log import JOURNAL_TABLE, PostgresLogs
 from somabrain.memory.working_journal import DurableWorkingMemory
 from tests.servers import PostgresServer
@@ -98,7 +98,7 @@ async def test_records_come_back_in_order_and_concurrent_flushes_share_writes(
     tenant = new_tenant()
     notes = await Notes.open(logs, tenant)
     assert notes.items == [] and notes.journal.durable
-    assert len(await rows(logs, tenant)) == 1  # the snapshot's marker
+    assert await rows(logs, tenant) == []  # an empty snapshot
     notes.add("first")
     await notes.journal.flush()
 
@@ -161,13 +161,11 @@ async def test_start_replaces_the_rows_by_a_snapshot(logs: PostgresLogs) -> None
         notes.add(f"note {i}")
         await notes.journal.flush()
     await notes.journal.aclose()
-    assert len(await rows(logs, tenant)) == 1 + 20  # records since the last snapshot
+    assert [seq for seq, _ in await rows(logs, tenant)] == list(range(1, 21))
     again = await Notes.open(logs, tenant, capacity=5)
     assert again.items == [f"note {i}" for i in range(15, 20)]
-    found = await rows(logs, tenant)
-    assert found[0][1] == b""  # the marker, then the snapshot
-    assert len(found) == 1 + 5
-    assert found[0][0] > 21  # numbering keeps rising across snapshots
+    # the snapshot after the rows it replaced: numbering keeps rising across snapshots
+    assert [seq for seq, _ in await rows(logs, tenant)] == list(range(21, 26))
     await again.journal.aclose()
 
 
@@ -223,63 +221,60 @@ async def test_a_second_writer_takes_the_journal_over_and_the_first_stops(
     assert await reread(logs, tenant) == ["by the first", "by the second", "the second goes on"]
 
 
-async def test_concurrent_takeovers_leave_one_journal_whole(logs: PostgresLogs) -> None:
-    """Journals started at once on one tenant (each a takeover) race for the same seq: each
-    takeover that lost tries again after the winner, and the journal ends as one of them
-    left it, never a mix."""
+@pytest.mark.parametrize("round_", range(5))
+async def test_concurrent_takeovers_leave_one_journal_whole(
+    logs: PostgresLogs, round_: int
+) -> None:
+    """Journals started at once on one tenant (each a takeover), while the journal's previous
+    writer keeps flushing: the takeovers go one after the other, the old writer stops at the
+    first, and the rows end as the last takeover left them, never a mix."""
     tenant = new_tenant()
-    owners = [Notes(logs, tenant) for _ in range(4)]
+    old = await Notes.open(logs, tenant)
+    owners = [Notes(logs, tenant) for _ in range(6)]
     for i, notes in enumerate(owners):
         await notes.journal.read()
         notes.items = [f"owner {i} note {j}" for j in range(3)]
+
+    async def old_writer() -> None:
+        for j in range(200):
+            old.add(f"old {j}")
+            await old.journal.flush()
+            if not old.journal.durable:
+                return
+
     async with anyio.create_task_group() as tg:
+        tg.start_soon(old_writer)
+        await anyio.sleep(0.01 * round_)
         for notes in owners:
             tg.start_soon(notes.journal.start)
+    assert not old.journal.durable
     assert all(notes.journal.durable for notes in owners)  # each took it over in turn
     for notes in owners:
         await notes.journal.aclose()
     assert await reread(logs, tenant) in [notes.items for notes in owners]
 
 
-async def test_a_write_whose_answer_was_lost_is_settled_by_the_catch_up(
+async def test_a_write_whose_answer_was_lost_is_superseded_by_the_catch_up(
     logs: PostgresLogs,
 ) -> None:
-    """A write that got no answer may have landed: the catch-up's snapshot goes on either way
-    (here: it did, the row is there); rows past it are another writer's."""
+    """A write that got no answer may have landed or not: the catch-up's snapshot holds the
+    state either way."""
     tenant = new_tenant()
     notes = await Notes.open(logs, tenant)
     notes.add("one")
     await notes.journal.flush()
     journal = notes.journal
-    assert journal._last is not None
-    landed = journal._last + 1
-    await logs.pool.execute(  # as if the lost write of "two" had landed
-        f"INSERT INTO {JOURNAL_TABLE} VALUES ($1, $2, $3, $4)",
-        tenant,
-        KIND.name,
-        landed,
-        msgspec.msgpack.encode(Note("two")),
-    )
+    async with logs.pool.acquire() as conn:  # "two"'s lost write did land
+        await conn.execute(
+            _APPEND_SYNC, tenant, KIND.name, journal._writer, [msgspec.msgpack.encode(Note("two"))]
+        )
     notes.items.append("two")
-    journal._doubt, journal._catch_up, journal._failing = landed, True, True
-    notes.add("three")
-    await journal.flush()
-    assert journal.durable
-    assert await reread(logs, tenant) == ["one", "two", "three"]
-    notes = await Notes.open(logs, tenant)
-    journal = notes.journal
-    assert journal._last is not None
-    await logs.pool.execute(  # the lost write's, and one more: another writer's
-        f"INSERT INTO {JOURNAL_TABLE} VALUES ($1, $2, $3, $4), ($1, $2, $3 + 1, $4)",
-        tenant,
-        KIND.name,
-        journal._last + 1,
-        msgspec.msgpack.encode(Note("not ours")),
-    )
-    journal._doubt, journal._catch_up = journal._last + 1, True
+    notes.items.append("three")  # "three"'s did not
+    journal._catch_up = journal._failing = True
     notes.add("four")
     await journal.flush()
-    assert not journal.durable
+    assert journal.durable
+    assert await reread(logs, tenant) == ["one", "two", "three", "four"]
     await journal.aclose()
 
 
@@ -390,5 +385,5 @@ async def test_associations_reopen_from_their_rows(logs: PostgresLogs) -> None:
     assert lifts == {"b": pytest.approx(1.0)}
     await again.aclose()
     await store.aclose()
-    assert len(await rows(logs, tenant, "associations")) == 1 + 2  # marker and snapshot
+    assert len(await rows(logs, tenant, "associations")) == 2  # the snapshot
     assert await rows(logs, tenant, "working") == []
