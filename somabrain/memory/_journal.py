@@ -100,7 +100,8 @@ class Journal(Protocol[R]):
         ...
 
     async def start(self) -> None:
-        """Rewrite the journal as the owner's snapshot and journal from then on."""
+        """Rewrite the journal as the owner's snapshot and journal from then on. A file raises
+        ``OSError``; a database logs its failure and catches up at the next flush."""
         ...
 
     def append(self, record: R) -> None:
