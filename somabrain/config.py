@@ -85,8 +85,19 @@ class RateLimitSettings(_Section):
     rate: PositiveFloat = 2000.0
     burst: PositiveInt = 4000
     tenants: dict[str, TenantRateLimit] = msgspec.field(default_factory=dict)
+    #: ``redis://[:password@]host:port/db`` (or ``rediss://``): the buckets live in that Redis,
+    #: shared by every node pointing at it (``somabrain.edge.shared_ratelimit``; the asyncio
+    #: backend only); empty: each node has its own buckets.
+    redis_url: str = ""
+    #: A tenant's bucket is the key ``<redis_prefix><tenant>``.
+    redis_prefix: str = "soma:ratelimit:"
+    #: Seconds a bucket operation in Redis may take; past that (or when Redis does not answer)
+    #: the node-local bucket decides, and keeps deciding until Redis answers again.
+    redis_timeout: Annotated[float, Meta(gt=0, le=10)] = 0.05
 
     def __post_init__(self) -> None:
+        if self.redis_url:
+            _check_redis_url(self.redis_url)
         # Checked here rather than by a key pattern, so that the error names the key.
         for tenant in self.tenants:
             if not valid_tenant(tenant):
@@ -94,6 +105,24 @@ class RateLimitSettings(_Section):
                     f"tenants: {tenant!r} is not a tenant id (1-64 of [A-Za-z0-9_.-], "
                     "starting with a letter or digit)"
                 )
+
+
+def _check_redis_url(url: str) -> None:
+    """A URL redis-py connects to over TCP; the errors never repeat it (it may hold a
+    password)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+        raise ValueError(
+            "redis_url must be a redis:// (or rediss://) URL with a host, like"
+            " redis://127.0.0.1:6379/0"
+        )
+    try:
+        parts.port  # noqa: B018 (it checks the port)
+    except ValueError:
+        raise ValueError("redis_url: the port is not a number in 0-65535") from None
+    db = parts.path.lstrip("/")
+    if db and not db.isdigit():
+        raise ValueError("redis_url: the path must be a database number, like /0")
 
 
 class EdgeSettings(_Section):
