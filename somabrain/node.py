@@ -77,6 +77,8 @@ async def serve_node(
     started = time.perf_counter() if started_at is None else started_at
     if cfg.memory.postgres_url and sniffio.current_async_library() != "asyncio":
         raise RuntimeError("memory.postgres_url needs the asyncio backend (asyncpg)")
+    if cfg.edge.rate_limit.redis_url and sniffio.current_async_library() != "asyncio":
+        raise RuntimeError("edge.rate_limit.redis_url needs the asyncio backend (redis-py)")
     _quiet_cancelled_tasks()
     auth = Authenticator(cfg.auth, data_dir)
     async with ActorSystem(
@@ -282,6 +284,14 @@ def run_dev_node(
         print(
             f"error: a cluster member (cluster.nats_url is set) runs on asyncio, not {backend}:"
             " nats-py is asyncio-only",
+            file=sys.stderr,
+        )
+        return 2
+    if cfg.edge.rate_limit.redis_url and backend != "asyncio":
+        print(
+            f"error: shared rate limits (edge.rate_limit.redis_url is set) run on asyncio, not"
+            f" {backend}: redis-py's client is asyncio-only (leave redis_url empty for"
+            " node-local rate limits)",
             file=sys.stderr,
         )
         return 2

@@ -8,6 +8,7 @@ from .auth import Authenticator, Principal, TokenIssuer
 from .errors import HTTPError
 from .metrics import Metrics
 from .ratelimit import RateLimiter
+from .shared_ratelimit import SharedRateLimiter
 
 __all__ = [
     "Authenticator",
@@ -18,5 +19,6 @@ __all__ = [
     "Metrics",
     "Principal",
     "RateLimiter",
+    "SharedRateLimiter",
     "TokenIssuer",
 ]

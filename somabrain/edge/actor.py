@@ -34,7 +34,8 @@ from ..config import SomaConfig
 from .app import EdgeApp
 from .auth import Authenticator
 from .metrics import Metrics
-from .ratelimit import RateLimiter
+from .ratelimit import RateLimiter, build_limiter
+from .shared_ratelimit import SharedRateLimiter
 
 __all__ = ["EdgeActor", "EdgeServerError", "EdgeState"]
 
@@ -64,10 +65,7 @@ class EdgeState:
         self.port: int | None = None
         self.url: str | None = None
         self.metrics = Metrics()
-        rate = config.edge.rate_limit
-        self.limiter = RateLimiter(
-            rate.rate, rate.burst, enabled=rate.enabled, tenants=rate.tenants
-        )
+        self.limiter: RateLimiter | SharedRateLimiter = build_limiter(config.edge.rate_limit)
         #: Set when the last incarnation's server has released its socket.
         self.released: anyio.Event | None = None
         #: The app of the running (or last) incarnation.
@@ -139,6 +137,8 @@ class EdgeActor(Actor):
         self.app.closing = True
         self._shutdown.set()
         await self._served.wait()  # hypercorn drained in-flight requests (graceful_timeout)
+        # Nothing in flight uses the limiter now; a later incarnation connects again.
+        await self.app.limiter.aclose()
 
     async def receive(self, message: Any) -> Any:
         if isinstance(message, _ServerExited):

@@ -40,8 +40,9 @@ from .integers import WideInt, find_wide_int
 from .metrics import Metrics
 from .nesting import MAX_DEPTH, nests_too_deep
 from .ops import OpsHandlers
-from .ratelimit import RateLimiter
+from .ratelimit import RateLimiter, build_limiter
 from .routes import ROUTES, Route
+from .shared_ratelimit import SharedRateLimiter
 
 __all__ = ["EdgeApp", "Request", "Response"]
 
@@ -93,17 +94,14 @@ class EdgeApp(OpsHandlers, GovernanceHandlers, ContextHandlers):
         config: SomaConfig,
         auth: Authenticator,
         metrics: Metrics | None = None,
-        limiter: RateLimiter | None = None,
+        limiter: RateLimiter | SharedRateLimiter | None = None,
         edge_path: str = "/root/edge",
     ) -> None:
         self.system = system
         self.config = config
         self.auth = auth
         self.metrics = metrics or Metrics()
-        rate = config.edge.rate_limit
-        self.limiter = limiter or RateLimiter(
-            rate.rate, rate.burst, enabled=rate.enabled, tenants=rate.tenants
-        )
+        self.limiter = limiter or build_limiter(config.edge.rate_limit)
         self.edge_path = edge_path
         self.closing = False
         self._ended = False

@@ -115,7 +115,7 @@ class ContextHandlers(AuditHandlers):
     def json(self, value: Any, status: int = 200) -> Response:
         raise NotImplementedError
 
-    def _tenant(self, request: Request, body_tenant: str | None) -> str:
+    async def _tenant(self, request: Request, body_tenant: str | None) -> str:
         raise NotImplementedError
 
     async def _context(self, message: Any) -> Any:
@@ -149,7 +149,7 @@ class ContextHandlers(AuditHandlers):
     async def _h_context_evaluate(self, request: Request) -> Response:
         body: EvaluateRequest = request.body
         self._check_query(body.query)
-        tenant = self._tenant(request, body.tenant)
+        tenant = await self._tenant(request, body.tenant)
         assert request.principal is not None
         if body.filters:
             # Checked here, as recall does, so that a bad filter is a 422 naming its path
@@ -224,7 +224,7 @@ class ContextHandlers(AuditHandlers):
         body: FeedbackRequest = request.body
         assert request.principal is not None
         self._check_query(body.query)
-        tenant = self._tenant(request, body.tenant)
+        tenant = await self._tenant(request, body.tenant)
         tokens = None
         if body.tokens is not None:
             tokens = Tokens(
@@ -271,12 +271,12 @@ class ContextHandlers(AuditHandlers):
         return self.json(result)
 
     async def _h_context_adaptation_state(self, request: Request) -> Response:
-        tenant = self._tenant(request, None)
+        tenant = await self._tenant(request, None)
         view: AdaptationView = await self._context(AdaptationQuery(tenant=tenant))
         return self.json(view)
 
     async def _h_context_adaptation_reset(self, request: Request) -> Response:
-        tenant = self._tenant(request, None)  # no body: the token's tenant or X-Tenant-ID
+        tenant = await self._tenant(request, None)  # no body: the token's tenant or X-Tenant-ID
         view: AdaptationView = await self._context(AdaptationQuery(tenant=tenant, reset=True))
         await self._audit(request, tenant, "context.adaptation_reset")
         return self.json(view)

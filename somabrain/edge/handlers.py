@@ -53,6 +53,7 @@ if TYPE_CHECKING:
     from .auth import Authenticator
     from .metrics import Metrics
     from .ratelimit import RateLimiter
+    from .shared_ratelimit import SharedRateLimiter
 
 __all__ = ["Handlers", "memory_error"]
 
@@ -120,7 +121,7 @@ class Handlers(AuditHandlers):
     config: SomaConfig
     auth: Authenticator
     metrics: Metrics
-    limiter: RateLimiter
+    limiter: RateLimiter | SharedRateLimiter
     edge_path: str
     closing: bool
     #: The policy gate and the namespaces closed to a reader, from ``GovernanceHandlers``
@@ -147,7 +148,7 @@ class Handlers(AuditHandlers):
         waiting = cluster.not_joined() if cluster is not None else ""
         return HTTPError.retry_later(503, "not_ready", waiting, 1) if waiting else None
 
-    def _tenant(self, request: Request, body_tenant: str | None) -> str:
+    async def _tenant(self, request: Request, body_tenant: str | None) -> str:
         header = request.tenant_header
         if header is not None and body_tenant is not None and header != body_tenant:
             raise HTTPError(
@@ -158,7 +159,7 @@ class Handlers(AuditHandlers):
         refusal = self._not_joined()
         if refusal is not None:
             raise refusal
-        wait = self.limiter.acquire(tenant)
+        wait = await self.limiter.take(tenant)
         if wait:
             self.metrics.count_rate_limited(tenant)
             raise HTTPError.retry_later(
@@ -265,7 +266,7 @@ class Handlers(AuditHandlers):
 
     async def _h_remember(self, request: Request) -> Response:
         body: s.RememberRequest = request.body
-        tenant = self._tenant(request, body.tenant)
+        tenant = await self._tenant(request, body.tenant)
         memory = self._memory(body, tenant, time.time())
         decision = await self._govern_memory(request, memory)
         [(key, deduplicated)] = await self._ask(
@@ -299,7 +300,7 @@ class Handlers(AuditHandlers):
                 f"{len(body.items)} items in one batch; the limit is {limit}",
                 field="items",
             )
-        tenant = self._tenant(request, body.tenant)
+        tenant = await self._tenant(request, body.tenant)
         now = time.time()
         memories = []
         decision: Decision | None = None
@@ -344,7 +345,7 @@ class Handlers(AuditHandlers):
         body: s.RecallRequest = request.body
         if not body.query.strip():  # as evaluate and feedback answer it
             raise HTTPError(422, "invalid_field", "query must not be blank", field="query")
-        tenant = self._tenant(request, body.tenant)
+        tenant = await self._tenant(request, body.tenant)
         flt: RecallFilter | None = None
         if body.filters:
             try:
@@ -470,7 +471,7 @@ class Handlers(AuditHandlers):
 
     async def _h_link(self, request: Request) -> Response:
         body: s.LinkRequest = request.body
-        tenant = self._tenant(request, body.tenant)
+        tenant = await self._tenant(request, body.tenant)
         for key, field in ((body.from_key, "from_key"), (body.to_key, "to_key")):
             memory: Memory | None = await self._ask(tenant, GetMemory(key))
             if memory is not None:  # (an unknown key is the link's 404, below)
@@ -505,7 +506,7 @@ class Handlers(AuditHandlers):
 
     async def _h_get(self, request: Request) -> Response:
         assert request.key is not None
-        tenant = self._tenant(request, None)
+        tenant = await self._tenant(request, None)
         memory: Memory | None = await self._ask(tenant, GetMemory(request.key))
         if memory is not None:
             await self._check_namespace(request, tenant, "get", memory.namespace, key=memory.key)
@@ -537,7 +538,7 @@ class Handlers(AuditHandlers):
 
     async def _h_forget(self, request: Request) -> Response:
         assert request.key is not None
-        tenant = self._tenant(request, None)
+        tenant = await self._tenant(request, None)
         memory: Memory | None = await self._ask(tenant, GetMemory(request.key))
         if memory is not None:
             await self._check_namespace(request, tenant, "forget", memory.namespace, key=memory.key)

@@ -79,10 +79,13 @@ class OpsHandlers(Handlers):
             components["search_worker"] = offload.health()
         url = self.config.memory.postgres_url
         components["memory_store"] = await memory_store_health(self.system.resources, url)
+        # "degraded" while Redis does not answer: the node-local buckets decide meanwhile.
+        components["rate_limit"] = await self.limiter.health()
         healthy = (
             tree.ready
             and components["governance"]["ready"]
             and components["memory_store"]["reachable"] is not False
+            and components["rate_limit"]["status"] == "ok"
         )
         cluster = self.system.resources.get(CLUSTER_RESOURCE)
         if cluster is not None:  # a member of a cluster (docs/cluster.md)
@@ -152,6 +155,7 @@ class OpsHandlers(Handlers):
         old = self.config
         changes = await self.tree.reload(new.tree, new.node)
         new = self._reload_edge(old, new, changes)
+        new = self._reload_rate_limit_store(old, new, changes)
         if new.edge != old.edge:
             rate = new.edge.rate_limit
             self.limiter.configure(
@@ -185,6 +189,23 @@ class OpsHandlers(Handlers):
             changes.append(f"edge: {', '.join(pending)} {verb} after a node restart")
         kept = {f: getattr(old.edge, f) for f in LISTENER_SETTINGS}
         return msgspec.structs.replace(new, edge=msgspec.structs.replace(edge, **kept))
+
+    def _reload_rate_limit_store(
+        self, old: SomaConfig, new: SomaConfig, changes: list[str]
+    ) -> SomaConfig:
+        """``new`` with the rate limit's Redis settings kept as they are: the node's limiter
+        keeps its connections to that Redis for the life of the node (rates, bursts and
+        overrides apply at once)."""
+        fields = ("redis_url", "redis_prefix", "redis_timeout")
+        was, now = old.edge.rate_limit, new.edge.rate_limit
+        pending = [f for f in fields if getattr(now, f) != getattr(was, f)]
+        if not pending:
+            return new
+        names = ", ".join(f"rate_limit.{f}" for f in pending)
+        verb = "applies" if len(pending) == 1 else "apply"
+        changes.append(f"edge: {names} {verb} after a node restart")
+        kept = msgspec.structs.replace(now, **{f: getattr(was, f) for f in fields})
+        return msgspec.structs.replace(new, edge=msgspec.structs.replace(new.edge, rate_limit=kept))
 
     def _reload_context(self, old: SomaConfig, new: SomaConfig, changes: list[str]) -> SomaConfig:
         """``new`` as the node can take it, and what it changes in ``[context]``: the planners

@@ -10,15 +10,23 @@ than an interactive agent, and a noisy tenant may need a lower one. ``edge.rate_
 overrides ``rate``, ``burst`` and ``enabled`` for the tenants it names; what an override leaves
 out comes from the node-wide setting. Settings can change at run time (config reload): buckets
 keep their level, capped at the tenant's new burst.
+
+These buckets are the node's own. ``edge.rate_limit.redis_url`` puts them in Redis instead,
+shared by the nodes of a cluster (``shared_ratelimit.py``), with these as the fallback while
+Redis does not answer; ``build_limiter`` picks one from the settings.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from typing import NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
-__all__ = ["Limit", "LimitOverride", "RateLimiter"]
+if TYPE_CHECKING:
+    from ..config import RateLimitSettings
+    from .shared_ratelimit import SharedRateLimiter
+
+__all__ = ["Limit", "LimitOverride", "RateLimiter", "build_limiter"]
 
 _PRUNE_EVERY = 10_000
 
@@ -115,6 +123,17 @@ class RateLimiter:
         self.limited += 1
         return (cost - bucket[0]) / rate
 
+    async def take(self, tenant: str, cost: float = 1.0) -> float:
+        """``acquire``, with the signature of ``SharedRateLimiter.take`` (what the edge calls)."""
+        return self.acquire(tenant, cost)
+
+    async def health(self) -> dict[str, Any]:
+        """``/health``'s ``rate_limit`` component."""
+        return {"kind": "local", "status": "ok"}
+
+    async def aclose(self) -> None:
+        """Nothing to close (``SharedRateLimiter`` has a connection pool)."""
+
     def _prune(self, now: float) -> None:
         self._calls = 0
         full = []
@@ -127,3 +146,22 @@ class RateLimiter:
 
     def __len__(self) -> int:
         return len(self._buckets)
+
+
+def build_limiter(settings: RateLimitSettings) -> RateLimiter | SharedRateLimiter:
+    """The node's limiter for ``[edge.rate_limit]``: in Redis when ``redis_url`` is set."""
+    if settings.redis_url:
+        from .shared_ratelimit import SharedRateLimiter
+
+        return SharedRateLimiter(
+            settings.redis_url,
+            settings.rate,
+            settings.burst,
+            enabled=settings.enabled,
+            tenants=settings.tenants,
+            prefix=settings.redis_prefix,
+            timeout=settings.redis_timeout,
+        )
+    return RateLimiter(
+        settings.rate, settings.burst, enabled=settings.enabled, tenants=settings.tenants
+    )
