@@ -84,6 +84,11 @@ def test_every_member_loads_and_names_the_services(services: dict[str, Any]) -> 
         assert redis.hostname in services and redis.port == 6379
         assert "--appendfsync" in services[redis.hostname]["command"]
 
+        limits = urllib.parse.urlsplit(cfg.edge.rate_limit.redis_url)
+        assert limits.hostname in services and limits.port == 6379
+        assert limits.hostname != redis.hostname  # no fsync per request: not the audit Redis
+        assert "always" not in services[limits.hostname]["command"]
+
         nats = urllib.parse.urlsplit(cfg.cluster.nats_url)
         assert nats.hostname in services
         assert str(nats.port) in services[nats.hostname]["command"]
