@@ -4,10 +4,10 @@
 
 In process: ``take`` calls per second on a ``RateLimiter`` (a dict of buckets) and on a
 ``SharedRateLimiter`` against a local redis-server (Debian's, without an append-only file; one
-``EVALSHA`` round trip per call), one caller at a time (the latency of a call) and
-``--concurrency`` callers (32, as concurrent requests would: the pool keeps one connection per
-caller in flight). On these machines a bare loopback round trip (raw asyncio ``PING``) takes
-~180 us; redis-py and the script add ~100 us to that.
+``EVALSHA`` per call, shared by the calls in flight together), one caller at a time (the
+latency of a call) and ``--concurrency`` callers (32, as concurrent requests would). On these
+machines a bare loopback round trip (raw asyncio ``PING``) takes ~180 us; redis-py and the
+script add ~150-200 us to that.
 
 Over HTTP: two dev nodes side by side, rate limits on with limits no request reaches, one with
 node-local buckets and one with ``edge.rate_limit.redis_url``; ``POST /memory/recall`` against

@@ -58,6 +58,71 @@ async def test_burst_then_refusal_with_the_time_to_the_next_token(
         await shared.aclose()
 
 
+async def test_concurrent_takes_share_script_calls_and_the_budget(
+    redis_server: RedisServer,
+) -> None:
+    import redis.asyncio as aioredis
+
+    shared = limiter(redis_server.url, rate=0.001, burst=20)
+    client = aioredis.from_url(redis_server.url)
+    waits: list[float] = []
+
+    async def one(tenant: str) -> None:
+        waits.append(await shared.take(tenant))
+
+    try:
+        await shared.take("warm-up")  # connected, the script loaded
+        await client.config_resetstat()
+        async with anyio.create_task_group() as tg:
+            for i in range(60):
+                tg.start_soon(one, "acme" if i % 2 else "other")
+        stats = await client.info("commandstats")
+        calls = stats["cmdstat_evalsha"]["calls"]
+        # Each of the two tenants had 20 tokens for its 30 takes.
+        assert sum(w == 0.0 for w in waits) == 40 and len(waits) == 60
+        assert calls < 60  # takes in flight together went in one call
+        assert shared.shared and shared.local_decisions == 0
+    finally:
+        await client.aclose()
+        await shared.aclose()
+
+
+async def test_a_take_whose_request_is_gone_does_not_make_redis_down(
+    redis_server: RedisServer,
+) -> None:
+    import redis.asyncio as aioredis
+
+    shared = limiter(redis_server.url, rate=1.0, burst=100, timeout=5.0)
+    client = aioredis.from_url(redis_server.url)
+    waits: list[float] = []
+
+    async def take_until(deadline: float) -> None:  # a request whose client goes away
+        with anyio.move_on_after(deadline):
+            await shared.take("acme")
+
+    async def follower() -> None:
+        waits.append(await shared.take("acme"))
+
+    try:
+        await shared.take("warm-up")
+        await client.execute_command("CLIENT", "PAUSE", "1000", "ALL")  # calls hang meanwhile
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(take_until, 0.1)  # the call in flight
+            await anyio.sleep(0.02)
+            tg.start_soon(take_until, 0.3)  # leads the next batch once the first is gone...
+            await anyio.sleep(0.02)
+            for _ in range(4):
+                tg.start_soon(follower)  # ...gathered in that batch
+        # The second batch's sender went away mid-call: its other takes were decided by the
+        # node's own bucket, and nothing said Redis was down.
+        assert waits == [0.0] * 4 and shared.local_decisions == 4
+        assert shared.shared and shared.outages == 0
+        assert await shared.take("acme") == 0.0 and shared.local_decisions == 4
+    finally:
+        await client.aclose()
+        await shared.aclose()
+
+
 async def test_buckets_refill_and_idle_ones_expire(redis_server: RedisServer) -> None:
     import redis.asyncio as aioredis
 
