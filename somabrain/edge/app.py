@@ -102,6 +102,10 @@ class EdgeApp(OpsHandlers, GovernanceHandlers, ContextHandlers):
         self.auth = auth
         self.metrics = metrics or Metrics()
         self.limiter = limiter or build_limiter(config.edge.rate_limit)
+        if isinstance(self.limiter, SharedRateLimiter):  # its state, for /metrics
+            system.resources.setdefault("metrics.sources", {})["edge.rate_limit"] = (
+                self.limiter.metrics
+            )
         self.edge_path = edge_path
         self.closing = False
         self._ended = False

@@ -335,7 +335,21 @@ class SharedRateLimiter:
             text = text.replace(self._password, "***")
         return text.replace(self._url, self.shown_url)
 
-    # ------------------------------------------------------------------ /health
+    # ------------------------------------------------------------------ /metrics, /health
+
+    def metrics(self) -> list[tuple[str, str, str, list[tuple[dict[str, str], float]]]]:
+        """Prometheus families for ``/metrics`` (see ``somabrain.edge.metrics``): what an
+        alert on a Redis outage needs without polling ``/health``."""
+        return [
+            ("soma_rate_limit_shared", "gauge",
+             "1 while the rate-limit buckets are the ones in Redis, 0 while node-local.",
+             [({}, int(self.shared))]),
+            ("soma_rate_limit_local_decisions_total", "counter",
+             "Requests whose rate limit the node decided alone because Redis did not answer.",
+             [({}, self.local_decisions)]),
+            ("soma_rate_limit_outages_total", "counter",
+             "Times Redis stopped answering the rate limiter.", [({}, self.outages)]),
+        ]  # fmt: skip
 
     async def health(self) -> dict[str, Any]:
         """``/health``'s ``rate_limit`` component: Redis is asked (``probe``) each time, so

@@ -305,7 +305,11 @@ async def test_edge_answers_while_redis_is_down_and_health_says_so(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:
     env = shared_env(redis_server.url, SOMA_EDGE__RATE_LIMIT__BURST="100")
-    async with harness(tmp_path, environ=env) as h, h.client() as client:
+    async with (
+        harness(tmp_path, environ=env) as h,
+        h.client() as client,
+        h.client(scopes=("metrics",)) as scraper,
+    ):
         try:
             assert (await recall(client)).status_code == 200
             health = (await client.get("/health")).json()
@@ -318,11 +322,15 @@ async def test_edge_answers_while_redis_is_down_and_health_says_so(
             component = health["components"]["rate_limit"]
             assert component["status"] == "degraded" and component["shared"] is False
             assert component["local_decisions"] >= 1
+            scraped = (await scraper.get("/metrics")).text
+            assert "soma_rate_limit_shared 0" in scraped.splitlines()
+            assert "soma_rate_limit_outages_total 1" in scraped.splitlines()
             redis_server.start()
             health = (await client.get("/health")).json()
             assert health["status"] == "ok"
             assert health["components"]["rate_limit"]["shared"] is True
             assert (await recall(client)).status_code == 200
+            assert "soma_rate_limit_shared 1" in (await scraper.get("/metrics")).text.splitlines()
         finally:
             await h.app.limiter.aclose()
 
