@@ -27,7 +27,6 @@ Sections:
 from __future__ import annotations
 
 import tomllib
-import urllib.parse
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -35,6 +34,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
+from ._urls import check_redis_url, check_server_url
 from .actors.kafka_bridge import BridgeSettings, KafkaSettings
 from .audit.settings import AuditSettings
 from .cluster.settings import ClusterSettings, valid_member_name
@@ -97,7 +97,7 @@ class RateLimitSettings(_Section):
 
     def __post_init__(self) -> None:
         if self.redis_url:
-            _check_redis_url(self.redis_url)
+            check_redis_url(self.redis_url, "redis_url")
         # Checked here rather than by a key pattern, so that the error names the key.
         for tenant in self.tenants:
             if not valid_tenant(tenant):
@@ -105,24 +105,6 @@ class RateLimitSettings(_Section):
                     f"tenants: {tenant!r} is not a tenant id (1-64 of [A-Za-z0-9_.-], "
                     "starting with a letter or digit)"
                 )
-
-
-def _check_redis_url(url: str) -> None:
-    """A URL redis-py connects to over TCP; the errors never repeat it (it may hold a
-    password)."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
-        raise ValueError(
-            "redis_url must be a redis:// (or rediss://) URL with a host, like"
-            " redis://127.0.0.1:6379/0"
-        )
-    try:
-        parts.port  # noqa: B018 (it checks the port)
-    except ValueError:
-        raise ValueError("redis_url: the port is not a number in 0-65535") from None
-    db = parts.path.lstrip("/")
-    if db and not db.isdigit():
-        raise ValueError("redis_url: the path must be a database number, like /0")
 
 
 class EdgeSettings(_Section):
@@ -201,12 +183,13 @@ class MemorySettings(_Section):
 
     def __post_init__(self) -> None:
         if self.postgres_url:
-            if not self.postgres_url.startswith(("postgresql://", "postgres://")):
-                raise ValueError("postgres_url must be a postgresql:// URL (or empty: files)")
-            try:
-                urllib.parse.urlsplit(self.postgres_url).port  # noqa: B018 (it checks the port)
-            except ValueError:
-                raise ValueError("postgres_url: the port is not a number in 0-65535") from None
+            check_server_url(
+                self.postgres_url,
+                "postgres_url",
+                ("postgresql", "postgres"),
+                "postgresql://soma@127.0.0.1:5432/soma (or empty: files)",
+                host=False,  # asyncpg takes a Unix socket as ?host=/run/postgresql
+            )
         enabled = {"semantic", "lexical", *self.extra_views}
         unknown = sorted(set(self.weights) - enabled)
         if unknown:

@@ -7,6 +7,8 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 
+from .._urls import check_redis_url
+
 __all__ = ["AuditSettings"]
 
 PositiveInt = Annotated[int, Meta(ge=1)]
@@ -55,3 +57,7 @@ class AuditSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     #: query, how many results and their keys) and answer its ``audit_id``. Off by default: an
     #: audited read waits for a durable write (see ``benchmarks/audit.py`` for the cost).
     reads: bool = False
+
+    def __post_init__(self) -> None:
+        if self.redis_url:
+            check_redis_url(self.redis_url, "redis_url")

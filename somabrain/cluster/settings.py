@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
-import urllib.parse
 from typing import Annotated
 
 import msgspec
 from msgspec import Meta
+
+from .._urls import check_server_url
 
 #: Where a node in a cluster puts its ``ClusterRouter`` in ``system.resources`` (absent
 #: without a cluster).
@@ -51,7 +52,7 @@ class ClusterSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
     def __post_init__(self) -> None:
         if self.nats_url:
-            _check_nats_url(self.nats_url)
+            check_server_url(self.nats_url, "nats_url", _NATS_SCHEMES, "nats://127.0.0.1:4222")
         for name in self.members:
             if not valid_member_name(name):
                 raise ValueError(
@@ -66,17 +67,3 @@ class ClusterSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     @property
     def enabled(self) -> bool:
         return bool(self.nats_url)
-
-
-def _check_nats_url(url: str) -> None:
-    """A URL nats-py can connect to; the errors never repeat it (it may hold credentials)."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in _NATS_SCHEMES or not parts.hostname:
-        raise ValueError(
-            "nats_url must be a nats:// URL with a host (or tls://, ws://, wss://), like"
-            " nats://127.0.0.1:4222"
-        )
-    try:
-        parts.port  # noqa: B018 (it checks the port)
-    except ValueError:
-        raise ValueError("nats_url: the port is not a number in 0-65535") from None

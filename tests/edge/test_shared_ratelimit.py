@@ -375,7 +375,7 @@ def test_redis_url_is_checked_without_repeating_it(tmp_path: Path) -> None:
     rl = soma_config.load(path, environ={}).edge.rate_limit
     assert rl.redis_url == ok and rl.redis_timeout == 0.02
     for url, message in [
-        ("http://:s3cret@cache:6379/0", "must be a redis:// (or rediss://) URL"),
+        ("http://:s3cret@cache:6379/0", "must be a redis:// URL with a host (or rediss://)"),
         ("redis://:s3cret@:6379/0", "with a host"),
         ("redis://:s3cret@cache:99999/0", "the port is not a number"),
         ("redis://:s3cret@cache:port/0", "the port is not a number"),
