@@ -180,6 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .memory.cli import register as register_embedder
 
     register_embedder(commands)
+    from .memory.pg_import import register as register_memory
+
+    register_memory(commands)
     _tidy(parser)
     return parser
 

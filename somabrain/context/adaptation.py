@@ -63,6 +63,7 @@ __all__ = [
     "StateBackend",
     "Update",
     "adapt",
+    "state_path",
 ]
 
 logger = logging.getLogger("somabrain.context")
@@ -229,6 +230,11 @@ def _file_name(tenant: str) -> str:
     return f"{slug}-{hashlib.blake2b(tenant.encode(), digest_size=8).hexdigest()}.json"
 
 
+def state_path(directory: str | os.PathLike[str], tenant: str) -> Path:
+    """The file of ``tenant``'s state in ``directory`` (a node's is ``<data-dir>/context``)."""
+    return Path(directory) / _file_name(tenant)
+
+
 class StateBackend(Protocol):
     """Where tenants' states are kept instead of files (``pg_log.PostgresStates``: a row each
     in the memory database, so that a cluster member standing in for another finds them)."""
@@ -287,7 +293,7 @@ class AdaptationStore:
             self._states.pop(tenant, None)
 
     def _path(self, tenant: str) -> Path | None:
-        return None if self.directory is None else self.directory / _file_name(tenant)
+        return None if self.directory is None else state_path(self.directory, tenant)
 
     def get(self, tenant: str) -> AdaptationState:
         """The tenant's state (loaded from its file on first use, or by ``ensure`` from the
