@@ -113,3 +113,38 @@ def test_usage_errors_are_named(tmp_path: Path, capsys: pytest.CaptureFixture[st
     code, out, _ = run(capsys, "memory", "import", "--config", str(cfg), "--data-dir", str(empty))
     assert code == 0
     assert out == f"nothing to import: no tenant files in {empty}/memory or {empty}/context\n"
+
+
+def test_a_running_nodes_tenants_are_refused_and_tenant_picks_some(
+    tmp_path: Path, postgres_server: PostgresServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    files = tmp_path / "files"
+    tenants = ("imp-a", "imp-b")
+    cfg = tmp_path / "postgres.toml"
+    cfg.write_text(f'[memory]\npostgres_url = "{postgres_server.url}"\npostgres_timeout = 3.0\n')
+    argv = ("memory", "import", "--config", str(cfg), "--data-dir", str(files))
+    node = DevNode(files).start()
+    try:
+        for tenant in tenants:
+            with node.client(node.token_for(tenant)) as client:
+                _ok(client.post("/memory/remember", json={"content": f"a memory of {tenant}"}))
+        # The node holds its logs: nothing of them is copied while it runs.
+        code, out, _ = run(capsys, *argv)
+        assert code == 1
+        assert all("in use" in line or "locked" in line for line in out.splitlines()[:2]), out
+        assert out.splitlines()[-1].startswith(
+            "copied 0 tenant(s), skipped 0 already there, 2 failed"
+        )
+    finally:
+        assert node.stop() == 0
+    code, out, err = run(capsys, *argv, "--tenant", "imp-b")
+    assert code == 0, err
+    assert out.splitlines()[0].startswith("tenant 'imp-b': copied 1 log records (1 memories)")
+    assert out.splitlines()[1].startswith("copied 1 tenant(s), skipped 0 already there, 0 failed")
+    with (
+        DevNode.running(tmp_path / "empty", "--config", str(cfg)) as moved,
+        moved.client(moved.token_for("imp-a")) as to_a,
+        moved.client(moved.token_for("imp-b")) as to_b,
+    ):
+        assert _recall(to_a, "a memory") == []  # not asked for: still only in its files
+        assert len(_recall(to_b, "a memory")) == 1
