@@ -17,14 +17,16 @@ stores' own write paths: the memory log's records, in order, in one transaction
 (``PostgresJournal.start``), the weights as the state row (``PostgresStates.save``).
 
 Safety. A tenant that already has anything in the database (log rows, a journal, weights) is
-skipped, never merged or overwritten. The files are only read (opening a log that ends in a
-torn write sets the torn bytes aside beside it, as a node's start would). Run it while no node
-uses the data directory or the database for these tenants: stop the node first. A log file
-that a running node holds is refused (the node's lock). ``--dry-run`` says what would be
-copied and writes nothing.
+skipped, never merged or overwritten, with one exception: the memory log is written last, so
+journals or weights without log rows are an import that failed before its log, and importing
+the tenant again completes it (when its files hold a log). The files are only read (opening a
+log that ends in a torn write sets the torn bytes aside beside it, as a node's start would). Run
+it while no node uses the data directory or the database for these tenants: stop the node
+first. A log file that a running node holds is refused (the node's lock). ``--dry-run`` says
+what would be copied and writes nothing.
 
 One line is printed per tenant, then a summary. Exit codes: 0 every tenant copied or skipped
-(or nothing to import), 1 a tenant failed (the line says what, and what was already written),
+(or nothing to import), 1 a tenant failed (the line says what; importing it again completes it),
 2 usage or config error (no ``memory.postgres_url``, no such data directory).
 """
 
@@ -205,8 +207,9 @@ async def _read(files: TenantFiles) -> _Found:
     return found
 
 
-async def _in_database(logs: Any, states: Any, tenant: str) -> str:
-    """What the database already holds of ``tenant`` ("" if nothing)."""
+async def _in_database(logs: Any, states: Any, tenant: str) -> tuple[int, str]:
+    """What the database already holds of ``tenant``: its log records, and a description of
+    everything ("" if nothing)."""
     from . import associations, working_journal
     from .pg_journal import PostgresJournal
 
@@ -223,7 +226,7 @@ async def _in_database(logs: Any, states: Any, tenant: str) -> str:
             held.append(f"{len(rows)} {kind.what} records")
     if await states.load(tenant) is not None:
         held.append("weights")
-    return ", ".join(held)
+    return records, ", ".join(held)
 
 
 class _ImportError(Exception):
@@ -285,12 +288,16 @@ async def _run(
                 failed += 1
                 continue
             try:
-                held = await _in_database(logs, states, files.tenant)
+                log_records, held = await _in_database(logs, states, files.tenant)
             except MemoryStoreError as exc:
                 print(f"{name}: failed, the database could not be read ({exc}); nothing written")
                 failed += 1
                 continue
-            if held:
+            # The memory log is written last (``_write``): journals or weights without it are
+            # an import that stopped before it, which this one completes (a journal's first
+            # snapshot replaces its rows, the weights' row is replaced).
+            unfinished = held and not log_records and found.records
+            if held and not unfinished:
                 print(f"{name}: skipped, already in the database ({held}); nothing written")
                 skipped += 1
                 continue
@@ -302,12 +309,13 @@ async def _run(
                 await _write(logs, states, files.tenant, found)
             except (MemoryStoreError, _ImportError) as exc:
                 print(
-                    f"{name}: failed ({exc}); part of it may be in the database: remove the"
-                    " tenant's rows there before importing it again"
+                    f"{name}: failed ({exc}); its memory log is not in the database: importing"
+                    " it again completes it"
                 )
                 failed += 1
                 continue
-            print(f"{name}: copied {found.describe()}")
+            completed = f" (completing an earlier import that held {held})" if unfinished else ""
+            print(f"{name}: copied {found.describe()}{completed}")
             copied += 1
     finally:
         await logs.aclose()

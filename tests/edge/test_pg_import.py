@@ -4,6 +4,7 @@ and weights. A second import skips the tenant; the usage errors are named."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -127,7 +128,8 @@ def test_a_running_nodes_tenants_are_refused_and_tenant_picks_some(
     try:
         for tenant in tenants:
             with node.client(node.token_for(tenant)) as client:
-                _ok(client.post("/memory/remember", json={"content": f"a memory of {tenant}"}))
+                body = {"content": f"a memory of {tenant}", "session_id": "s"}
+                _ok(client.post("/memory/remember", json=body))
         # The node holds its logs: nothing of them is copied while it runs.
         code, out, _ = run(capsys, *argv)
         assert code == 1
@@ -141,6 +143,13 @@ def test_a_running_nodes_tenants_are_refused_and_tenant_picks_some(
     assert code == 0, err
     assert out.splitlines()[0].startswith("tenant 'imp-b': copied 1 log records (1 memories)")
     assert out.splitlines()[1].startswith("copied 1 tenant(s), skipped 0 already there, 0 failed")
+    # An import that failed before its memory log (written last) left the rest: the next
+    # import completes it instead of skipping the tenant.
+    asyncio.run(_drop_log_rows(postgres_server.url, "imp-b"))
+    code, out, err = run(capsys, *argv, "--tenant", "imp-b")
+    assert code == 0, err
+    assert out.splitlines()[0].startswith("tenant 'imp-b': copied 1 log records (1 memories)")
+    assert "(completing an earlier import that held " in out.splitlines()[0]
     with (
         DevNode.running(tmp_path / "empty", "--config", str(cfg)) as moved,
         moved.client(moved.token_for("imp-a")) as to_a,
@@ -148,3 +157,15 @@ def test_a_running_nodes_tenants_are_refused_and_tenant_picks_some(
     ):
         assert _recall(to_a, "a memory") == []  # not asked for: still only in its files
         assert len(_recall(to_b, "a memory")) == 1
+
+
+async def _drop_log_rows(url: str, tenant: str) -> None:
+    import asyncpg
+
+    from somabrain.memory.pg_log import TABLE
+
+    connection = await asyncpg.connect(url)
+    try:
+        await connection.execute(f"DELETE FROM {TABLE} WHERE tenant = $1", tenant)
+    finally:
+        await connection.close()
