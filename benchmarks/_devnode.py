@@ -8,11 +8,15 @@ and :func:`settle` reads it without a token) plus any ``SOMA_*`` overrides. ``pr
 tenant through ``/memory/remember/batch``; ``recall_requests`` / ``evaluate_requests`` /
 ``remember_requests`` return callables producing ready-made request bytes for
 :func:`benchmarks._http_load.run_load`, the same sequence for the same seed, so two nodes
-compared side by side get the same queries.
+compared side by side get the same queries. ``side_by_side`` starts one node per
+configuration and ``alternating_recall_rounds`` loads them in turns, for benchmarks that
+compare two configurations of the whole node.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import random
@@ -20,14 +24,15 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks._http_load import post_request
+from benchmarks._http_load import LoadResult, post_request, run_load
 
 __all__ = [
     "Server",
@@ -178,6 +183,61 @@ def start_dev_node(data_dir: str | Path, overrides: Mapping[str, str] | None = N
         r"url:\s+http://127\.0\.0\.1:(\d+)",
         node_env(overrides),
     )
+
+
+@contextlib.contextmanager
+def side_by_side(
+    sides: Mapping[str, Mapping[str, str]], monitor: Any, memories: int
+) -> Iterator[dict[str, tuple[Server, str]]]:
+    """One dev node per side (its ``SOMA_*`` overrides) in a temporary data directory, its pid
+    counted as ours by ``monitor`` (a ``CpuMonitor``), with a token for tenant ``bench``
+    holding ``memories`` memories; all stopped on exit."""
+    nodes: dict[str, tuple[Server, str]] = {}
+    with tempfile.TemporaryDirectory(prefix="soma-bench-") as tmp:
+        try:
+            for name, overrides in sides.items():
+                data_dir = Path(tmp) / name
+                node = start_dev_node(data_dir, overrides)
+                nodes[name] = (node, token_for(data_dir, ["bench"]))
+                monitor.ours.append(node.pid)
+            for node, token in nodes.values():
+                preload(f"http://127.0.0.1:{node.address}", token, memories)
+            yield nodes
+        finally:
+            for node, _ in nodes.values():
+                node.stop()
+
+
+def alternating_recall_rounds(
+    nodes: Mapping[str, tuple[Server, str]],
+    monitor: Any,
+    *,
+    repeats: int,
+    connections: int,
+    warmup: float,
+    duration: float,
+) -> dict[str, list[LoadResult]]:
+    """``repeats`` rounds of recall load on each node, in the order A B, B A, A B...: each side
+    runs first as often, so a drift of the machine's load (other users' jobs) does not favour
+    one side."""
+    rounds: dict[str, list[LoadResult]] = {name: [] for name in nodes}
+    names = list(nodes)
+    for round_ in range(repeats):
+        for name in names if round_ % 2 == 0 else names[::-1]:
+            node, token = nodes[name]
+            with monitor.measure():
+                result = asyncio.run(
+                    run_load(
+                        name,
+                        int(node.address),
+                        recall_requests(token, seed=3),
+                        connections=connections,
+                        warmup=warmup,
+                        duration=duration,
+                    )
+                )
+            rounds[name].append(result)
+    return rounds
 
 
 def token_for(data_dir: str | Path, tenants: Sequence[str]) -> str:

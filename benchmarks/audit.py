@@ -31,7 +31,6 @@ reported as ``null``.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import math
 import re
 import statistics
@@ -60,15 +59,8 @@ from benchmarks._common import (
     ratio,
     write_json,
 )
-from benchmarks._devnode import (
-    Server,
-    post_json,
-    preload,
-    recall_requests,
-    start_dev_node,
-    token_for,
-)
-from benchmarks._http_load import LoadResult, print_load_results, run_load
+from benchmarks._devnode import alternating_recall_rounds, post_json, side_by_side
+from benchmarks._http_load import LoadResult, print_load_results
 from somabrain.actors import Actor, ActorSystem
 from somabrain.audit import AuditDraft, request_meta
 from somabrain.audit.writer import AuditWriter
@@ -178,44 +170,22 @@ class EdgeSettings:
 def _edge_recall(settings: EdgeSettings, monitor: CpuMonitor) -> dict[str, Any]:
     """Recall over HTTP against two dev nodes, reads audited on one (see the module doc)."""
     sides = {"without_audit": {}, "with_audit": {"SOMA_AUDIT__READS": "true"}}
-    rounds: dict[str, list[LoadResult]] = {name: [] for name in sides}
-    nodes: dict[str, tuple[Server, str]] = {}
-    with tempfile.TemporaryDirectory(prefix="soma-audit-bench-") as tmp:
-        try:
-            for name, overrides in sides.items():
-                data_dir = Path(tmp) / name
-                node = start_dev_node(data_dir, overrides)
-                nodes[name] = (node, token_for(data_dir, ["bench"]))
-                monitor.ours.append(node.pid)
-            for name, (node, token) in nodes.items():
-                url = f"http://127.0.0.1:{node.address}"
-                preload(url, token, settings.memories)
-                probe = post_json(f"{url}/memory/recall", token, {"query": "river", "top_k": 1})
-                # Check the sides are what they claim to be before timing them.
-                assert (probe["audit_id"] is not None) == (name == "with_audit"), probe
-            names = list(nodes)
-            for round_ in range(settings.repeats):
-                # A B, B A, A B...: each side runs first as often, so a drift of the
-                # machine's load (other users' jobs) does not favour one side.
-                for name in names if round_ % 2 == 0 else names[::-1]:
-                    node, token = nodes[name]
-                    with monitor.measure():
-                        result = asyncio.run(
-                            run_load(
-                                name,
-                                int(node.address),
-                                recall_requests(token, seed=3),
-                                connections=settings.connections,
-                                warmup=settings.warmup,
-                                duration=settings.duration,
-                            )
-                        )
-                    rounds[name].append(result)
-            audited = nodes["with_audit"][0]
-            batching = _audit_batching(f"http://127.0.0.1:{audited.address}/metrics")
-        finally:
-            for node, _ in nodes.values():
-                node.stop()
+    with side_by_side(sides, monitor, settings.memories) as nodes:
+        for name, (node, token) in nodes.items():
+            url = f"http://127.0.0.1:{node.address}/memory/recall"
+            probe = post_json(url, token, {"query": "river", "top_k": 1})
+            # Check the sides are what they claim to be before timing them.
+            assert (probe["audit_id"] is not None) == (name == "with_audit"), probe
+        rounds = alternating_recall_rounds(
+            nodes,
+            monitor,
+            repeats=settings.repeats,
+            connections=settings.connections,
+            warmup=settings.warmup,
+            duration=settings.duration,
+        )
+        audited = nodes["with_audit"][0]
+        batching = _audit_batching(f"http://127.0.0.1:{audited.address}/metrics")
     best = {name: max(results, key=lambda r: r.rate) for name, results in rounds.items()}
     medians = {name: statistics.median(r.rate for r in rs) for name, rs in rounds.items()}
     pairs = [

@@ -20,7 +20,6 @@ local side's.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import statistics
 import sys
 import tempfile
@@ -42,14 +41,8 @@ from benchmarks._common import (
     ratio,
     write_json,
 )
-from benchmarks._devnode import (
-    Server,
-    preload,
-    recall_requests,
-    start_dev_node,
-    token_for,
-)
-from benchmarks._http_load import LoadResult, print_load_results, run_load
+from benchmarks._devnode import alternating_recall_rounds, side_by_side
+from benchmarks._http_load import print_load_results
 from somabrain.edge.ratelimit import RateLimiter
 from somabrain.edge.shared_ratelimit import SharedRateLimiter
 from tests.servers import RedisServer
@@ -120,36 +113,15 @@ def _edge(
         "local": dict(_UNREACHED),
         "redis": {**_UNREACHED, "SOMA_EDGE__RATE_LIMIT__REDIS_URL": url},
     }
-    rounds: dict[str, list[LoadResult]] = {name: [] for name in sides}
-    nodes: dict[str, tuple[Server, str]] = {}
-    with tempfile.TemporaryDirectory(prefix="soma-ratelimit-bench-") as tmp:
-        try:
-            for name, overrides in sides.items():
-                data_dir = Path(tmp) / name
-                node = start_dev_node(data_dir, overrides)
-                nodes[name] = (node, token_for(data_dir, ["bench"]))
-                monitor.ours.append(node.pid)
-            for node, token in nodes.values():
-                preload(f"http://127.0.0.1:{node.address}", token, memories)
-            names = list(nodes)
-            for round_ in range(repeats):
-                for name in names if round_ % 2 == 0 else names[::-1]:
-                    node, token = nodes[name]
-                    with monitor.measure():
-                        result = asyncio.run(
-                            run_load(
-                                name,
-                                int(node.address),
-                                recall_requests(token, seed=3),
-                                connections=connections,
-                                warmup=warmup,
-                                duration=duration,
-                            )
-                        )
-                    rounds[name].append(result)
-        finally:
-            for node, _ in nodes.values():
-                node.stop()
+    with side_by_side(sides, monitor, memories) as nodes:
+        rounds = alternating_recall_rounds(
+            nodes,
+            monitor,
+            repeats=repeats,
+            connections=connections,
+            warmup=warmup,
+            duration=duration,
+        )
     best = {name: max(results, key=lambda r: r.rate) for name, results in rounds.items()}
     medians = {name: statistics.median(r.rate for r in rs) for name, rs in rounds.items()}
     return {
