@@ -140,6 +140,30 @@ def _scan(data: memoryview) -> tuple[int, int]:
     return pos, count
 
 
+def _decode_frames(view: memoryview, end: int, where: str) -> Iterator[LogRecord]:
+    """The records of the frames of a file image up to ``end`` (checked by ``_scan``)."""
+    pos = len(MAGIC)
+    while pos < end:
+        length, _crc = _HEADER.unpack_from(view, pos)
+        start = pos + _HEADER.size
+        try:
+            yield _DECODER.decode(view[start : start + length])
+        except msgspec.DecodeError as exc:
+            raise LogCorruptError(where, pos, str(exc)) from exc
+        pos = start + length
+
+
+def read_records(path: Path) -> Iterator[LogRecord]:
+    """The intact records of the log file at ``path``, read without its lock and without
+    setting a torn tail aside (``somabrain memory import`` telling whose a file is). Blocking."""
+    data = path.read_bytes()
+    if not data.startswith(MAGIC):
+        return
+    view = memoryview(data)
+    end, _ = _scan(view)
+    yield from _decode_frames(view, end, str(path))
+
+
 class RecordLog(Protocol):
     """What a tenant's memory needs of its log: ``MemoryLog`` (a file) or
     ``pg_log.PostgresMemoryLog`` (rows in PostgreSQL)."""
@@ -263,16 +287,7 @@ class MemoryLog(GroupCommit):
         """
         with open(self._path, "rb") as f:
             data = f.read(self._replay_end)
-        view = memoryview(data)
-        pos = len(MAGIC)
-        while pos < len(data):
-            length, _crc = _HEADER.unpack_from(view, pos)
-            start = pos + _HEADER.size
-            try:
-                yield _DECODER.decode(view[start : start + length])
-            except msgspec.DecodeError as exc:
-                raise LogCorruptError(str(self._path), pos, str(exc)) from exc
-            pos = start + length
+        yield from _decode_frames(memoryview(data), len(data), str(self._path))
 
     # --- introspection -------------------------------------------------------------------
 

@@ -118,21 +118,12 @@ def _files(data_dir: Path, tenant: str) -> TenantFiles:
 def _tenant_in_log(path: Path) -> str | None:
     """The tenant named by the first memory of the log file at ``path`` (read only: no lock,
     no repair), or None."""
-    from .log import MAGIC, _scan
-    from .types import LogRecord, RememberRecord
+    from .log import read_records
+    from .types import RememberRecord
 
-    data = path.read_bytes()
-    if not data.startswith(MAGIC):
-        return None
-    end, _ = _scan(memoryview(data))
-    decoder: msgspec.msgpack.Decoder[LogRecord] = msgspec.msgpack.Decoder(LogRecord)
-    pos = len(MAGIC)
-    while pos < end:
-        length = int.from_bytes(data[pos : pos + 4], "little")
-        record = decoder.decode(data[pos + 8 : pos + 8 + length])
+    for record in read_records(path):
         if isinstance(record, RememberRecord) and record.memory.tenant:
             return record.memory.tenant
-        pos += 8 + length
     return None
 
 
