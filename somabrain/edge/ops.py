@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -183,12 +184,8 @@ class OpsHandlers(Handlers):
         the CLI overrode (``--host``, ``--port``) is not a change of the file."""
         overridden = self.system.resources.get(CLI_OVERRIDES_RESOURCE, {})
         edge = msgspec.structs.replace(new.edge, **overridden)
-        pending = [f for f in LISTENER_SETTINGS if getattr(edge, f) != getattr(old.edge, f)]
-        if pending:
-            verb = "applies" if len(pending) == 1 else "apply"
-            changes.append(f"edge: {', '.join(pending)} {verb} after a node restart")
-        kept = {f: getattr(old.edge, f) for f in LISTENER_SETTINGS}
-        return msgspec.structs.replace(new, edge=msgspec.structs.replace(edge, **kept))
+        edge = _kept_until_restart(old.edge, edge, LISTENER_SETTINGS, "", changes)
+        return msgspec.structs.replace(new, edge=edge)
 
     def _reload_rate_limit_store(
         self, old: SomaConfig, new: SomaConfig, changes: list[str]
@@ -198,13 +195,7 @@ class OpsHandlers(Handlers):
         overrides apply at once)."""
         fields = ("redis_url", "redis_prefix", "redis_timeout")
         was, now = old.edge.rate_limit, new.edge.rate_limit
-        pending = [f for f in fields if getattr(now, f) != getattr(was, f)]
-        if not pending:
-            return new
-        names = ", ".join(f"rate_limit.{f}" for f in pending)
-        verb = "applies" if len(pending) == 1 else "apply"
-        changes.append(f"edge: {names} {verb} after a node restart")
-        kept = msgspec.structs.replace(now, **{f: getattr(was, f) for f in fields})
+        kept = _kept_until_restart(was, now, fields, "rate_limit.", changes)
         return msgspec.structs.replace(new, edge=msgspec.structs.replace(new.edge, rate_limit=kept))
 
     def _reload_context(self, old: SomaConfig, new: SomaConfig, changes: list[str]) -> SomaConfig:
@@ -248,3 +239,17 @@ def _openapi_bytes() -> bytes:
     if not _OPENAPI:
         _OPENAPI.append(openapi_json())
     return _OPENAPI[0]
+
+
+def _kept_until_restart(
+    old: Any, new: Any, fields: Sequence[str], prefix: str, changes: list[str]
+) -> Any:
+    """``new`` (an ``[edge]`` section) with ``fields`` as in ``old``: settings the node takes
+    only at start. Those that changed are reported in ``changes``."""
+    pending = [f for f in fields if getattr(new, f) != getattr(old, f)]
+    if pending:
+        verb = "applies" if len(pending) == 1 else "apply"
+        changes.append(
+            f"edge: {', '.join(prefix + f for f in pending)} {verb} after a node restart"
+        )
+    return msgspec.structs.replace(new, **{f: getattr(old, f) for f in fields})
