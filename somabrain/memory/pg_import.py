@@ -118,12 +118,16 @@ def _files(data_dir: Path, tenant: str) -> TenantFiles:
 def _tenant_in_log(path: Path) -> str | None:
     """The tenant named by the first memory of the log file at ``path`` (read only: no lock,
     no repair), or None."""
+    from .errors import LogError
     from .log import read_records
     from .types import RememberRecord
 
-    for record in read_records(path):
-        if isinstance(record, RememberRecord) and record.memory.tenant:
-            return record.memory.tenant
+    try:
+        for record in read_records(path):
+            if isinstance(record, RememberRecord) and record.memory.tenant:
+                return record.memory.tenant
+    except (OSError, LogError):  # unreadable, or a frame that does not decode: not telling
+        return None
     return None
 
 

@@ -171,3 +171,26 @@ async def _drop_log_rows(url: str, tenant: str) -> None:
         await connection.execute(f"DELETE FROM {TABLE} WHERE tenant = $1", tenant)
     finally:
         await connection.close()
+
+
+def test_a_log_file_that_does_not_decode_is_named_not_a_crash(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import struct
+    import zlib
+
+    from somabrain.memory.log import MAGIC
+
+    payload = b"\xc1"  # a byte msgpack never uses: the frame is intact, its record is not
+    broken = tmp_path / "memory" / "broken-0123456789abcdef.memlog"
+    broken.parent.mkdir()
+    broken.write_bytes(MAGIC + struct.pack("<II", len(payload), zlib.crc32(payload)) + payload)
+    cfg = tmp_path / "postgres.toml"
+    cfg.write_text('[memory]\npostgres_url = "postgresql://soma@127.0.0.1:9/soma"\n')
+    code, out, _ = run(
+        capsys, "memory", "import", "--config", str(cfg), "--data-dir", str(tmp_path)
+    )
+    assert code == 1
+    assert out.splitlines()[0] == (
+        f"{broken}: failed, its tenant cannot be told from the files (name it with --tenant)"
+    )
