@@ -70,17 +70,17 @@ from somabrain.context.adaptation import AdaptationStore
 from somabrain.context.builder import build_bundle
 from somabrain.context.feedback import apply_feedback
 from somabrain.context.settings import ContextSettings
-from somabrain.memory import Embedder, HashingEmbedder, Link, Memory, TenantMemory, multiview
+from somabrain.memory import Embedder, HashingEmbedder, Link, Memory, TenantMemory
 from somabrain.memory.associations import (
+    ASSOCIATION,
     AssociationStore,
-    AssociationView,
     FeedbackLearner,
     with_association,
 )
+from somabrain.memory.form import FORM, with_form
 from somabrain.memory.messages import ContextRecall, Reinforce
-from somabrain.memory.ranking import ScoreView
 from somabrain.memory.recall import context_recall
-from somabrain.memory.views import default_weights
+from somabrain.memory.views import VIEW_NAMES, build_views, default_weights, view_params
 
 __all__ = [
     "BENCHMARK",
@@ -241,22 +241,10 @@ async def _tenant(
     settings: ContextSettings,
     associations: AssociationStore | None = None,
 ) -> TenantMemory:
-    v = settings.views
-    views: list[ScoreView] = list(
-        multiview(
-            graph_seeds=v.graph_seeds,
-            graph_damping=v.graph_damping,
-            graph_steps=v.graph_steps,
-            recency_half_life=v.recency_half_life,
-            salience_gain=v.salience_gain,
-        )
-    )
-    if associations is not None:  # as the memory actor does when "association" is enabled
-        a = settings.associations
-        views.append(
-            AssociationView(associations, neighbours=a.neighbour_count,
-                            min_similarity=a.min_similarity, sharpness=a.sharpness)
-        )  # fmt: skip
+    # The views the memory actor builds: multiview's, plus what feedback teaches (the
+    # association and form views) when there is an association store to learn into.
+    enabled = [*VIEW_NAMES[2:], *((ASSOCIATION, FORM) if associations is not None else ())]
+    views = build_views(view_params(enabled, settings.views, settings.associations), associations)
     tm = TenantMemory.in_memory(conv.sample_id, embedder=embedder, views=views)
     await tm.remember_batch(conv.memories)
     return tm
@@ -282,14 +270,16 @@ async def _adapted(
     associations = AssociationStore.in_memory(embedder.dim, capacity=a.capacity)
     tm = await _tenant(conv, embedder, settings, associations)
     learner = FeedbackLearner(tm, associations, a)
-    starting = with_association(dict(defaults), a.view_weight)
+    starting = with_form(with_association(dict(defaults), a.view_weight),
+                         settings.adaptation.form_weight)  # fmt: skip
     store = AdaptationStore(None, starting, settings.adaptation)
     tenant = conv.sample_id
 
     async def ask(message: Any) -> Any:  # the memory actor's handling of the two messages
         if isinstance(message, ContextRecall):
             return context_recall(tm, None, message.query, message.top_k,
-                                  weights=message.weights, wm_top_k=0)  # fmt: skip
+                                  weights=message.weights, wm_top_k=0,
+                                  form=message.form)  # fmt: skip
         assert isinstance(message, Reinforce)
         vector = None if message.query is None else tm.embedder.embed([message.query])[0]
         return await learner.learn(message.keys, message.amount, query=message.query,
@@ -298,7 +288,7 @@ async def _adapted(
     train, test = split_questions(conv, train_half, seed)
     for q in train:
         weights = store.weights(tenant)
-        recall = context_recall(tm, None, q.text, TOP_K, weights=weights)
+        recall = context_recall(tm, None, q.text, TOP_K, weights=weights, form=store.form(tenant))
         bundle = build_bundle(q.text, recall, weights, settings)
         # The simulated agent uses the evidence turns it was given, and reports them.
         used = [m.key for m in bundle.memories if m.key in q.evidence]
@@ -313,8 +303,9 @@ async def _adapted(
             reinforce=settings.adaptation.reinforce,
         )
     weights = store.weights(tenant)
+    form = store.form(tenant)
     for q in test:
-        hits = tm.recall(q.text, TOP_K, weights=weights)
+        hits = tm.recall(q.text, TOP_K, weights=weights, form=form)
         held_out.add(q.category, q.evidence, [h.key for h in hits])
     base = await _tenant(conv, embedder, settings)
     for q in test:

@@ -169,9 +169,12 @@ class MemorySettings(_Section):
     postgres_timeout: Annotated[float, Meta(gt=0)] = 10.0
     #: Views scored besides semantic and lexical (always on); see ``somabrain.memory.views``
     #: and, for ``association`` (what feedback taught about queries like this one),
-    #: ``somabrain.memory.associations``. Each costs recall time; [] is the lean setting.
-    extra_views: list[Literal["graph", "recency", "salience", "association"]] = msgspec.field(
-        default_factory=lambda: ["graph", "recency", "salience", "association"]
+    #: ``somabrain.memory.associations``, and ``form`` (the kind of memory feedback uses),
+    #: ``somabrain.memory.form``. Each costs recall time; [] is the lean setting.
+    extra_views: list[Literal["graph", "recency", "salience", "association", "form"]] = (
+        msgspec.field(
+            default_factory=lambda: ["graph", "recency", "salience", "association", "form"]
+        )
     )
     #: Default recall weights per view name; empty: the tuned ``MULTIVIEW_WEIGHTS`` restricted
     #: to the enabled views. A request (or a tenant's adapted weights) may override them.

@@ -289,6 +289,7 @@ class PlannerActor(Actor):
                     at=request.at,
                     session_id=request.session_id,
                     wm_top_k=settings.working_memory.top_k,
+                    form=self.store.form(request.tenant),
                 ),
             )
             return found

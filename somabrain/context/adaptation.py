@@ -54,6 +54,7 @@ import numpy as np
 from msgspec import Meta
 
 from ..memory.errors import MemoryStoreError
+from ..memory.form import learn as learn_form
 
 __all__ = [
     "AdaptationSettings",
@@ -92,6 +93,11 @@ class AdaptationSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unkno
     #: Pull of every update towards the tenant's default weights (0: none, 1: back to them);
     #: unset (None), the embedder's (``PRIOR_PULL``, filled in by ``for_embedder``).
     prior_pull: Annotated[float, Meta(ge=0, le=1)] | None = None
+    #: The ``form`` view's default weight, as a fraction of the other views' sum (when
+    #: ``memory.weights`` is not set), and the learning rate of its model
+    #: (``somabrain.memory.form``): what kind of memory feedback uses.
+    form_weight: Annotated[float, Meta(ge=0, le=10)] = 0.2
+    form_rate: Annotated[float, Meta(ge=0, le=10)] = 0.05
 
     @property
     def pull(self) -> float:
@@ -124,6 +130,9 @@ class AdaptationState(msgspec.Struct, kw_only=True):
     feedback: int = 0
     updated_at: float = 0.0
     history: list[HistoryEntry] = []
+    #: The form view's model, a weight per feature (``memory.form.FEATURES``); empty until
+    #: the first feedback with a pair to learn from.
+    form: dict[str, float] = {}
 
 
 class Update(msgspec.Struct, frozen=True, kw_only=True):
@@ -336,6 +345,10 @@ class AdaptationStore:
     def weights(self, tenant: str) -> dict[str, float]:
         return dict(self.get(tenant).weights)
 
+    def form(self, tenant: str) -> dict[str, float] | None:
+        """The tenant's form model for its recalls (None: nothing learned yet)."""
+        return dict(self.get(tenant).form) or None
+
     def record(
         self,
         tenant: str,
@@ -344,10 +357,15 @@ class AdaptationStore:
         *,
         reward: float = 1.0,
         now: float | None = None,
+        forms: tuple[Sequence[Sequence[float]], Sequence[Sequence[float]]] = ((), ()),
     ) -> Update:
-        """Apply one feedback to the tenant's weights (``adapt``) and append to its history."""
+        """Apply one feedback to the tenant's weights (``adapt``) and its form model
+        (``forms``: the form features of the used and of the unused memories, ``form.learn``),
+        and append to its history."""
         state = self.get(tenant)
         cfg = self.settings
+        if cfg.enabled and cfg.form_rate > 0.0 and forms[0] and forms[1]:
+            state.form = learn_form(state.form, *forms, reward=reward, rate=cfg.form_rate)
         if cfg.enabled:
             update = adapt(
                 state.weights,

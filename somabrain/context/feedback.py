@@ -23,7 +23,9 @@ import math
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from ..memory.form import form_features
 from ..memory.messages import ContextRecall, Reinforce
+from ..memory.text import tokenize
 from ..memory.types import RecallHit
 from .adaptation import AdaptationStore, Update
 
@@ -31,6 +33,7 @@ __all__ = [
     "apply_feedback",
     "reward_of",
     "salience_amount",
+    "shown_forms",
     "shown_top_k",
     "split_shown",
 ]
@@ -67,6 +70,20 @@ def split_shown(
     return pos, neg
 
 
+def shown_forms(
+    hits: Sequence[RecallHit], used_keys: Sequence[str]
+) -> tuple[list[tuple[float, ...]], list[tuple[float, ...]]]:
+    """Form features (``memory.form``) of the shown memories the agent used, and of those it
+    did not."""
+    used = set(used_keys)
+    pos: list[tuple[float, ...]] = []
+    neg: list[tuple[float, ...]] = []
+    for h in hits:
+        content = h.memory.content
+        (pos if h.key in used else neg).append(form_features(content, len(tokenize(content))))
+    return pos, neg
+
+
 async def apply_feedback(
     store: AdaptationStore,
     tenant: str,
@@ -94,11 +111,13 @@ async def apply_feedback(
             weights=weights,
             at=at,
             wm_top_k=0,
+            form=store.form(tenant),
         )
     )
     value = reward_of(utility, reward)
     used, unused = split_shown(recall.hits, used_keys)
-    update = store.record(tenant, used, unused, reward=value)
+    update = store.record(tenant, used, unused, reward=value,
+                          forms=shown_forms(recall.hits, used_keys))  # fmt: skip
     reinforced: dict[str, float] = {}
     amount = salience_amount(value, reinforce)
     if used_keys and amount:

@@ -23,6 +23,7 @@ import msgspec
 from msgspec import Meta
 
 from ..memory.associations import ASSOCIATION, AssociationSettings, with_association
+from ..memory.form import FORM, with_form
 from ..memory.views import VIEW_NAMES, resolve_weights
 from .adaptation import AdaptationSettings
 from .planner import PlannerSettings
@@ -158,7 +159,7 @@ def tenant_default_weights(config: Any) -> dict[str, float]:
     memory = getattr(config, "memory", None)
     configured = getattr(memory, "weights", None) or {}
     enabled = getattr(memory, "extra_views", None)
-    enabled = [*VIEW_NAMES, ASSOCIATION] if enabled is None else enabled
+    enabled = [*VIEW_NAMES, ASSOCIATION, FORM] if enabled is None else enabled
     return default_weights_for(configured, enabled, context)
 
 
@@ -170,4 +171,6 @@ def default_weights_for(
     weights = resolve_weights(configured, enabled, context.embedder)
     if ASSOCIATION in enabled and not configured:
         weights = with_association(weights, context.associations.view_weight)
+    if FORM in enabled and not configured:
+        weights = with_form(weights, context.adaptation.form_weight)
     return weights

@@ -41,13 +41,7 @@ import anyio
 
 from ..actors import Actor, ActorStoppedError, ActorSystem
 from ..tenancy import valid_tenant
-from .associations import (
-    ASSOCIATION,
-    AssociationStore,
-    FeedbackLearner,
-    association_journal_path,
-    with_association,
-)
+from .associations import AssociationStore, FeedbackLearner, association_journal_path
 from .embedding import BatchingEmbedder, shared_embedder
 from .errors import LogStaleError, LogUnavailableError, MemoryStoreError
 from .events import Announcer
@@ -71,7 +65,7 @@ from .replica import TenantReplica
 from .tenant import TenantMemory
 from .text import tokenize
 from .types import Link, Memory, RecallHit, Remembered
-from .views import build_views, resolve_weights, view_params
+from .views import build_views, view_params
 from .working import WMItem
 from .working_journal import DurableWorkingMemory, working_journal_path
 
@@ -242,9 +236,9 @@ class MemoryActor(Actor):
             return
         self.broken = None
         self.memory = memory
-        self.weights = resolve_weights(settings.weights, settings.extra_views, ctx.embedder)
-        if ASSOCIATION in settings.extra_views and not settings.weights:
-            self.weights = with_association(self.weights, ctx.associations.view_weight)
+        from ..context.settings import default_weights_for  # the context section's defaults
+
+        self.weights = default_weights_for(settings.weights, settings.extra_views, ctx)
         self.associations = associations
         self.learner = FeedbackLearner(memory, associations, ctx.associations)
         stores = system.resources[STORES_RESOURCE]
@@ -394,6 +388,7 @@ class MemoryActor(Actor):
             session_id=message.session_id,
             wm_top_k=message.wm_top_k,
             query_vector=vector,
+            form=message.form,
         )
 
     def _items(self, keys: Any) -> list[WMItem]:

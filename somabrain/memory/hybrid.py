@@ -9,7 +9,8 @@ Views (each gives a slot a score in [0, 1]; ``ranking`` combines them and docume
   term occurs);
 * any extra ``ScoreView`` given at construction (the graph, recency and salience views of
   ``views.py`` plug in here; they can read the per-slot columns ``importance``,
-  ``event_time``, ``created_at`` and ``salience``, their ranges
+  ``event_time``, ``created_at``, ``salience`` and the form features (``form.COLUMNS``),
+  their ranges
   (``column_range``), the link graph ``index.graph``, and the built-in views' scores).
 
 The weights are an argument of every search, so per-tenant adaptive weights need no change here.
@@ -31,6 +32,8 @@ import numpy.typing as npt
 from ._growable import Growable
 from ._steps import Steps, finish
 from .bm25 import BM25Compacted, BM25Index
+from .form import COLUMNS as FORM_COLUMNS
+from .form import form_features
 from .graph import LinkGraph
 from .ranking import BUILTIN_VIEWS, IndexHit, RecallQuery, ScoreView, rank
 from .search_protocol import ChangeFeed
@@ -146,6 +149,8 @@ class HybridIndex:
             "event_time": Growable(np.float64, 1024),
             # Salience strength from feedback (``TenantMemory.reinforce``); 0 until reinforced.
             "salience": Growable(np.float32, 1024),
+            # The features of each memory's form (``form.FEATURES``), for the form view.
+            **{name: Growable(np.float32, 1024) for name in FORM_COLUMNS},
         }
         self._attrs: dict[tuple[str, bytes], Growable] = {}
         # Bumped by every change to the columns; ``column_range`` caches per version.
@@ -248,7 +253,7 @@ class HybridIndex:
         slots = self.vectors.add(arr)
         lex_slots = self.lexical.add_batch(tokens)
         assert slots[0] == lex_slots[0] == len(self._keys), "index slot numbering diverged"
-        for slot, m in zip(slots.tolist(), memories, strict=True):
+        for slot, m, toks in zip(slots.tolist(), memories, tokens, strict=True):
             self._keys.append(m.key)
             self._slots[m.key] = slot
             code = self._ns_codes.setdefault(m.namespace, len(self._ns_codes))
@@ -264,6 +269,8 @@ class HybridIndex:
                 m.created_at if m.occurred_at is None else m.occurred_at
             )
             self._cols["salience"].append(0.0)
+            for name, value in zip(FORM_COLUMNS, form_features(m.content, len(toks)), strict=True):
+                self._cols[name].append(value)
             for attr in _attributes(m):
                 postings = self._attrs.get(attr)
                 if postings is None:
@@ -436,12 +443,14 @@ class HybridIndex:
         now: float = 0.0,
         at: float | None = None,
         unit: bool = False,
+        form: Mapping[str, float] | None = None,
     ) -> list[IndexHit]:
         """The ``top_k`` eligible memories by combined score, best first (see ``ranking``).
 
         ``now`` decides expiry; ``at`` is the time the query is about (default ``now``).
         ``unit``: ``vector`` is already a float32 unit vector of the index's dimension (an
-        embedder's output), so it is used as given instead of validated and normalised."""
+        embedder's output), so it is used as given instead of validated and normalised.
+        ``form``: the tenant's learned form model (``form.FormView``), if any."""
         w = self._validated_weights(DEFAULT_WEIGHTS if weights is None else weights)
         if top_k <= 0 or not self._slots:
             return []
@@ -461,4 +470,5 @@ class HybridIndex:
             weights=w,
             now=now,
             at=now if at is None else at,
+            form=form or {},
         )

@@ -116,6 +116,9 @@ class ContextRecall(msgspec.Struct, frozen=True, tag=True, kw_only=True):
     at: float | None = None
     session_id: str | None = None
     wm_top_k: int = 5
+    #: The tenant's learned form model (the ``form`` view, ``memory.form``), from the
+    #: planner's adaptation state; None: none learned (the view scores every memory alike).
+    form: dict[str, float] | None = None
 
 
 class Reinforce(msgspec.Struct, frozen=True, tag=True, kw_only=True):

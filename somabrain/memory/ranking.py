@@ -29,6 +29,7 @@ from a dense relevance array would pick, without the array.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import msgspec
@@ -76,6 +77,8 @@ class RecallQuery(NamedTuple):
     ranked: I64
     ranked_scores: F32
     scratch: dict[str, Any]
+    #: The tenant's learned form model (``form.FormView``); empty: none learned.
+    form: Mapping[str, float] = MappingProxyType({})
 
 
 class IndexHit(msgspec.Struct, frozen=True, gc=False):
@@ -147,6 +150,7 @@ def rank(
     weights: Mapping[str, float],
     now: float,
     at: float,
+    form: Mapping[str, float] = MappingProxyType({}),
 ) -> list[IndexHit]:
     """The ``k`` best eligible slots (``mask``) for a unit query ``vector`` (see module doc)."""
     everything = bool(mask.all())
@@ -183,7 +187,7 @@ def rank(
         if query is None:  # the seeds of ``prepare`` are the head of ``ranked``: m only grows
             query = RecallQuery(text, tokens, vector, namespace, flt, now, at,
                                 _BuiltinViews(sem, lex, lex_scale), weights,
-                                ranked, ranked_scores, {})  # fmt: skip
+                                ranked, ranked_scores, {}, form)  # fmt: skip
             prepared = [v.prepare(index, query, mask) for v, _ in weighted]
             extra = np.concatenate(prepared) if prepared else _NO_SLOTS
         candidates = np.union1d(ranked, extra) if extra.shape[0] else np.sort(ranked)

@@ -52,12 +52,14 @@ def context_recall(
     session_id: str | None = None,
     wm_top_k: int = 5,
     query_vector: npt.ArrayLike | None = None,
+    form: Mapping[str, float] | None = None,
 ) -> ContextRecallResult:
     """Recall ``top_k`` memories (with their vectors) and the session's best working-memory
     items. ``query_vector``: the query's embedding when the caller computed it already (the
-    memory actor embeds off the event loop)."""
+    memory actor embeds off the event loop); ``form``: the tenant's form model."""
     qvec = query_embedding(memory, query, query_vector)
-    hits = memory.recall(query, top_k, namespace, filters, weights=weights, vector=qvec, at=at)
+    hits = memory.recall(query, top_k, namespace, filters, weights=weights, vector=qvec, at=at,
+                         form=form)  # fmt: skip
     return with_working_memory(memory, working, hits, query, qvec, session_id, wm_top_k)
 
 

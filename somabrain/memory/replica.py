@@ -146,6 +146,7 @@ class TenantReplica:
         if feed is None:
             return None
         ticket = WriteTicket()
+        form = message.form if isinstance(message, ContextRecall) else None
 
         def answered(hits: Any, error: BaseException | None) -> None:
             try:
@@ -154,7 +155,7 @@ class TenantReplica:
                 else:  # the worker could not answer: the same recall, locally
                     found = memory.recall(
                         message.query, message.top_k, message.namespace, message.filters,
-                        weights=weights, vector=vector, at=message.at,
+                        weights=weights, vector=vector, at=message.at, form=form,
                     )  # fmt: skip
                 ticket.set_result(found if then is None else then(found))
             except Exception as exc:
@@ -171,5 +172,6 @@ class TenantReplica:
             weights=dict(weights),
             now=memory.now(),
             at=message.at,
+            form=dict(form or {}),
         )
         return ticket

@@ -169,6 +169,8 @@ class Search(msgspec.Struct, frozen=True, array_like=True, tag="s"):
     weights: dict[str, float]
     now: float
     at: float | None
+    #: The tenant's learned form model (``form.FormView``); empty: none.
+    form: dict[str, float] = {}
 
 
 class Call(msgspec.Struct, frozen=True, array_like=True, tag="x"):

@@ -226,7 +226,7 @@ class Replica:
             raise ValueError("a search without a vector needs a replica with an embedder")
         hits = self.index.search(
             vector, tokens, s.top_k, text=s.text, namespace=s.namespace, filter=s.filter,
-            weights=s.weights, now=s.now, at=s.at, unit=not s.vector,
+            weights=s.weights, now=s.now, at=s.at, unit=not s.vector, form=s.form,
         )  # fmt: skip
         return Hits(s.id, hits)
 

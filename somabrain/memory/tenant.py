@@ -262,12 +262,14 @@ class TenantMemory:
         weights: Mapping[str, float] | None = None,
         vector: npt.ArrayLike | None = None,
         at: float | None = None,
+        form: Mapping[str, float] | None = None,
     ) -> list[RecallHit]:
         """The ``top_k`` best memories for ``query`` (all namespaces when ``namespace`` is None).
 
         ``weights`` maps view names to weights (default ``hybrid.DEFAULT_WEIGHTS``); ``vector``
         replaces the query embedding; ``at`` is the time the query is about (the recency
-        view's reference, default now). Raises ValueError on a bad ``top_k`` or weights, and
+        view's reference, default now); ``form`` the tenant's learned form model (the form
+        view, ``form.py``). Raises ValueError on a bad ``top_k`` or weights, and
         ``msgspec.ValidationError`` on malformed ``filters``.
         """
         if not 0 <= top_k <= MAX_TOP_K:
@@ -290,6 +292,7 @@ class TenantMemory:
             now=self._clock(),
             at=at,
             unit=vector is None and isinstance(self.embedder, HashingEmbedder),
+            form=form,
         )
         return self.recall_hits(hits)
 

@@ -33,6 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .associations import ASSOCIATION, AssociationStore, AssociationView
+from .form import FORM, FormView
 from .ranking import F32, I64, Mask, RecallQuery, ScoreView
 from .search_protocol import AssociationParams, ViewParams
 
@@ -292,4 +293,6 @@ def build_views(params: ViewParams, associations: AssociationStore | None) -> li
         views.append(AssociationView(associations, neighbours=a.neighbours,
                                      min_similarity=a.min_similarity,
                                      sharpness=a.sharpness))  # fmt: skip
+    if FORM in params.enabled:
+        views.append(FormView())
     return views
