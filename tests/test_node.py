@@ -293,11 +293,14 @@ def test_reload_applies_context_settings_where_it_can(tmp_path: Path) -> None:
         r = client.post("/context/evaluate", json=ask)
         assert r.status_code == 422 and r.json()["error"]["field"] == "top_k"
         # the embedder stays: the defaults are still the built-in embedder's weights, with
-        # the association view at the new fraction of them
+        # the association view at the new fraction of them (and the form view at its fraction
+        # of all those)
         after = client.get("/context/adaptation/state").json()["defaults"]
-        others = {v: w for v, w in before.items() if v != "association"}
-        assert {v: w for v, w in after.items() if v != "association"} == others
+        learned = ("association", "form")
+        others = {v: w for v, w in before.items() if v not in learned}
+        assert {v: w for v, w in after.items() if v not in learned} == others
         assert after["association"] == pytest.approx(0.25 * sum(others.values()))
+        assert after["form"] == pytest.approx(0.2 * (sum(others.values()) + after["association"]))
         r = client.post("/context/evaluate", json={**ask, "top_k": 5})
         assert r.status_code == 200 and r.json()["memories"]
 

@@ -485,4 +485,5 @@ class PlannerActor(Actor):
             updates=state.updates,
             updated_at=state.updated_at,
             history=[msgspec.structs.asdict(h) for h in state.history[-10:]],
+            form=dict(state.form),
         )

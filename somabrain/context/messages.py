@@ -168,6 +168,8 @@ class AdaptationView(msgspec.Struct, frozen=True, kw_only=True):
     updates: int
     updated_at: float
     history: list[dict[str, Any]] = []
+    #: The form view's model (``memory.form``): a weight per feature; empty until learned.
+    form: dict[str, float] = {}
 
 
 class ContextFailure(msgspec.Struct, frozen=True, kw_only=True, tag=True):

@@ -82,7 +82,7 @@ async def test_evaluate_feedback_state_reset(tmp_path: Path) -> None:
         assert bundle["memories"][0]["key"] == "a"
         assert {"key", "content", "weight", "views"} <= set(bundle["memories"][0])
         assert set(bundle["memories"][0]["views"]) == {
-            "semantic", "lexical", "graph", "recency", "salience", "association"
+            "semantic", "lexical", "graph", "recency", "salience", "association", "form"
         }  # fmt: skip
         assert bundle["memories"][1]["key"] == "b"  # lifted by the graph view
         assert len(bundle["residual_vector"]) == 1024

@@ -127,7 +127,10 @@ async def test_memory_round_trip(tmp_path: Path) -> None:
         body = r.json()
         assert body["results"][0]["key"] == first["key"]
         views = body["results"][0]["views"]
-        assert set(views) == {"semantic", "lexical", "graph", "recency", "salience", "association"}
+        assert set(views) == {
+            "semantic", "lexical", "graph", "recency", "salience", "association", "form"
+        }  # fmt: skip
+        assert views["form"] == 0.5  # no feedback yet: every memory alike
         assert all(0.0 <= v <= 1.0 for v in views.values())
         assert body["results"][0]["meta"] == {"kind": "fact"}
         assert body["ltm_hits"] == len(body["results"]) and body["wm_hits"] == 0
