@@ -62,7 +62,8 @@ FEATURES = (
 COLUMNS = tuple(f"form.{name}" for name in FEATURES)
 
 _WORD = re.compile(r"\w+")
-_FIRST_PERSON = frozenset({"i", "me", "my", "mine", "myself"})
+_FIRST_PERSON = re.compile(r"\b(?:i|me|my|mine|myself)\b", re.IGNORECASE)
+_DIGIT = re.compile(r"\d")
 _COUNT_SCALE = 1.0 / 0.7
 _FLAG_SCALE = 2.5
 _SHARE_SCALE = 8.0
@@ -72,13 +73,13 @@ def form_features(content: str, content_words: int) -> tuple[float, ...]:
     """The features of a memory's ``content`` (``content_words``: its lexical tokens)."""
     words = _WORD.findall(content)
     n = len(words)
-    capitalised = sum(1 for w in words[1:] if w[:1].isupper())
-    first_person = sum(1 for w in words if w.casefold() in _FIRST_PERSON)
+    capitalised = sum(1 for w in words[1:] if w[0].isupper())
+    first_person = len(_FIRST_PERSON.findall(content))
     return (
         math.log1p(n) * _COUNT_SCALE,
         math.log1p(content_words) * _COUNT_SCALE,
         _FLAG_SCALE if "?" in content else 0.0,
-        _FLAG_SCALE if any(c.isdigit() for c in content) else 0.0,
+        _FLAG_SCALE if _DIGIT.search(content) else 0.0,
         _SHARE_SCALE * capitalised / (1 + n),
         _FLAG_SCALE if "!" in content else 0.0,
         _SHARE_SCALE * first_person / (1 + n),
