@@ -17,8 +17,9 @@ Configurations (weights of the views, see ``somabrain.memory.views``):
                (the evidence turns found in the bundle are the ``used_keys``) through the
                planner's feedback step (``context.feedback.apply_feedback``) and what the memory
                actor does with it (``memory.associations.FeedbackLearner``): the tenant's
-               weights adapt, the used turns' salience is reinforced, they are associated with
-               the question (the ``association`` view) and linked to each other (co-use links);
+               weights and its form model (the ``form`` view) adapt, the used turns' salience
+               is reinforced, they are associated with the question (the ``association``
+               view) and linked to each other (co-use links);
                recall is then measured on the second half, against ``multiview`` on the same
                half (``adapted_gain``). Only the training half's questions and the turns the
                bundle held reach the feedback: the held-out answers never do.
