@@ -95,8 +95,9 @@ def learn(
     rate: float,
 ) -> dict[str, float]:
     """One feedback's step (module docstring): the features of the used and of the
-    shown-but-unused memories, the reward clipped to [0, 1]. Pure: returns the new model
-    (``model`` itself, copied, when there is no pair or no positive reward)."""
+    shown-but-unused memories, the reward clipped to [0, 1]. Pure: returns the new model over
+    ``FEATURES`` (``model``'s values, a missing feature 0, when there is no pair or no positive
+    reward)."""
     r = min(1.0, max(0.0, reward)) if math.isfinite(reward) else 0.0
     m = np.array([float(model.get(name, 0.0)) for name in FEATURES])
     if not used or not unused or r == 0.0 or rate <= 0.0:

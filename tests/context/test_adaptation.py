@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from somabrain.context.adaptation import AdaptationSettings, AdaptationStore, adapt
 from somabrain.context.feedback import reward_of, salience_amount, split_shown
 from somabrain.memory import LogUnavailableError
+from somabrain.memory.form import FEATURES, form_features, learn
 from somabrain.memory.pg_log import PostgresStates, close_postgres_logs
 from tests.servers import PostgresServer, free_port
 
@@ -137,6 +138,62 @@ def test_split_shown() -> None:
     assert pos == [{"x": 1.0}] and neg == [{"x": 0.0}, {"x": 2.0}]
 
 
+#: Form features (``memory.form``) of a long used memory and of two short unused ones.
+LONG_FORM = form_features("Caroline: I went to a support group on 7 May and it helped", 7)
+SHORT_FORMS = [form_features("Wow, cool!", 2), form_features("Really?", 1)]
+
+
+@pytest.mark.anyio
+async def test_the_form_model_is_learned_kept_and_reset(tmp_path: Path) -> None:
+    store = AdaptationStore(tmp_path, W)
+    assert store.form("acme") is None and store.get("acme").form == {}  # nothing learned yet
+    hi = {n: 0.0 for n in W} | {"graph": 1.0}
+    lo = {n: 0.0 for n in W} | {"semantic": 1.0}
+    store.record("acme", [hi], [lo], reward=0.8, forms=([LONG_FORM], SHORT_FORMS))
+    form = store.form("acme")
+    assert form is not None and set(form) == set(FEATURES)
+    assert form["words"] > 0.0 and form["question"] < 0.0 and form["number"] > 0.0
+    rate = store.settings.form_rate
+    assert form == learn({}, [LONG_FORM], SHORT_FORMS, reward=0.8, rate=rate)
+    form["words"] = 99.0  # a copy: the state is not changed through it
+    assert store.get("acme").form["words"] != 99.0
+    learned = store.get("acme").form
+    # a feedback without a pair of forms (or without a positive reward) leaves the model
+    store.record("acme", [hi], [lo])
+    store.record("acme", [hi], [lo], forms=([LONG_FORM], []))
+    store.record("acme", [hi], [lo], forms=([], SHORT_FORMS))
+    store.record("acme", [hi], [lo], reward=-1.0, forms=([LONG_FORM], SHORT_FORMS))
+    assert store.get("acme").form == learned and store.get("acme").feedback == 5
+    # a second step starts from the first
+    store.record("acme", [hi], [lo], forms=([LONG_FORM], SHORT_FORMS))
+    second = learn(learned, [LONG_FORM], SHORT_FORMS, reward=1.0, rate=rate)
+    assert store.get("acme").form == second != learned
+    assert store.form("other") is None  # tenants are separate
+
+    await store.save("acme")
+    again = AdaptationStore(tmp_path, W)
+    assert again.form("acme") == second
+    assert again.get("acme").feedback == 6
+    assert again.reset("acme").form == {}
+    assert again.form("acme") is None
+    await again.save("acme")
+    assert AdaptationStore(tmp_path, W).form("acme") is None
+
+
+def test_no_form_is_learned_with_adaptation_off_or_a_zero_rate() -> None:
+    for settings in (AdaptationSettings(enabled=False), AdaptationSettings(form_rate=0.0)):
+        store = AdaptationStore(None, W, settings)
+        store.record("t", [{"graph": 1.0}], [{"semantic": 1.0}], forms=([LONG_FORM], SHORT_FORMS))
+        assert store.form("t") is None and store.get("t").feedback == 1
+    faster = AdaptationStore(None, W, AdaptationSettings(form_rate=0.1))
+    slower = AdaptationStore(None, W, AdaptationSettings(form_rate=0.05))
+    for store in (faster, slower):
+        store.record("t", [{"graph": 1.0}], [{"semantic": 1.0}], forms=([LONG_FORM], SHORT_FORMS))
+    fast, slow = faster.form("t"), slower.form("t")
+    assert fast is not None and slow is not None
+    assert fast["words"] == pytest.approx(2 * slow["words"])  # from zero: the step is linear
+
+
 USED = [{"semantic": 0.2, "lexical": 0.9, "graph": 0.1, "recency": 0.0, "salience": 0.5}]
 UNUSED = [{"semantic": 0.8, "lexical": 0.1, "graph": 0.1, "recency": 0.0, "salience": 0.5}]
 
@@ -156,10 +213,11 @@ async def test_states_in_postgres_are_shared_by_stores_on_one_database(
     )
     try:
         await a.ensure(tenant)
-        a.record(tenant, USED, UNUSED)
+        a.record(tenant, USED, UNUSED, forms=([LONG_FORM], SHORT_FORMS))
         await a.save(tenant)
         await b.ensure(tenant)
         assert b.weights(tenant) == a.weights(tenant) != W
+        assert b.form(tenant) == a.form(tenant) is not None
         assert b.get(tenant).feedback == 1
         b.record(tenant, USED, UNUSED)
         await b.save(tenant)

@@ -248,3 +248,41 @@ async def test_working_memory_is_searchable_with_layer_wm(tmp_path: Path) -> Non
         assert [x["key"] for x in body["results"]] == ["w2", "w0"]
         assert all(x["layer"] == "wm" for x in body["results"]) and body["wm_hits"] == 2
         assert set(body["results"][0]["views"]) == {"semantic", "lexical", "recency"}
+
+
+async def test_feedback_teaches_the_form_view_until_a_reset(tmp_path: Path) -> None:
+    """Feedback that uses a long memory over short ones teaches the tenant's form model: the
+    state shows it, the next bundle's form scores follow it, and a reset forgets it."""
+    async with edge(tmp_path) as (app, auth), client(app, auth) as c:
+        await remember(c, [
+            {"key": "long", "content": "Caroline: I went to the support group on 7 May and "
+                                       "the stories people told there were so inspiring"},
+            {"key": "s1", "content": "support group?"},
+            {"key": "s2", "content": "Wow, a support group!"},
+            {"key": "s3", "content": "the group"},
+        ])  # fmt: skip
+        assert (await c.get("/context/adaptation/state")).json()["form"] == {}
+        query = {"session_id": "s", "query": "support group"}
+
+        async def form_scores() -> dict[str, float]:
+            r = await c.post("/context/evaluate", json={**query, "top_k": 4})
+            assert r.status_code == 200, r.text
+            return {m["key"]: m["views"]["form"] for m in r.json()["memories"]}
+
+        assert set((await form_scores()).values()) == {0.5}  # nothing learned: all alike
+        for _ in range(2):
+            r = await c.post("/context/feedback", json={**query, "used_keys": ["long"],
+                                                        "utility": 1.0})  # fmt: skip
+            assert r.status_code == 200, r.text
+        form = (await c.get("/context/adaptation/state")).json()["form"]
+        assert form and form["words"] > 0.0 and form["question"] < 0.0
+        scores = await form_scores()
+        assert {"long", "s3"} <= set(scores)
+        assert scores["long"] > 0.5 > scores["s3"]
+
+        async with client(app, auth, "admin") as admin:
+            r = await admin.post("/context/adaptation/reset")
+            assert r.status_code == 200, r.text
+            assert r.json()["form"] == {}
+        assert (await c.get("/context/adaptation/state")).json()["form"] == {}
+        assert set((await form_scores()).values()) == {0.5}

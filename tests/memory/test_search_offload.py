@@ -414,6 +414,32 @@ async def test_a_context_recall_searches_in_the_worker_too(tmp_path: Path) -> No
         assert np.array_equal(remote.query_vector, local.query_vector)
 
 
+async def test_a_context_recall_carries_its_form_model_to_the_worker(tmp_path: Path) -> None:
+    async with offloading_tree(tmp_path) as (system, sup):
+        longer = tuple(
+            Memory(key=f"f{i}", content=" ".join(["harbor", "lemon", *WORDS[:i]]) + "?" * (i % 2))
+            for i in range(12)
+        )  # memories of every length, some of them questions
+        await ask(sup, Remember(memories(200) + longer))
+        weights = WEIGHTS | {"form": 0.5}
+        model = {"words": 1.0, "question": -1.0}
+        message = ContextRecall(
+            query="harbor lemon", top_k=8, weights=weights, wm_top_k=0, form=model
+        )
+        remote = await recall_remotely(system, sup, message)
+        store = system.resources[STORES_RESOURCE]["acme"]
+        local = context_recall(store.memory, store.working, "harbor lemon", 8, weights=weights,
+                               wm_top_k=0, form=model)  # fmt: skip
+        assert same_hits(remote.hits, local.hits)
+        assert [h.views["form"] for h in remote.hits] == pytest.approx(
+            [h.views["form"] for h in local.hits], abs=1e-6
+        )
+        assert any(h.views["form"] != 0.5 for h in remote.hits)
+        plain = context_recall(store.memory, store.working, "harbor lemon", 8, weights=weights,
+                               wm_top_k=0)  # fmt: skip
+        assert [h.key for h in plain.hits] != [h.key for h in remote.hits]  # the model counted
+
+
 async def test_a_garbled_answer_restarts_the_worker_and_not_the_node(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -14,6 +14,7 @@ import random
 from types import SimpleNamespace
 from typing import Any
 
+import msgspec
 import numpy as np
 import pytest
 
@@ -28,7 +29,9 @@ from somabrain.memory import (
     search_worker,
 )
 from somabrain.memory.associations import AssociationStore, AssociationView
+from somabrain.memory.form import FEATURES, FORM
 from somabrain.memory.hybrid import DEFAULT_WEIGHTS, HybridIndex, IndexCompaction, IndexHit
+from somabrain.memory.messages import ContextRecall
 from somabrain.memory.replica import OFFLOAD_RESOURCE, TenantReplica
 from somabrain.memory.search_offload import (
     OffloadUnavailable,
@@ -55,7 +58,7 @@ from somabrain.memory.search_protocol import (
     read_responses,
 )
 from somabrain.memory.search_worker import FUNCTIONS, Worker
-from somabrain.memory.views import multiview
+from somabrain.memory.views import build_views, multiview
 
 DIM = 64
 ASSOC = AssociationParams(capacity=8, neighbours=3, min_similarity=0.0, sharpness=2.0)
@@ -136,9 +139,11 @@ def tenant(clock: Clock) -> tuple[TenantMemory, AssociationStore]:
     return TenantMemory.in_memory("acme", embedder=embedder, clock=clock, views=views), store
 
 
-def open_replica(tm: TenantMemory, store: AssociationStore, offload: Loopback) -> TenantReplica:
+def open_replica(
+    tm: TenantMemory, store: AssociationStore, offload: Loopback, views: ViewParams = VIEWS
+) -> TenantReplica:
     system = SimpleNamespace(resources={OFFLOAD_RESOURCE: offload})
-    replica = TenantReplica(system, tm, store, VIEWS, min_memories=1)
+    replica = TenantReplica(system, tm, store, views, min_memories=1)
     assert replica._usable_feed() is None  # opens it; the loopback answers Opened at once
     assert replica._usable_feed() is replica.feed is not None and replica.feed.usable
     return replica
@@ -158,6 +163,7 @@ def search(feed: ReplicaFeed, tm: TenantMemory, query: str, **kw: Any) -> list[I
         weights=dict(kw.get("weights") or DEFAULT_WEIGHTS),
         now=tm.now(),
         at=kw.get("at"),
+        form=dict(kw.get("form") or {}),
     )
     [(hits, error)] = got
     if error is not None:
@@ -351,6 +357,83 @@ async def test_replica_of_an_existing_state_answers_like_the_index() -> None:
     worker = offload.replicas[feed.replica].associations
     assert worker is not None and worker.entries() == store.entries()
     assert not offload.failures
+
+
+#: ``VIEWS`` and the form view, as a node with the default ``memory.extra_views`` has them.
+FORM_VIEWS = msgspec.structs.replace(VIEWS, enabled=(*VIEWS.enabled, FORM))
+NAMES = ("Caroline", "Melanie", "Paris", "June")
+
+
+def formed_text(rng: random.Random) -> str:
+    """A text of any length, sometimes with names, a number, a question or an exclamation."""
+    words = [rng.choice(WORDS + NAMES) for _ in range(rng.randint(1, 25))]
+    if rng.random() < 0.3:
+        words.insert(rng.randrange(len(words)), str(rng.randrange(100)))
+    if rng.random() < 0.3:
+        words.insert(0, rng.choice(("I", "my", "me")))
+    return " ".join(words) + rng.choice(("", "", "?", "!"))
+
+
+@pytest.mark.anyio
+async def test_a_search_with_a_form_model_answers_as_the_index_does() -> None:
+    """The tenant's form model travels in the ``Search`` frame: the replica scores the form
+    view as the node does, before and after changes (and compactions) on both sides."""
+    rng, clock = random.Random(31), Clock()
+    store = AssociationStore.in_memory(DIM, capacity=ASSOC.capacity)
+    tm = TenantMemory.in_memory("acme", embedder=HashingEmbedder(dim=DIM), clock=clock,
+                                views=build_views(FORM_VIEWS, store))  # fmt: skip
+    keys = [k for k, _ in await tm.remember_batch(
+        [Memory(content=formed_text(rng)) for _ in range(60)]
+    )]  # fmt: skip
+    for key in keys[:6]:
+        await tm.forget(key)
+    await tm.reinforce(keys[10:13], 1.5)
+    offload = Loopback()
+    replica = open_replica(tm, store, offload, FORM_VIEWS)
+    feed = replica.feed
+    assert feed is not None
+    worker = offload.replicas[feed.replica]
+    tm.index._compact_min, worker.index._compact_min = 4, 7
+    local_compactions = count_compactions(tm.index)
+    worker_compactions = count_compactions(worker.index)
+    models = [{"words": 1.0}, {"question": -2.0, "number": 1.0, "names": 0.5},
+              {name: rng.uniform(-3, 3) for name in FEATURES}]  # fmt: skip
+    weightings = [{"semantic": 1.0, "lexical": 1.0, FORM: 2.0},
+                  {FORM: 1.0}, {"semantic": 0.3, "lexical": 0.3, "salience": 0.2, FORM: 0.2},
+                  None]  # fmt: skip
+    lifted = reordered = 0
+    for _ in range(4):
+        for query in ("cat", "Caroline river", "tax report", "music storm lamp"):
+            for weights in weightings:
+                plain = check(feed, tm, query, weights=weights, top_k=8)
+                assert all(h.views[FORM] == 0.5 for h in plain)  # no model: every memory alike
+                for model in models:
+                    hits = check(feed, tm, query, weights=weights, top_k=8, form=model)
+                    lifted += any(h.views[FORM] != 0.5 for h in hits)
+                    reordered += [h.key for h in hits] != [h.key for h in plain]
+        # changes after the snapshot: the worker's form scores follow them
+        clock.now += 10
+        live = list(tm.keys())
+        for key in rng.sample(live, 5):
+            await tm.forget(key)
+        await tm.remember_batch([Memory(content=formed_text(rng)) for _ in range(4)])
+        await tm.remember(Memory(key=rng.choice(live), content=formed_text(rng)))  # an upsert
+    assert lifted and reordered  # the model took part, and changed rankings
+    assert local_compactions and worker_compactions
+    assert len(worker.index) == len(tm.index) and not offload.failures and feed.usable
+
+    # A context recall carries its form model to the worker (``TenantReplica.recall``).
+    weights = {"semantic": 1.0, "lexical": 1.0, FORM: 2.0}
+    for model in [None, *models]:
+        message = ContextRecall(query="Caroline river", top_k=8, weights=weights, form=model)
+        before = offload.answered
+        ticket = replica.recall(message, weights)
+        assert ticket is not None and offload.answered == before + 1  # the worker answered
+        remote = await ticket.result(timeout=1)
+        local = tm.recall("Caroline river", 8, weights=weights, form=model)
+        assert [h.key for h in remote] == [h.key for h in local]
+        assert [h.views[FORM] for h in remote] == pytest.approx([h.views[FORM] for h in local])
+        assert [h.score for h in remote] == pytest.approx([h.score for h in local], abs=1e-5)
 
 
 @pytest.mark.anyio
