@@ -136,14 +136,17 @@ class FormView:
 
     def _column(self, index: HybridIndex, model: Mapping[str, float]) -> tuple[F32, float]:
         """Every slot's score and their maximum, kept until the index or the model changes
-        (a tenant's model changes only on feedback)."""
+        (a tenant's model changes only on feedback). Recalls without a model (plain
+        ``/memory/recall``) keep a cache entry of their own, so that they do not evict the
+        tenant's model's between two context recalls."""
         coefficients = tuple(float(model.get(name, 0.0)) for name in FEATURES)
-        cached = index.view_state.get(self.name)
+        slot = self.name if any(coefficients) else f"{self.name}.none"
+        cached = index.view_state.get(slot)
         if cached is not None and cached[0] == index.version and cached[1] == coefficients:
             return cached[2], cached[3]
         column = _scores(index, coefficients)
         top = float(column.max(initial=0.0))
-        index.view_state[self.name] = (index.version, coefficients, column, top)
+        index.view_state[slot] = (index.version, coefficients, column, top)
         return column, top
 
 

@@ -256,6 +256,15 @@ async def test_a_model_change_is_not_answered_from_the_cached_column() -> None:
     assert set(form_of(memory, "kayak", None).values()) == {0.5}
 
 
+async def test_recalls_without_a_model_do_not_evict_the_models_column() -> None:
+    memory = await remembered()
+    view = next(v for v in memory.index._views if isinstance(v, FormView))
+    column = view._column(memory.index, LONG)[0]
+    view._column(memory.index, {})  # a plain recall between two context recalls
+    assert view._column(memory.index, LONG)[0] is column  # not computed again
+    assert not np.array_equal(view._column(memory.index, {})[0], column)
+
+
 async def test_a_memory_added_or_changed_is_scored_and_standardised_with_the_others() -> None:
     contents = dict(CONTENTS)
     memory = await remembered(contents)
