@@ -70,15 +70,10 @@ from benchmarks._common import Target, parse_args, print_table, write_json
 from somabrain.context.adaptation import AdaptationStore
 from somabrain.context.builder import build_bundle
 from somabrain.context.feedback import apply_feedback
-from somabrain.context.settings import ContextSettings
+from somabrain.context.settings import ContextSettings, with_learned_views
 from somabrain.memory import Embedder, HashingEmbedder, Link, Memory, TenantMemory
-from somabrain.memory.associations import (
-    ASSOCIATION,
-    AssociationStore,
-    FeedbackLearner,
-    with_association,
-)
-from somabrain.memory.form import FORM, with_form
+from somabrain.memory.associations import ASSOCIATION, AssociationStore, FeedbackLearner
+from somabrain.memory.form import FORM
 from somabrain.memory.messages import ContextRecall, Reinforce
 from somabrain.memory.recall import context_recall
 from somabrain.memory.views import VIEW_NAMES, build_views, default_weights, view_params
@@ -271,8 +266,7 @@ async def _adapted(
     associations = AssociationStore.in_memory(embedder.dim, capacity=a.capacity)
     tm = await _tenant(conv, embedder, settings, associations)
     learner = FeedbackLearner(tm, associations, a)
-    starting = with_form(with_association(dict(defaults), a.view_weight),
-                         settings.adaptation.form_weight)  # fmt: skip
+    starting = with_learned_views(dict(defaults), (ASSOCIATION, FORM), settings)
     store = AdaptationStore(None, starting, settings.adaptation)
     tenant = conv.sample_id
 

@@ -169,8 +169,17 @@ def default_weights_for(
     """The default weights for ``memory.weights`` (``configured``) and ``memory.extra_views``
     (``enabled``): what the planner adapts from and what the memory actor recalls with."""
     weights = resolve_weights(configured, enabled, context.embedder)
-    if ASSOCIATION in enabled and not configured:
+    return weights if configured else with_learned_views(weights, enabled, context)
+
+
+def with_learned_views(
+    weights: dict[str, float], enabled: Sequence[str], context: ContextSettings
+) -> dict[str, float]:
+    """``weights`` plus the views feedback teaches, among ``enabled``: ``association`` at
+    ``context.associations.weight`` of their sum, then ``form`` at
+    ``context.adaptation.form_weight`` of the sum of all those."""
+    if ASSOCIATION in enabled:
         weights = with_association(weights, context.associations.view_weight)
-    if FORM in enabled and not configured:
+    if FORM in enabled:
         weights = with_form(weights, context.adaptation.form_weight)
     return weights

@@ -77,7 +77,7 @@ from msgspec import Meta
 from ._journal import Journal, JournalKind, Journals, open_journal
 from .errors import LogError, UnknownMemoryError
 from .log import tenant_log_path
-from .ranking import F32, I64, Mask, RecallQuery
+from .ranking import F32, I64, Mask, RecallQuery, with_share
 
 if TYPE_CHECKING:
     from .hybrid import HybridIndex
@@ -159,10 +159,7 @@ class AssociationSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unkn
 def with_association(weights: dict[str, float], fraction: float) -> dict[str, float]:
     """``weights`` plus the ``association`` view at ``fraction`` of their sum (unless they
     name it already, or ``fraction`` is 0)."""
-    out = dict(weights)
-    if ASSOCIATION not in out and fraction > 0.0:
-        out[ASSOCIATION] = fraction * sum(out.values())
-    return out
+    return with_share(weights, ASSOCIATION, fraction)
 
 
 def association_journal_path(data_dir: str | os.PathLike[str], tenant: str) -> Path:

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
-from .ranking import F32, I64, Mask, RecallQuery
+from .ranking import F32, I64, Mask, RecallQuery, with_share
 
 if TYPE_CHECKING:
     from .hybrid import HybridIndex
@@ -67,6 +67,7 @@ _DIGIT = re.compile(r"\d")
 _COUNT_SCALE = 1.0 / 0.7
 _FLAG_SCALE = 2.5
 _SHARE_SCALE = 8.0
+_NO_SLOTS = np.empty(0, dtype=np.int64)  # the view adds no candidates
 
 
 def form_features(content: str, content_words: int) -> tuple[float, ...]:
@@ -113,10 +114,7 @@ def learn(
 def with_form(weights: dict[str, float], fraction: float) -> dict[str, float]:
     """``weights`` plus the ``form`` view at ``fraction`` of their sum (unless they name it
     already, or ``fraction`` is 0)."""
-    out = dict(weights)
-    if FORM not in out and fraction > 0.0:
-        out[FORM] = fraction * sum(out.values())
-    return out
+    return with_share(weights, FORM, fraction)
 
 
 class FormView:
@@ -125,7 +123,7 @@ class FormView:
     name = FORM
 
     def prepare(self, index: HybridIndex, query: RecallQuery, eligible: Mask) -> I64:
-        return np.empty(0, dtype=np.int64)
+        return _NO_SLOTS
 
     def bound(self, index: HybridIndex, query: RecallQuery) -> float:
         return self._column(index, query.form)[1]

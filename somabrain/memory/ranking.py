@@ -42,7 +42,7 @@ from .vector_index import top_k
 if TYPE_CHECKING:
     from .hybrid import HybridIndex
 
-__all__ = ["BUILTIN_VIEWS", "IndexHit", "RecallQuery", "ScoreView", "rank"]
+__all__ = ["BUILTIN_VIEWS", "IndexHit", "RecallQuery", "ScoreView", "rank", "with_share"]
 
 F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
@@ -53,6 +53,15 @@ BUILTIN_VIEWS = ("semantic", "lexical")
 #: Candidates first scored on every view: ``max(MIN_CANDIDATES, CANDIDATE_FACTOR * top_k)``.
 MIN_CANDIDATES = 32
 CANDIDATE_FACTOR = 4
+
+
+def with_share(weights: dict[str, float], view: str, fraction: float) -> dict[str, float]:
+    """``weights`` plus ``view`` at ``fraction`` of their sum (unless they name it already, or
+    ``fraction`` is 0): how a learned view's default weight follows the others'."""
+    out = dict(weights)
+    if view not in out and fraction > 0.0:
+        out[view] = fraction * sum(out.values())
+    return out
 
 
 class RecallQuery(NamedTuple):
